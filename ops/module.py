@@ -1,0 +1,126 @@
+"""``MSDeformAttn``: the multi-scale deformable attention module with the official parameter names."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .functional import ms_deform_attn
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention (Zhu et al., 2021).
+
+    Parameters (checkpoint names): ``sampling_offsets``, ``attention_weights``, ``value_proj``,
+    ``output_proj``.
+
+    Args:
+        d_model: channels C of query and value; must be divisible by ``n_heads``.
+        n_levels: number of feature levels L.
+        n_heads: number of heads M.
+        n_points: sampling points P per head and level.
+        im2col_step: forwarded to the op.
+        backend: op backend (None = automatic, see :func:`ops.ms_deform_attn`).
+    """
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        n_levels: int = 4,
+        n_heads: int = 8,
+        n_points: int = 4,
+        im2col_step: int = 64,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+        self.im2col_step = im2col_step
+        self.backend = backend
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Official init: offsets point in M directions, growing with the point index."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        directions = torch.stack([angles.cos(), angles.sin()], dim=-1)
+        directions = directions / directions.abs().max(dim=-1, keepdim=True).values
+        grid = directions.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
+        grid = grid * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for proj in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        input_flatten: torch.Tensor,
+        input_spatial_shapes: torch.Tensor,
+        input_level_start_index: torch.Tensor,
+        input_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attend from every query to P points per head and level around its reference point.
+
+        Args:
+            query: (N, Lq, C).
+            reference_points: (N, Lq, L, 2) normalized (x, y), or (N, Lq, L, 4) boxes (cx, cy, w, h).
+            input_flatten: (N, S, C) flattened multi-level features.
+            input_spatial_shapes: (L, 2) int64 rows (H_l, W_l).
+            input_level_start_index: (L,) int64.
+            input_padding_mask: (N, S) bool, True on padding (those values are zeroed), or None.
+
+        Returns:
+            (N, Lq, C).
+        """
+        n, lq, _ = query.shape
+        s = input_flatten.shape[1]
+        m, n_levels, n_points = self.n_heads, self.n_levels, self.n_points
+        if reference_points.dim() != 4 or reference_points.shape[:3] != (n, lq, n_levels) or (
+            reference_points.shape[-1] not in (2, 4)
+        ):
+            raise ValueError(
+                f"reference_points must have shape ({n}, {lq}, {n_levels}, 2 or 4), "
+                f"got {tuple(reference_points.shape)}"
+            )
+        value = self.value_proj(input_flatten)
+        if input_padding_mask is not None:
+            value = value.masked_fill(input_padding_mask[..., None], 0.0)
+        value = value.view(n, s, m, self.d_model // m)
+        offsets = self.sampling_offsets(query).view(n, lq, m, n_levels, n_points, 2)
+        weights = self.attention_weights(query).view(n, lq, m, n_levels * n_points)
+        weights = weights.softmax(-1).view(n, lq, m, n_levels, n_points)
+        if reference_points.shape[-1] == 2:
+            normalizer = input_spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
+            locations = (
+                reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+            )
+        else:
+            locations = (
+                reference_points[:, :, None, :, None, :2]
+                + offsets / n_points * reference_points[:, :, None, :, None, 2:] * 0.5
+            )
+        output = ms_deform_attn(
+            value,
+            input_spatial_shapes,
+            input_level_start_index,
+            locations,
+            weights,
+            self.im2col_step,
+            backend=self.backend,
+        )
+        return self.output_proj(output)

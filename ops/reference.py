@@ -1,0 +1,47 @@
+"""Pure-PyTorch multi-scale deformable attention: the oracle every other backend is tested against."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def ms_deform_attn_reference(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Bilinear sampling of every level with ``F.grid_sample`` and a weighted sum over levels and points.
+
+    Args:
+        value: (N, S, M, D) with S = sum_l H_l * W_l.
+        spatial_shapes: (L, 2) int64 rows (H_l, W_l).
+        level_start_index: (L,) int64; unused here (levels are split by ``spatial_shapes``), kept for
+            a signature shared with the native backends.
+        sampling_locations: (N, Lq, M, L, P, 2) normalized (x, y); outside [0, 1] reads zeros.
+        attention_weights: (N, Lq, M, L, P).
+
+    Returns:
+        (N, Lq, M * D).
+    """
+    del level_start_index
+    n, _, m, d = value.shape
+    _, lq, _, n_levels, n_points, _ = sampling_locations.shape
+    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
+    value_levels = value.split(sizes, dim=1)
+    grids = 2 * sampling_locations - 1
+    sampled = []
+    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+        # (N, H*W, M, D) -> (N*M, D, H, W)
+        value_l = value_levels[level].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
+        # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
+        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        sampled.append(
+            F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+        )
+    # (N*M, D, Lq, L*P) weighted by (N*M, 1, Lq, L*P)
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, n_levels * n_points)
+    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
+    return output.view(n, m * d, lq).transpose(1, 2).contiguous()
