@@ -6,11 +6,37 @@ import os
 
 import torch
 
+from .extension import load_native
+from .native import ms_deform_attn_native
 from .reference import ms_deform_attn_reference
 from .validation import check_inputs
 
 BACKENDS = ("reference", "cpu", "cuda")
 ENV_BACKEND = "DEFORMBEV_MSDA_BACKEND"
+
+
+def available_backends() -> tuple[str, ...]:
+    """Backends usable in this process (builds the native library on first call)."""
+    status = load_native()
+    native = (("cpu",) if status.cpu else ()) + (("cuda",) if status.cuda else ())
+    return ("reference",) + native
+
+
+def resolve_backend(device: torch.device, backend: str | None = None) -> str:
+    """The backend to run on ``device``: the explicit choice, else ``$DEFORMBEV_MSDA_BACKEND``, else
+    the native kernel of that device when it built, else ``reference``."""
+    choice = backend if backend is not None else (os.environ.get(ENV_BACKEND) or None)
+    if choice is None:
+        native = "cuda" if device.type == "cuda" else "cpu" if device.type == "cpu" else None
+        return native if native in available_backends() else "reference"
+    if choice not in BACKENDS:
+        source = "backend" if backend is not None else f"${ENV_BACKEND}"
+        raise ValueError(f"{source} must be one of {BACKENDS} or None, got {choice!r}")
+    if choice != "reference" and choice != device.type:
+        raise ValueError(f"backend {choice!r} cannot run on tensors on {device}")
+    if choice not in available_backends():
+        raise RuntimeError(f"backend {choice!r} is not available: {load_native().error or 'not built'}")
+    return choice
 
 
 def ms_deform_attn(
@@ -22,9 +48,26 @@ def ms_deform_attn(
     im2col_step: int = 64,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Multi-scale deformable attention (TEMPORARY: reference only while the native backends land)."""
+    """Multi-scale deformable attention.
+
+    Args:
+        value: (N, S, M, D) with S = sum_l H_l * W_l.
+        spatial_shapes: (L, 2) int64 rows (H_l, W_l).
+        level_start_index: (L,) int64, the exclusive cumsum of H_l * W_l.
+        sampling_locations: (N, Lq, M, L, P, 2) normalized (x, y); outside [0, 1] reads zeros.
+        attention_weights: (N, Lq, M, L, P), already normalized over L * P.
+        im2col_step: kept for compatibility with the original op: the batch must be divisible by
+            ``min(N, im2col_step)``; the native kernels process the whole batch at once.
+        backend: 'reference', 'cpu', 'cuda' or None (``$DEFORMBEV_MSDA_BACKEND``, else automatic).
+
+    Returns:
+        (N, Lq, M * D), differentiable in value, sampling_locations and attention_weights.
+
+    Raises:
+        ValueError: on malformed inputs (naming the argument and the expected shape).
+    """
     check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step)
-    del backend
-    return ms_deform_attn_reference(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-    )
+    args = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if resolve_backend(value.device, backend) == "reference":
+        return ms_deform_attn_reference(*args)
+    return ms_deform_attn_native(*args)

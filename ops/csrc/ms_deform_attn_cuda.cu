@@ -1,0 +1,197 @@
+// CUDA kernels. Work item = one (sample, query, head); a group of G lanes of a warp (G = the power of
+// two >= D, at most 32) handles one item, its lanes striding over the D channels, so loads of a value
+// row are coalesced. Backward reduces the location/weight gradients over the channels with warp
+// shuffles inside the group and adds value gradients atomically (into a float buffer for half/bf16).
+// Per-sample math: ms_deform_attn_math.h, shared with the CPU kernels.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/Atomic.cuh>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "ms_deform_attn.h"
+#include "ms_deform_attn_math.h"
+
+namespace msda {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kBlockThreads = 256;
+
+struct Grouping {
+  int group;         // lanes per item (power of two, <= 32)
+  int64_t items;     // N * Lq * M
+  int64_t blocks;
+};
+
+Grouping make_grouping(const Dims& d) {
+  int group = 1;
+  while (group < d.channels && group < kWarpSize) group *= 2;
+  const int64_t items = d.batch * d.queries * d.heads;
+  const int64_t threads = items * group;
+  return {group, items, (threads + kBlockThreads - 1) / kBlockThreads};
+}
+
+template <typename acc_t>
+struct AtomicAdd {
+  acc_t* target;
+  __device__ void operator()(int64_t index, acc_t amount) { gpuAtomicAdd(target + index, amount); }
+};
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t group_sum(acc_t v, int group) {
+  for (int offset = group / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+template <typename scalar_t>
+__global__ void forward_kernel(const Args<scalar_t> args, scalar_t* __restrict__ out, int group,
+                               int64_t items) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t item = thread / group;  // ((n * Lq) + q) * M + m
+  const int lane = static_cast<int>(thread % group);
+  if (item >= items) return;  // no shuffles in the forward pass: early exit is safe
+  const Dims& d = args.d;
+  const int64_t m = item % d.heads;
+  const int64_t n = item / (d.heads * d.queries);
+  const int64_t row_stride = d.heads * d.channels;
+  const int64_t lp = d.levels * d.points;
+  for (int64_t c = lane; c < d.channels; c += group) {
+    acc_t acc = 0;
+    for (int64_t l = 0; l < d.levels; ++l) {
+      const int64_t height = args.shapes[2 * l], width = args.shapes[2 * l + 1];
+      const scalar_t* base = args.value + ((n * d.spatial + args.starts[l]) * d.heads + m) * d.channels;
+      for (int64_t p = 0; p < d.points; ++p) {
+        const int64_t j = item * lp + l * d.points + p;
+        const auto corners = bilinear_corners<acc_t>(static_cast<acc_t>(args.loc[2 * j]),
+                                                     static_cast<acc_t>(args.loc[2 * j + 1]), height,
+                                                     width, row_stride);
+        if (corners.any) acc += static_cast<acc_t>(args.attn[j]) * bilinear_gather(base, corners, c);
+      }
+    }
+    out[item * d.channels + c] = static_cast<scalar_t>(acc);
+  }
+}
+
+template <typename scalar_t>
+__global__ void backward_kernel(const Args<scalar_t> args, const scalar_t* __restrict__ grad_out,
+                                at::opmath_type<scalar_t>* grad_value, scalar_t* __restrict__ grad_loc,
+                                scalar_t* __restrict__ grad_attn, int group, int64_t items) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const bool valid = thread / group < items;
+  // Lanes past the end mirror the last item (reads only) so that every lane joins the shuffles.
+  const int64_t item = valid ? thread / group : items - 1;
+  const int lane = static_cast<int>(thread % group);
+  const Dims& d = args.d;
+  const int64_t m = item % d.heads;
+  const int64_t n = item / (d.heads * d.queries);
+  const int64_t row_stride = d.heads * d.channels;
+  const int64_t lp = d.levels * d.points;
+  for (int64_t l = 0; l < d.levels; ++l) {
+    const int64_t height = args.shapes[2 * l], width = args.shapes[2 * l + 1];
+    const int64_t level_offset = ((n * d.spatial + args.starts[l]) * d.heads + m) * d.channels;
+    const scalar_t* base = args.value + level_offset;
+    AtomicAdd<acc_t> add{grad_value + level_offset};
+    for (int64_t p = 0; p < d.points; ++p) {
+      const int64_t j = item * lp + l * d.points + p;
+      // Out-of-map corners have zero coefficients, so no branch is needed before the shuffles.
+      const auto corners = bilinear_corners<acc_t>(static_cast<acc_t>(args.loc[2 * j]),
+                                                   static_cast<acc_t>(args.loc[2 * j + 1]), height, width,
+                                                   row_stride);
+      const acc_t a = static_cast<acc_t>(args.attn[j]);
+      acc_t grad_a = 0, grad_w = 0, grad_h = 0;
+      for (int64_t c = lane; c < d.channels; c += group) {
+        const acc_t g = static_cast<acc_t>(grad_out[item * d.channels + c]);
+        const auto s = bilinear_gather_with_grad(base, corners, c);
+        grad_a += g * s.value;
+        grad_w += g * s.d_w;
+        grad_h += g * s.d_h;
+        if (valid) bilinear_scatter(corners, c, a * g, add);
+      }
+      grad_a = group_sum(grad_a, group);
+      grad_w = group_sum(grad_w, group);
+      grad_h = group_sum(grad_h, group);
+      if (valid && lane == 0) {
+        grad_attn[j] = static_cast<scalar_t>(grad_a);
+        grad_loc[2 * j] = static_cast<scalar_t>(a * grad_w * static_cast<acc_t>(width));
+        grad_loc[2 * j + 1] = static_cast<scalar_t>(a * grad_h * static_cast<acc_t>(height));
+      }
+    }
+  }
+}
+
+void check_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                const at::Tensor& sampling_loc, const at::Tensor& attn_weight) {
+  for (const auto* t : {&spatial_shapes, &level_start_index, &sampling_loc, &attn_weight}) {
+    TORCH_CHECK(t->device() == value.device(), "all inputs must be on ", value.device(), ", got ", t->device());
+  }
+  TORCH_CHECK(value.is_cuda(), "value must be a CUDA tensor, got ", value.device());
+}
+
+template <typename scalar_t>
+Args<scalar_t> make_args(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+                         const at::Tensor& loc, const at::Tensor& attn, const Dims& d) {
+  return {value.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(), starts.const_data_ptr<int64_t>(),
+          loc.const_data_ptr<scalar_t>(), attn.const_data_ptr<scalar_t>(), d};
+}
+
+at::Tensor forward_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                        const at::Tensor& level_start_index, const at::Tensor& sampling_loc,
+                        const at::Tensor& attn_weight) {
+  const Dims d = check_dims(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  check_cuda(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  const c10::cuda::CUDAGuard guard(value.device());
+  const auto value_c = value.contiguous(), loc_c = sampling_loc.contiguous(), attn_c = attn_weight.contiguous();
+  const auto shapes_c = spatial_shapes.contiguous(), starts_c = level_start_index.contiguous();
+  auto out = at::empty({d.batch, d.queries, d.heads * d.channels}, value.options());
+  const Grouping g = make_grouping(d);
+  if (g.items == 0) return out;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_forward_cuda", [&] {
+    forward_kernel<scalar_t><<<g.blocks, kBlockThreads, 0, stream>>>(
+        make_args<scalar_t>(value_c, shapes_c, starts_c, loc_c, attn_c, d), out.mutable_data_ptr<scalar_t>(),
+        g.group, g.items);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_loc, const at::Tensor& attn_weight, const at::Tensor& grad_output) {
+  const Dims d = check_dims(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  check_cuda(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({d.batch, d.queries, d.heads * d.channels}),
+              "grad_output must be (N, Lq, M * D), got ", grad_output.sizes());
+  const c10::cuda::CUDAGuard guard(value.device());
+  const auto value_c = value.contiguous(), loc_c = sampling_loc.contiguous(), attn_c = attn_weight.contiguous();
+  const auto shapes_c = spatial_shapes.contiguous(), starts_c = level_start_index.contiguous();
+  const auto grad_c = grad_output.contiguous().to(value.scalar_type());
+  auto grad_value = at::zeros(value.sizes(), value.options().dtype(at::toOpMathType(value.scalar_type())));
+  auto grad_loc = at::zeros_like(loc_c);
+  auto grad_attn = at::zeros_like(attn_c);
+  const Grouping g = make_grouping(d);
+  if (g.items > 0) {
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_backward_cuda", [&] {
+      backward_kernel<scalar_t><<<g.blocks, kBlockThreads, 0, stream>>>(
+          make_args<scalar_t>(value_c, shapes_c, starts_c, loc_c, attn_c, d), grad_c.const_data_ptr<scalar_t>(),
+          grad_value.mutable_data_ptr<at::opmath_type<scalar_t>>(), grad_loc.mutable_data_ptr<scalar_t>(),
+          grad_attn.mutable_data_ptr<scalar_t>(), g.group, g.items);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return {grad_value.to(value.scalar_type()), grad_loc, grad_attn};
+}
+
+}  // namespace
+}  // namespace msda
+
+TORCH_LIBRARY_IMPL(deformbev_native, CUDA, m) {
+  m.impl("ms_deform_attn_forward", &msda::forward_cuda);
+  m.impl("ms_deform_attn_backward", &msda::backward_cuda);
+}
