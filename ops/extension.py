@@ -39,9 +39,7 @@ def _want_cuda() -> bool:
 
 
 def _cuda_registered() -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(
-        "deformbev_native::ms_deform_attn_forward", "CUDA"
-    )
+    return torch._C._dispatch_has_kernel_for_dispatch_key("deformbev_native::ms_deform_attn_forward", "CUDA")
 
 
 def _load_aot() -> bool:
@@ -73,7 +71,7 @@ def _build_jit(with_cuda: bool) -> None:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_native() -> NativeStatus:
     """Load the native operators once per process; never raises, warns once on failure."""
     if _load_aot():

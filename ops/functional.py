@@ -15,8 +15,10 @@ BACKENDS = ("reference", "cpu", "cuda")
 ENV_BACKEND = "DEFORMBEV_MSDA_BACKEND"
 
 
+@torch.compiler.assume_constant_result
 def available_backends() -> tuple[str, ...]:
-    """Backends usable in this process (builds the native library on first call)."""
+    """Backends usable in this process (builds the native library on first call; a constant to
+    ``torch.compile``)."""
     status = load_native()
     native = (("cpu",) if status.cpu else ()) + (("cuda",) if status.cuda else ())
     return ("reference",) + native

@@ -90,8 +90,10 @@ class MSDeformAttn(nn.Module):
         n, lq, _ = query.shape
         s = input_flatten.shape[1]
         m, n_levels, n_points = self.n_heads, self.n_levels, self.n_points
-        if reference_points.dim() != 4 or reference_points.shape[:3] != (n, lq, n_levels) or (
-            reference_points.shape[-1] not in (2, 4)
+        if (
+            reference_points.dim() != 4
+            or reference_points.shape[:3] != (n, lq, n_levels)
+            or (reference_points.shape[-1] not in (2, 4))
         ):
             raise ValueError(
                 f"reference_points must have shape ({n}, {lq}, {n_levels}, 2 or 4), "

@@ -49,7 +49,9 @@ def check_inputs(
     if _shape(sampling_locations) != expected:
         raise ValueError(f"sampling_locations must have shape {expected}, got {_shape(sampling_locations)}")
     if _shape(attention_weights) != expected[:-1]:
-        raise ValueError(f"attention_weights must have shape {expected[:-1]}, got {_shape(attention_weights)}")
+        raise ValueError(
+            f"attention_weights must have shape {expected[:-1]}, got {_shape(attention_weights)}"
+        )
     if min(n, s, m, d, n_levels, n_points) == 0 and lq != 0:
         raise ValueError(
             f"empty dimension: value {_shape(value)}, spatial_shapes {_shape(spatial_shapes)}, "
@@ -74,8 +76,8 @@ def check_inputs(
 
 
 def _check_levels(spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, s: int) -> None:
-    if spatial_shapes.is_meta or level_start_index.is_meta:
-        return  # shapes only; nothing to read
+    if torch.compiler.is_compiling() or spatial_shapes.is_meta or level_start_index.is_meta:
+        return  # no data to read while tracing; eager calls check it
     shapes = spatial_shapes.tolist()
     if any(h <= 0 or w <= 0 for h, w in shapes):
         raise ValueError(f"spatial_shapes rows (H, W) must be positive, got {shapes}")

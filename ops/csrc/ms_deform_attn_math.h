@@ -37,8 +37,9 @@ MSDA_HOST_DEVICE Corners<acc_t> bilinear_corners(acc_t x, acc_t y, int64_t heigh
   Corners<acc_t> b;
   const acc_t h = y * static_cast<acc_t>(height) - acc_t(0.5);
   const acc_t w = x * static_cast<acc_t>(width) - acc_t(0.5);
-  // Written as a positive test so that NaN locations sample nothing.
-  b.any = h > acc_t(-1) && w > acc_t(-1) && h < static_cast<acc_t>(height) &&
+  // Written as a positive test so that NaN locations sample nothing. At exactly h = -1 (or w = -1)
+  // the value is zero but the slope towards the map is not, as in grid_sample: hence >=.
+  b.any = h >= acc_t(-1) && w >= acc_t(-1) && h < static_cast<acc_t>(height) &&
           w < static_cast<acc_t>(width);
   if (!b.any) {
     for (int k = 0; k < 4; ++k) {
@@ -47,7 +48,7 @@ MSDA_HOST_DEVICE Corners<acc_t> bilinear_corners(acc_t x, acc_t y, int64_t heigh
     }
     return b;
   }
-  // h, w > -1 here, so truncation of (h + 1) is floor(h) + 1.
+  // h, w >= -1 here, so truncation of (h + 1) is floor(h) + 1.
   const int64_t h_low = static_cast<int64_t>(h + acc_t(1)) - 1;
   const int64_t w_low = static_cast<int64_t>(w + acc_t(1)) - 1;
   const acc_t lh = h - static_cast<acc_t>(h_low);

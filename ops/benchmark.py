@@ -1,0 +1,176 @@
+"""Timing and memory of the op's backends on the Deformable DETR shapes (used by tools/benchmark_ops.py)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .functional import available_backends, ms_deform_attn
+
+ENCODER_SHAPES = ((100, 134), (50, 67), (25, 34), (13, 17))
+HEADS, CHANNELS, POINTS, DECODER_QUERIES = 8, 32, 4, 300
+
+
+@dataclass
+class Result:
+    case: str
+    dtype: str
+    backend: str
+    mode: str  # "forward" or "forward+backward"
+    median_ms: float
+    extra_mb: float  # peak memory beyond the inputs while the step runs
+    ratio: float  # reference time / this time, same case, dtype and mode
+
+
+def make_inputs(case: str, dtype: torch.dtype, device: str, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Encoder case: Lq = S = 17821; decoder case: Lq = 300. Locations uniform in [-0.1, 1.1]."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = torch.tensor(ENCODER_SHAPES)
+    sizes = shapes.prod(1)
+    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    s = int(sizes.sum())
+    lq = s if case == "encoder" else DECODER_QUERIES
+    n_levels = len(ENCODER_SHAPES)
+    value = torch.randn(1, s, HEADS, CHANNELS, generator=g)
+    loc = torch.rand(1, lq, HEADS, n_levels, POINTS, 2, generator=g) * 1.2 - 0.1
+    weights = torch.rand(1, lq, HEADS, n_levels * POINTS, generator=g).softmax(-1)
+    weights = weights.view(1, lq, HEADS, n_levels, POINTS)
+    floats = [t.to(device=device, dtype=dtype) for t in (value, loc, weights)]
+    return floats[0], shapes.to(device), starts.to(device), floats[1], floats[2]
+
+
+def _proc_status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def release_freed_memory_to_os() -> None:
+    """Make glibc serve every block >= 64 KiB by mmap (fixed threshold), so that freed temporaries leave
+    the resident set and the next block's peak counts only what it allocates itself."""
+    ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+
+
+class PeakMemory:
+    """Peak extra memory of a block: CUDA allocator statistics, or on the CPU the kernel's peak resident
+    set (VmHWM, reset through /proc/self/clear_refs) minus the resident set before the block."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak_bytes = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current resident set
+            self._base = _proc_status_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak_bytes = torch.cuda.max_memory_allocated() - self._base
+        else:
+            self.peak_bytes = _proc_status_bytes("VmHWM") - self._base
+
+
+def _time(fn: Callable[[], None], device: str, repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _step(backend: str, case: str, dtype: torch.dtype, device: str, mode: str) -> Callable[[], None]:
+    value, shapes, starts, loc, weights = make_inputs(case, dtype, device)
+    backward = mode == "forward+backward"
+    for t in (value, loc, weights):
+        t.requires_grad_(backward)
+
+    def step() -> None:
+        with torch.set_grad_enabled(backward):
+            out = ms_deform_attn(value, shapes, starts, loc, weights, backend=backend)
+            if backward:
+                out.backward(torch.ones_like(out))
+        for t in (value, loc, weights):
+            t.grad = None
+
+    return step
+
+
+def run_benchmark(
+    device: str, dtypes: list[torch.dtype], cases: list[str], repeats: int, warmup: int
+) -> list[Result]:
+    """Every available backend of ``device`` and ``reference``, side by side, with ratios. All timings
+    run first; the memory pass follows with glibc's fixed mmap threshold (it would perturb timings)."""
+    backends = [b for b in available_backends() if b in ("reference", device)]
+    configs = [
+        (b, case, dtype, mode)
+        for case in cases
+        for dtype in dtypes
+        for mode in ("forward", "forward+backward")
+        for b in backends
+    ]
+    medians = {}
+    for b, case, dtype, mode in configs:
+        times = _time(_step(b, case, dtype, device, mode), device, repeats, warmup)
+        medians[b, case, dtype, mode] = 1e3 * statistics.median(times)
+    if device == "cpu":
+        release_freed_memory_to_os()
+    results = []
+    for b, case, dtype, mode in configs:
+        step = _step(b, case, dtype, device, mode)
+        with PeakMemory(device) as memory:
+            step()
+        ratio = medians["reference", case, dtype, mode] / medians[b, case, dtype, mode]
+        name = str(dtype).replace("torch.", "")
+        results.append(
+            Result(case, name, b, mode, medians[b, case, dtype, mode], memory.peak_bytes / 2**20, ratio)
+        )
+    return results
+
+
+def machine_description(device: str) -> str:
+    allocator = "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
+    if device == "cuda":
+        hw = torch.cuda.get_device_name()
+    else:
+        hw = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return (
+        f"{hw}; torch {torch.__version__}; threads {torch.get_num_threads()}; allocator {allocator}; "
+        f"backends {', '.join(available_backends())}"
+    )
+
+
+def format_table(results: list[Result]) -> str:
+    lines = [
+        "| case | dtype | mode | backend | median ms | x vs reference | extra memory MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.case} | {r.dtype} | {r.mode} | {r.backend} | {r.median_ms:.1f} | {r.ratio:.1f} | "
+            f"{r.extra_mb:.0f} |"
+        )
+    return "\n".join(lines)

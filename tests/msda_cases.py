@@ -1,0 +1,97 @@
+"""Random inputs of the deformable-attention op for the tests of every backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class OpInputs:
+    value: torch.Tensor  # (N, S, M, D)
+    spatial_shapes: torch.Tensor  # (L, 2)
+    level_start_index: torch.Tensor  # (L,)
+    sampling_locations: torch.Tensor  # (N, Lq, M, L, P, 2)
+    attention_weights: torch.Tensor  # (N, Lq, M, L, P)
+
+    def args(self) -> tuple[torch.Tensor, ...]:
+        return (
+            self.value,
+            self.spatial_shapes,
+            self.level_start_index,
+            self.sampling_locations,
+            self.attention_weights,
+        )
+
+    def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> OpInputs:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+
+        return OpInputs(*(move(t) for t in self.args()))
+
+
+def level_start_index(spatial_shapes: torch.Tensor) -> torch.Tensor:
+    sizes = spatial_shapes.prod(1)
+    return torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+
+
+def random_inputs(
+    seed: int,
+    batch: int,
+    shapes: list[tuple[int, int]],
+    heads: int,
+    channels: int,
+    queries: int,
+    points: int,
+    outside: float = 0.2,
+    dtype: torch.dtype = torch.float64,
+) -> OpInputs:
+    """Locations are uniform in [-outside, 1 + outside], so some of them read (partly) zeros."""
+    g = torch.Generator().manual_seed(seed)
+    spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
+    s = int(spatial_shapes.prod(1).sum())
+    n_levels = len(shapes)
+    value = torch.randn(batch, s, heads, channels, generator=g, dtype=dtype)
+    loc = torch.rand(batch, queries, heads, n_levels, points, 2, generator=g, dtype=dtype)
+    loc = loc * (1 + 2 * outside) - outside
+    weights = torch.rand(batch, queries, heads, n_levels * points, generator=g, dtype=dtype).softmax(-1)
+    weights = weights.view(batch, queries, heads, n_levels, points)
+    return OpInputs(value, spatial_shapes, level_start_index(spatial_shapes), loc, weights)
+
+
+def random_case(seed: int, channels: int, dtype: torch.dtype = torch.float64) -> OpInputs:
+    """A case with random batch (1-3), levels (1-5, non-square), heads, points (1-8) and Lq != S."""
+    g = torch.Generator().manual_seed(1000 + seed)
+
+    def randint(lo: int, hi: int) -> int:
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    n_levels = randint(1, 5)
+    shapes = [(randint(1, 13), randint(1, 17)) for _ in range(n_levels)]
+    return random_inputs(
+        seed,
+        batch=randint(1, 3),
+        shapes=shapes,
+        heads=randint(1, 4),
+        channels=channels,
+        queries=randint(1, 40),
+        points=randint(1, 8),
+        dtype=dtype,
+    )
+
+
+def forward_and_grads(
+    fn, inputs: OpInputs, grad_seed: int = 7, upstream_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Output and the gradients of value, sampling_locations, attention_weights for a random upstream
+    gradient (rounded through ``upstream_dtype`` first, to feed two precisions the same numbers)."""
+    value = inputs.value.detach().requires_grad_()
+    loc = inputs.sampling_locations.detach().requires_grad_()
+    weights = inputs.attention_weights.detach().requires_grad_()
+    out = fn(value, inputs.spatial_shapes, inputs.level_start_index, loc, weights)
+    g = torch.Generator().manual_seed(grad_seed)
+    upstream = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    upstream = upstream.to(upstream_dtype or out.dtype).to(out)
+    grads = torch.autograd.grad(out, (value, loc, weights), upstream)
+    return (out.detach(), *grads)
