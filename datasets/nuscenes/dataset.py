@@ -1,0 +1,184 @@
+"""Multi-camera nuScenes dataset over an infos file, with history frames for temporal BEV models.
+
+One item (T = 1 + ``num_history`` frames, oldest first, the current frame last; N = 6 cameras)::
+
+    img            float32 (T, N, 3, H, W)  RGB, (x / 255 - mean) / std
+    lidar2img      float32 (T, N, 4, 4)     lidar frame of *that* frame -> resized image pixels
+    can_bus        float32 (T, 18)          see can_bus.py
+    ego_motion     float32 (T, 4, 4)        lidar frame of frame t-1 -> lidar frame of frame t (identity at
+                                            t = 0 or where frame t-1 is padding); aligns prev_bev to frame t
+    history_valid  bool    (T,)             False for padding frames (before the scene start; they repeat the
+                                            scene's first sample)
+    lidar2global   float64 (4, 4)           current frame
+    img_shape      int64   (2,)             (H, W)
+    gt_boxes       float32 (K, 9)           [x, y, z, w, l, h, yaw, vx, vy] current lidar frame (boxes.py)
+    gt_labels      int64   (K,)             index into ``class_names``
+    sample_token, scene_token  str
+
+:func:`collate_nuscenes` stacks a batch: ``img`` (B, T, N, 3, H, W), ``lidar2img`` (B, T, N, 4, 4),
+``can_bus`` (B, T, 18), ``ego_motion`` (B, T, 4, 4), ``history_valid`` (B, T), ``lidar2global`` (B, 4, 4),
+``img_shape`` (B, 2); ``gt_boxes``, ``gt_labels``, ``sample_token``, ``scene_token`` stay lists of length B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datasets.nuscenes.constants import CLASS_NAMES, POINT_CLOUD_RANGE
+from datasets.nuscenes.infos import load_infos
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_STACKED_KEYS = ("img", "lidar2img", "can_bus", "ego_motion", "history_valid", "lidar2global", "img_shape")
+_LISTED_KEYS = ("gt_boxes", "gt_labels", "sample_token", "scene_token")
+
+
+class NuScenesMultiViewDataset(Dataset):
+    """Six resized, normalized camera images per frame plus ground truth (shapes in the module docstring).
+
+    Args:
+        infos: path of an infos JSON (``tools/create_data.py nuscenes``) or the loaded dict.
+        data_root: directory the infos' relative paths start from (default: the infos' ``dataroot``).
+        image_size: (width, height) every image is resized to; None keeps the stored size.
+        num_history: previous frames of the same scene supplied before the current one.
+        class_names: classes kept, in label order.
+        point_cloud_range: [x_min, y_min, z_min, x_max, y_max, z_max]; boxes whose centre is outside are
+            dropped.
+        use_valid_flag: drop boxes without any lidar or radar point (as BEVFormer trains).
+    """
+
+    def __init__(
+        self,
+        infos: str | Path | dict[str, Any],
+        data_root: str | Path | None = None,
+        image_size: tuple[int, int] | None = (800, 450),
+        num_history: int = 0,
+        class_names: Sequence[str] = CLASS_NAMES,
+        point_cloud_range: Sequence[float] = POINT_CLOUD_RANGE,
+        use_valid_flag: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.infos = infos if isinstance(infos, dict) else load_infos(infos)
+        self.samples = self.infos["samples"]
+        if not self.samples:
+            raise ValueError(f"infos of split {self.infos.get('split')!r} hold no samples")
+        if num_history < 0:
+            raise ValueError(f"num_history must be >= 0, got {num_history}")
+        if len(point_cloud_range) != 6:
+            raise ValueError(f"point_cloud_range must have 6 values, got {len(point_cloud_range)}")
+        self.data_root = Path(data_root if data_root is not None else self.infos["dataroot"])
+        self.image_size = image_size
+        self.num_history = num_history
+        self.class_names = list(class_names)
+        self.point_cloud_range = np.asarray(point_cloud_range, dtype=np.float64)
+        self.use_valid_flag = use_valid_flag
+        self.mean = np.asarray(mean, dtype=np.float32) * 255.0
+        self.std = np.asarray(std, dtype=np.float32) * 255.0
+        self.camera_names = list(self.infos["camera_names"])
+        self._scene_position = self._index_scenes()
+
+    def _index_scenes(self) -> list[tuple[list[int], int]]:
+        """For each sample index: (sample indices of its scene in time order, its position in that list)."""
+        scenes: dict[str, list[int]] = {}
+        for index, sample in enumerate(self.samples):
+            scenes.setdefault(sample["scene_token"], []).append(index)
+        positions: list[tuple[list[int], int]] = [([], 0)] * len(self.samples)
+        for indices in scenes.values():
+            indices.sort(key=lambda i: self.samples[i]["timestamp"])
+            for position, index in enumerate(indices):
+                positions[index] = (indices, position)
+        return positions
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load_camera(self, sample: dict, channel: str) -> tuple[np.ndarray, np.ndarray]:
+        """Normalized CHW float32 image and the resized lidar2img (4, 4) of one camera."""
+        camera = sample["cameras"][channel]
+        path = self.data_root / camera["path"]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"image file not found: {path} ({channel} of sample {sample['token']}; "
+                f"data_root {self.data_root})"
+            )
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise OSError(f"OpenCV could not decode image {path}")
+        if image.shape[:2] != (camera["height"], camera["width"]):
+            raise ValueError(
+                f"image {path} is {image.shape[1]}x{image.shape[0]} but the database says "
+                f"{camera['width']}x{camera['height']}; its intrinsic would be wrong"
+            )
+        lidar2img = np.asarray(camera["lidar2img"], dtype=np.float64)
+        if self.image_size is not None and tuple(self.image_size) != (camera["width"], camera["height"]):
+            width, height = self.image_size
+            scale = np.diag([width / camera["width"], height / camera["height"], 1.0, 1.0])
+            lidar2img = scale @ lidar2img
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        image = (cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) - self.mean) / self.std
+        return image.transpose(2, 0, 1), lidar2img
+
+    def _ground_truth(self, sample: dict) -> tuple[np.ndarray, np.ndarray]:
+        gt = sample["gt"]
+        boxes = np.asarray(gt["boxes"], dtype=np.float64).reshape(-1, 9)
+        known = np.array([name in self.class_names for name in gt["names"]], dtype=bool)
+        low, high = self.point_cloud_range[:3], self.point_cloud_range[3:]
+        keep = known & np.all((boxes[:, :3] >= low) & (boxes[:, :3] < high), axis=1)
+        if self.use_valid_flag:
+            keep &= np.asarray(gt["valid_flag"], dtype=bool).reshape(-1)
+        labels = np.array(
+            [self.class_names.index(name) for name, k in zip(gt["names"], keep, strict=True) if k],
+            dtype=np.int64,
+        )
+        return boxes[keep], labels
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        scene_indices, position = self._scene_position[index]
+        positions = [max(position - offset, 0) for offset in range(self.num_history, -1, -1)]
+        history_valid = np.array([position - offset >= 0 for offset in range(self.num_history, -1, -1)])
+        frames = [self.samples[scene_indices[p]] for p in positions]
+        images, lidar2img = [], []
+        for frame in frames:
+            loaded = [self._load_camera(frame, channel) for channel in self.camera_names]
+            images.append(np.stack([image for image, _ in loaded]))
+            lidar2img.append(np.stack([matrix for _, matrix in loaded]))
+        lidar2global = np.array([frame["lidar2global"] for frame in frames], dtype=np.float64)
+        ego_motion = np.tile(np.eye(4), (len(frames), 1, 1))
+        for t in range(1, len(frames)):
+            if history_valid[t - 1]:
+                ego_motion[t] = np.linalg.solve(lidar2global[t], lidar2global[t - 1])
+        sample = frames[-1]
+        boxes, labels = self._ground_truth(sample)
+        return {
+            "img": torch.from_numpy(np.stack(images)),
+            "lidar2img": torch.from_numpy(np.stack(lidar2img).astype(np.float32)),
+            "can_bus": torch.tensor([frame["can_bus"] for frame in frames], dtype=torch.float32),
+            "ego_motion": torch.from_numpy(ego_motion.astype(np.float32)),
+            "history_valid": torch.from_numpy(history_valid),
+            "lidar2global": torch.from_numpy(lidar2global[-1]),
+            "img_shape": torch.tensor(images[-1].shape[-2:], dtype=torch.int64),
+            "gt_boxes": torch.from_numpy(boxes.astype(np.float32)),
+            "gt_labels": torch.from_numpy(labels),
+            "sample_token": sample["token"],
+            "scene_token": sample["scene_token"],
+        }
+
+
+def collate_nuscenes(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a list of dataset items into a batch (shapes in the module docstring)."""
+    if not batch:
+        raise ValueError("collate_nuscenes got an empty batch")
+    shapes = {tuple(item["img"].shape) for item in batch}
+    if len(shapes) != 1:
+        raise ValueError(f"collate_nuscenes needs equal image tensors, got shapes {sorted(shapes)}")
+    collated: dict[str, Any] = {key: torch.stack([item[key] for item in batch]) for key in _STACKED_KEYS}
+    collated.update({key: [item[key] for item in batch] for key in _LISTED_KEYS})
+    return collated

@@ -1,0 +1,260 @@
+"""The per-sample index ("infos") of a nuScenes split, built with the devkit and stored as versioned JSON.
+
+Schema (``INFOS_FORMAT``, ``format_version`` 1); matrices are nested lists, 4 x 4 are rigid or projective
+transforms acting on column vectors ``[x, y, z, 1]``::
+
+    {"format": "deformbev.nuscenes_infos", "format_version": 1,
+     "version": "v1.0-mini", "split": "mini_val", "dataroot": "/abs/path",
+     "class_names": [10 names], "camera_names": [6 names], "can_bus_root": str | null,
+     "samples": [{
+        "token", "scene_token", "scene_name", "timestamp" (us), "prev", "next" ("" at scene ends),
+        "frame_index" (position in the scene),
+        "lidar": {"token", "path" (relative to dataroot), "timestamp", "lidar2ego" 4x4, "ego2global" 4x4},
+        "lidar2global": 4x4,
+        "can_bus": [18] (see can_bus.py), "can_bus_from_messages": bool,
+        "cameras": {CAM_*: {"token", "path", "timestamp", "width", "height",
+                            "intrinsic" 3x3, "sensor2lidar" 4x4, "lidar2img" 4x4}},
+        "gt": {"boxes": K x 9 [x, y, z, w, l, h, yaw, vx, vy] lidar frame (boxes.py; unknown velocity 0),
+               "velocity_valid": [K bool], "names": [K] (detection class, or the raw category name when the
+               category is none of the 10), "attributes": [K] ("" if none), "num_lidar_pts": [K],
+               "num_radar_pts": [K], "valid_flag": [K bool] (num_lidar_pts + num_radar_pts > 0),
+               "instance_tokens": [K], "annotation_tokens": [K]}}]}
+
+``lidar2img = K4 @ inv(sensor2lidar)`` with ``sensor2lidar = inv(lidar2global) @ ego2global(camera time)
+@ sensor2ego``: every camera uses its own sample_data's ego pose.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nuscenes import NuScenes
+from nuscenes.eval.detection.utils import category_to_detection_name
+
+from datasets.nuscenes.boxes import BOX_DIM, global_boxes_to_lidar
+from datasets.nuscenes.can_bus import CanBusReader
+from datasets.nuscenes.constants import CAMERA_NAMES, CLASS_NAMES, LIDAR_NAME
+from datasets.nuscenes.database import open_nuscenes, pose_matrix
+from datasets.nuscenes.splits import available_splits, sample_tokens_of_split, splits_with_samples
+
+INFOS_FORMAT = "deformbev.nuscenes_infos"
+INFOS_FORMAT_VERSION = 1
+SAMPLE_KEYS = frozenset(
+    (
+        "token",
+        "scene_token",
+        "scene_name",
+        "timestamp",
+        "prev",
+        "next",
+        "frame_index",
+        "lidar",
+        "lidar2global",
+        "can_bus",
+        "can_bus_from_messages",
+        "cameras",
+        "gt",
+    )
+)
+GT_KEYS = frozenset(
+    (
+        "boxes",
+        "velocity_valid",
+        "names",
+        "attributes",
+        "num_lidar_pts",
+        "num_radar_pts",
+        "valid_flag",
+        "instance_tokens",
+        "annotation_tokens",
+    )
+)
+
+
+def _ground_truth(nusc: NuScenes, sample: dict, lidar2global: np.ndarray) -> dict[str, list]:
+    annotations = [nusc.get("sample_annotation", token) for token in sample["anns"]]
+    attribute_names = {record["token"]: record["name"] for record in nusc.attribute}
+    velocities = np.array([nusc.box_velocity(a["token"])[:2] for a in annotations]).reshape(-1, 2)
+    velocity_valid = np.isfinite(velocities).all(1)
+    boxes = global_boxes_to_lidar(
+        np.array([a["translation"] for a in annotations]).reshape(-1, 3),
+        np.array([a["size"] for a in annotations]).reshape(-1, 3),
+        np.array([a["rotation"] for a in annotations]).reshape(-1, 4),
+        np.where(velocity_valid[:, None], velocities, 0.0),
+        lidar2global,
+    ).reshape(-1, BOX_DIM)
+    return {
+        "boxes": boxes.tolist(),
+        "velocity_valid": velocity_valid.tolist(),
+        "names": [category_to_detection_name(a["category_name"]) or a["category_name"] for a in annotations],
+        "attributes": [
+            attribute_names[a["attribute_tokens"][0]] if a["attribute_tokens"] else "" for a in annotations
+        ],
+        "num_lidar_pts": [a["num_lidar_pts"] for a in annotations],
+        "num_radar_pts": [a["num_radar_pts"] for a in annotations],
+        "valid_flag": [a["num_lidar_pts"] + a["num_radar_pts"] > 0 for a in annotations],
+        "instance_tokens": [a["instance_token"] for a in annotations],
+        "annotation_tokens": [a["token"] for a in annotations],
+    }
+
+
+def _sample_info(nusc: NuScenes, sample: dict, frame_index: int, can_bus: CanBusReader) -> dict[str, Any]:
+    missing = [channel for channel in (*CAMERA_NAMES, LIDAR_NAME) if channel not in sample["data"]]
+    if missing:
+        raise ValueError(f"sample {sample['token']} has no keyframe sample_data for channel(s) {missing}")
+    scene_name = nusc.get("scene", sample["scene_token"])["name"]
+    lidar_data = nusc.get("sample_data", sample["data"][LIDAR_NAME])
+    lidar_pose = nusc.get("ego_pose", lidar_data["ego_pose_token"])
+    lidar2ego = pose_matrix(nusc.get("calibrated_sensor", lidar_data["calibrated_sensor_token"]))
+    ego2global = pose_matrix(lidar_pose)
+    lidar2global = ego2global @ lidar2ego
+    global2lidar = np.linalg.inv(lidar2global)
+    cameras = {}
+    for channel in CAMERA_NAMES:
+        data = nusc.get("sample_data", sample["data"][channel])
+        calibration = nusc.get("calibrated_sensor", data["calibrated_sensor_token"])
+        sensor2lidar = (
+            global2lidar
+            @ pose_matrix(nusc.get("ego_pose", data["ego_pose_token"]))
+            @ pose_matrix(calibration)
+        )
+        intrinsic = np.array(calibration["camera_intrinsic"], dtype=np.float64)
+        if intrinsic.shape != (3, 3):
+            raise ValueError(
+                f"calibrated_sensor {calibration['token']} of {channel} has camera_intrinsic of "
+                f"shape {intrinsic.shape}, expected (3, 3)"
+            )
+        intrinsic4 = np.eye(4)
+        intrinsic4[:3, :3] = intrinsic
+        cameras[channel] = {
+            "token": data["token"],
+            "path": data["filename"],
+            "timestamp": data["timestamp"],
+            "width": data["width"],
+            "height": data["height"],
+            "intrinsic": intrinsic.tolist(),
+            "sensor2lidar": sensor2lidar.tolist(),
+            "lidar2img": (intrinsic4 @ np.linalg.inv(sensor2lidar)).tolist(),
+        }
+    can_bus_vector, from_messages = can_bus.vector(
+        scene_name, sample["timestamp"], lidar_pose["translation"], lidar_pose["rotation"]
+    )
+    return {
+        "token": sample["token"],
+        "scene_token": sample["scene_token"],
+        "scene_name": scene_name,
+        "timestamp": sample["timestamp"],
+        "prev": sample["prev"],
+        "next": sample["next"],
+        "frame_index": frame_index,
+        "lidar": {
+            "token": lidar_data["token"],
+            "path": lidar_data["filename"],
+            "timestamp": lidar_data["timestamp"],
+            "lidar2ego": lidar2ego.tolist(),
+            "ego2global": ego2global.tolist(),
+        },
+        "lidar2global": lidar2global.tolist(),
+        "can_bus": can_bus_vector.tolist(),
+        "can_bus_from_messages": from_messages,
+        "cameras": cameras,
+        "gt": _ground_truth(nusc, sample, lidar2global),
+    }
+
+
+def build_infos(nusc: NuScenes, split: str, can_bus_root: str | Path | None = None) -> dict[str, Any]:
+    """Infos (schema in the module docstring) of every sample of ``split``.
+
+    Args:
+        nusc: a loaded database (see :func:`datasets.nuscenes.database.open_nuscenes`).
+        split: predefined split fitting ``nusc.version`` or a custom split of ``splits.json``.
+        can_bus_root: directory holding ``can_bus/`` (``NuScenesCanBus`` convention), or None for zeros.
+    """
+    reader = CanBusReader(can_bus_root)
+    samples = []
+    frame_index = 0
+    for token in sample_tokens_of_split(nusc, split):
+        sample = nusc.get("sample", token)
+        frame_index = frame_index + 1 if sample["prev"] else 0
+        samples.append(_sample_info(nusc, sample, frame_index, reader))
+    return {
+        "format": INFOS_FORMAT,
+        "format_version": INFOS_FORMAT_VERSION,
+        "version": nusc.version,
+        "split": split,
+        "dataroot": str(Path(nusc.dataroot).resolve()),
+        "class_names": list(CLASS_NAMES),
+        "camera_names": list(CAMERA_NAMES),
+        "can_bus_root": None if can_bus_root is None else str(can_bus_root),
+        "samples": samples,
+    }
+
+
+def find_can_bus_root(root: str | Path) -> Path | None:
+    """``root`` if it holds ``can_bus/``, else its parent if that does (BEVFormer's layout), else None."""
+    for candidate in (Path(root), Path(root).resolve().parent):
+        if (candidate / "can_bus").is_dir():
+            return candidate
+    return None
+
+
+def infos_path(out_dir: str | Path, split: str) -> Path:
+    return Path(out_dir) / f"nuscenes_infos_{split}.json"
+
+
+def save_infos(infos: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(infos, allow_nan=False))
+    return path
+
+
+def create_nuscenes_infos(
+    root: str | Path,
+    version: str,
+    out_dir: str | Path,
+    splits: list[str] | None = None,
+    can_bus_root: str | Path | None = None,
+) -> list[Path]:
+    """Write ``nuscenes_infos_<split>.json`` into ``out_dir`` for ``splits`` (default: every predefined split
+    that fits ``version`` and every custom split, skipping those without scenes in the database).
+    ``can_bus_root`` defaults to :func:`find_can_bus_root`. Returns the written paths."""
+    nusc = open_nuscenes(root, version)
+    splits = splits or splits_with_samples(nusc)
+    if not splits:
+        raise ValueError(f"no split of {root}/{version} has samples (splits: {available_splits(nusc)})")
+    can_bus_root = can_bus_root if can_bus_root is not None else find_can_bus_root(root)
+    return [
+        save_infos(build_infos(nusc, split, can_bus_root), infos_path(out_dir, split)) for split in splits
+    ]
+
+
+def load_infos(path: str | Path) -> dict[str, Any]:
+    """Read and check an infos file; ValueError naming the file and the problem on a wrong format."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"infos file not found: {path}")
+    try:
+        infos = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"infos file {path} is not valid JSON: {error}") from error
+    if not isinstance(infos, dict) or infos.get("format") != INFOS_FORMAT:
+        raise ValueError(f"{path} is not a nuScenes infos file of format {INFOS_FORMAT!r}")
+    if infos.get("format_version") != INFOS_FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has infos format_version {infos.get('format_version')!r}; this code reads "
+            f"version {INFOS_FORMAT_VERSION}: rebuild it with tools/create_data.py nuscenes"
+        )
+    for index, sample in enumerate(infos.get("samples", [])):
+        missing = (SAMPLE_KEYS - sample.keys()) or (GT_KEYS - sample["gt"].keys())
+        if missing:
+            raise ValueError(f"{path}: sample {index} lacks key(s) {sorted(missing)}")
+        if set(sample["cameras"]) != set(infos["camera_names"]):
+            raise ValueError(
+                f"{path}: sample {index} has cameras {sorted(sample['cameras'])}, "
+                f"expected {infos['camera_names']}"
+            )
+    return infos
