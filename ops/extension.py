@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -43,15 +44,23 @@ def _cuda_registered() -> bool:
 
 
 def _load_aot() -> bool:
-    """Load ``ops/_C*.so`` built by ``setup.py`` for this very torch; False if absent or unusable."""
+    """Load ``ops/_C*.so`` built by ``setup.py``; False when absent, built for another torch, older
+    than its sources (a kernel edited since the install), or disabled by ``DEFORMBEV_MSDA_JIT=1``."""
+    if os.environ.get("DEFORMBEV_MSDA_JIT", "") == "1":
+        return False
     package = os.path.dirname(os.path.abspath(__file__))
-    for path in sorted(glob.glob(os.path.join(package, f"{AOT_LIBRARY}*.so"))):
-        try:
-            torch.ops.load_library(path)
-        except OSError:  # built against another torch: fall through to the JIT build
-            continue
-        return True
-    return False
+    libraries = glob.glob(os.path.join(package, f"{AOT_LIBRARY}*.so"))
+    info_path = os.path.join(package, f"{AOT_LIBRARY}_build.json")
+    if len(libraries) != 1 or not os.path.exists(info_path):
+        return False
+    with open(info_path) as f:
+        if json.load(f).get("torch") != torch.__version__:
+            return False
+    newest_source = max(os.path.getmtime(p) for p in glob.glob(os.path.join(CSRC, "*")))
+    if os.path.getmtime(libraries[0]) < newest_source:
+        return False
+    torch.ops.load_library(libraries[0])
+    return True
 
 
 def _build_jit(with_cuda: bool) -> None:

@@ -1,0 +1,68 @@
+"""deformbev: Deformable DETR and a multi-camera BEV detector on one deformable-attention op.
+
+Install (torch must already be installed; keep it out of build isolation so the op is built against
+the torch you run):
+
+    pip install --no-build-isolation -e .
+
+The op's native library is built here ahead of time (CPU kernels always; CUDA kernels when a CUDA
+toolchain and a CUDA build of torch are present, or with FORCE_CUDA=1). Without this step the op
+compiles itself just in time on first use (ninja).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "ops" / "csrc"
+CPU_SOURCES = ["register.cpp", "ms_deform_attn_cpu.cpp"]
+CUDA_SOURCES = ["ms_deform_attn_cuda.cu"]
+REQUIREMENTS = [
+    line.strip()
+    for line in (ROOT / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+
+def with_cuda() -> bool:
+    if os.environ.get("FORCE_CUDA") == "1":
+        return True
+    return torch.cuda.is_available() and CUDA_HOME is not None and torch.version.cuda is not None
+
+
+def native_extension():
+    cuda = with_cuda()
+    sources = [str(Path("ops/csrc") / s) for s in CPU_SOURCES + (CUDA_SOURCES if cuda else [])]
+    kwargs = dict(
+        name="ops._C",
+        sources=sources,
+        include_dirs=[str(CSRC)],
+        extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3"]},
+        extra_link_args=["-fopenmp"],
+    )
+    # The build records the torch it was built against; ops/extension.py loads it only for that torch.
+    (ROOT / "ops" / "_C_build.json").write_text(json.dumps({"torch": torch.__version__, "cuda": cuda}))
+    return CUDAExtension(**kwargs) if cuda else CppExtension(**kwargs)
+
+
+setup(
+    name="deformbev",
+    version="0.1.0",
+    description="Deformable DETR and a BEVFormer-style detector on one multi-scale deformable attention op",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ops", "ops.*", "detr2d", "detr2d.*", "bev", "bev.*", "datasets", "datasets.*", "configs", "configs.*"]),
+    package_data={"ops": ["csrc/*.h", "csrc/*.cpp", "csrc/*.cu", "_C_build.json"]},
+    install_requires=["torch>=2.4", *REQUIREMENTS],
+    extras_require={"dev": ["pytest", "hypothesis", "ruff"]},
+    ext_modules=[native_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
