@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "ops" / "csrc"
 CPU_SOURCES = ["register.cpp", "ms_deform_attn_cpu.cpp"]
 CUDA_SOURCES = ["ms_deform_attn_cuda.cu"]
+PACKAGES = ("ops", "detr2d", "bev", "datasets", "configs")
 REQUIREMENTS = [
     line.strip()
     for line in (ROOT / "requirements.txt").read_text().splitlines()
@@ -59,7 +60,7 @@ setup(
     long_description=(ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["ops", "ops.*", "detr2d", "detr2d.*", "bev", "bev.*", "datasets", "datasets.*", "configs", "configs.*"]),
+    packages=find_packages(include=[f"{p}{s}" for p in PACKAGES for s in ("", ".*")]),
     package_data={"ops": ["csrc/*.h", "csrc/*.cpp", "csrc/*.cu", "_C_build.json"]},
     install_requires=["torch>=2.4", *REQUIREMENTS],
     extras_require={"dev": ["pytest", "hypothesis", "ruff"]},

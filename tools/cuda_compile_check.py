@@ -44,7 +44,8 @@ def main() -> None:
         sys.exit("the CUDA library loaded but registered no CUDA kernel")
     print(
         f"CUDA kernels compiled, linked and registered in {time.perf_counter() - start:.0f} s "
-        f"(torch {torch.__version__}, CUDA {torch.version.cuda}, arch {os.environ.get('TORCH_CUDA_ARCH_LIST')})"
+        f"(torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"arch {os.environ.get('TORCH_CUDA_ARCH_LIST')})"
     )
 
 
