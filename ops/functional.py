@@ -34,7 +34,9 @@ def resolve_backend(device: torch.device, backend: str | None = None) -> str:
     if choice not in BACKENDS:
         source = "backend" if backend is not None else f"${ENV_BACKEND}"
         raise ValueError(f"{source} must be one of {BACKENDS} or None, got {choice!r}")
-    if choice != "reference" and choice != device.type:
+    if choice == "reference":
+        return choice  # never builds the native library
+    if choice != device.type:
         raise ValueError(f"backend {choice!r} cannot run on tensors on {device}")
     if choice not in available_backends():
         raise RuntimeError(f"backend {choice!r} is not available: {load_native().error or 'not built'}")
