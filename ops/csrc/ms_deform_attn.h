@@ -9,15 +9,35 @@ struct Dims {
   int64_t batch, spatial, heads, channels, queries, levels, points;
 };
 
-// Read-only inputs of a kernel (contiguous, on the kernel's device).
+// Element strides of `value` (and of the matching value-gradient buffer) per sample, head and spatial
+// position; channels are always contiguous. (N, S, M, D) has strides (S*M*D, D, M*D); the CPU kernels
+// work on a head-major copy (N, M, S, D) with strides (M*S*D, S*D, D), which keeps one head's map
+// contiguous in memory while a thread samples it.
+struct ValueStrides {
+  int64_t batch, head, position;
+
+  static ValueStrides position_major(const Dims& d) {
+    return {d.spatial * d.heads * d.channels, d.channels, d.heads * d.channels};
+  }
+  static ValueStrides head_major(const Dims& d) {
+    return {d.heads * d.spatial * d.channels, d.spatial * d.channels, d.channels};
+  }
+  // Offset of level l's first position for (sample n, head m).
+  int64_t level(int64_t n, int64_t m, int64_t level_start) const {
+    return n * batch + m * head + level_start * position;
+  }
+};
+
+// Read-only inputs of a kernel (on the kernel's device; loc and attn contiguous).
 template <typename scalar_t>
 struct Args {
-  const scalar_t* value;  // (N, S, M, D)
+  const scalar_t* value;  // laid out as `strides` says
   const int64_t* shapes;  // (L, 2) rows (H, W)
   const int64_t* starts;  // (L,)
   const scalar_t* loc;    // (N, Lq, M, L, P, 2)
   const scalar_t* attn;   // (N, Lq, M, L, P)
   Dims d;
+  ValueStrides strides;
 };
 
 // Checks what the kernels rely on (the Python front end validates more thoroughly with ValueError;

@@ -1,5 +1,6 @@
-// CPU kernels: forward parallel over (sample, query); backward parallel over (sample, head), so that
-// every task owns its slice of grad_value and needs no atomics. Per-sample math: ms_deform_attn_math.h.
+// CPU kernels on a head-major copy of value (one head's maps contiguous): forward parallel over
+// (sample, head, query); backward parallel over (sample, head), so that every task owns its slice of
+// grad_value and needs no atomics. Per-sample math: ms_deform_attn_math.h.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -20,40 +21,40 @@ namespace {
 #define MSDA_MULTIVERSION
 #endif
 
-// Output rows [begin, end) of the flattened (N * Lq) queries, all heads.
+// Output items [begin, end) of the flattened (N, M, Lq): consecutive items share a head, so a thread
+// samples one head's (contiguous, head-major) map at a time.
 template <typename scalar_t>
-MSDA_MULTIVERSION void forward_rows(const Args<scalar_t>& args, scalar_t* out, int64_t begin, int64_t end) {
+MSDA_MULTIVERSION void forward_items(const Args<scalar_t>& args, scalar_t* out, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const Dims& d = args.d;
-  const int64_t row_stride = d.heads * d.channels;
   const int64_t lp = d.levels * d.points;
   std::vector<acc_t> acc(d.channels);
   acc_t* acc_p = acc.data();
-  for (int64_t i = begin; i < end; ++i) {
-    const int64_t n = i / d.queries;
-    for (int64_t m = 0; m < d.heads; ++m) {
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      const int64_t im = i * d.heads + m;
-      for (int64_t l = 0; l < d.levels; ++l) {
-        const int64_t height = args.shapes[2 * l], width = args.shapes[2 * l + 1];
-        const scalar_t* base = args.value + ((n * d.spatial + args.starts[l]) * d.heads + m) * d.channels;
-        for (int64_t p = 0; p < d.points; ++p) {
-          const int64_t j = im * lp + l * d.points + p;
-          auto corners = bilinear_corners<acc_t>(static_cast<acc_t>(args.loc[2 * j]),
-                                                 static_cast<acc_t>(args.loc[2 * j + 1]), height, width,
-                                                 row_stride);
-          if (!corners.any) continue;
-          const acc_t a = static_cast<acc_t>(args.attn[j]);
-          for (int k = 0; k < 4; ++k) corners.weight[k] *= a;
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t q = item % d.queries;
+    const int64_t m = (item / d.queries) % d.heads;
+    const int64_t n = item / (d.queries * d.heads);
+    const int64_t im = (n * d.queries + q) * d.heads + m;  // index into (N, Lq, M)
+    std::fill(acc.begin(), acc.end(), acc_t(0));
+    for (int64_t l = 0; l < d.levels; ++l) {
+      const int64_t height = args.shapes[2 * l], width = args.shapes[2 * l + 1];
+      const scalar_t* base = args.value + args.strides.level(n, m, args.starts[l]);
+      for (int64_t p = 0; p < d.points; ++p) {
+        const int64_t j = im * lp + l * d.points + p;
+        auto corners = bilinear_corners<acc_t>(static_cast<acc_t>(args.loc[2 * j]),
+                                               static_cast<acc_t>(args.loc[2 * j + 1]), height, width,
+                                               args.strides.position);
+        if (!corners.any) continue;
+        const acc_t a = static_cast<acc_t>(args.attn[j]);
+        for (int k = 0; k < 4; ++k) corners.weight[k] *= a;
 #pragma omp simd
-          for (int64_t c = 0; c < d.channels; ++c) {
-            acc_p[c] += bilinear_gather(base, corners, c);
-          }
+        for (int64_t c = 0; c < d.channels; ++c) {
+          acc_p[c] += bilinear_gather(base, corners, c);
         }
       }
-      scalar_t* out_im = out + im * d.channels;
-      for (int64_t c = 0; c < d.channels; ++c) out_im[c] = static_cast<scalar_t>(acc_p[c]);
     }
+    scalar_t* out_im = out + im * d.channels;
+    for (int64_t c = 0; c < d.channels; ++c) out_im[c] = static_cast<scalar_t>(acc_p[c]);
   }
 }
 
@@ -71,7 +72,6 @@ MSDA_MULTIVERSION void backward_heads(const Args<scalar_t>& args, const scalar_t
                                       scalar_t* grad_attn, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const Dims& d = args.d;
-  const int64_t row_stride = d.heads * d.channels;
   const int64_t lp = d.levels * d.points;
   std::vector<acc_t> g(d.channels);
   const acc_t* g_p = g.data();
@@ -82,14 +82,14 @@ MSDA_MULTIVERSION void backward_heads(const Args<scalar_t>& args, const scalar_t
       for (int64_t c = 0; c < d.channels; ++c) g[c] = static_cast<acc_t>(grad_out[im * d.channels + c]);
       for (int64_t l = 0; l < d.levels; ++l) {
         const int64_t height = args.shapes[2 * l], width = args.shapes[2 * l + 1];
-        const int64_t level_offset = ((n * d.spatial + args.starts[l]) * d.heads + m) * d.channels;
+        const int64_t level_offset = args.strides.level(n, m, args.starts[l]);
         const scalar_t* base = args.value + level_offset;
         PlainAdd<acc_t> add{grad_value + level_offset};
         for (int64_t p = 0; p < d.points; ++p) {
           const int64_t j = im * lp + l * d.points + p;
           const auto corners = bilinear_corners<acc_t>(static_cast<acc_t>(args.loc[2 * j]),
                                                        static_cast<acc_t>(args.loc[2 * j + 1]), height,
-                                                       width, row_stride);
+                                                       width, args.strides.position);
           if (!corners.any) continue;  // gradients stay zero
           const acc_t a = static_cast<acc_t>(args.attn[j]);
           acc_t grad_a = 0, grad_w = 0, grad_h = 0;
@@ -113,26 +113,44 @@ MSDA_MULTIVERSION void backward_heads(const Args<scalar_t>& args, const scalar_t
   }
 }
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
-}
+// Inputs of the CPU kernels: `value` as a head-major copy (N, M, S, D), the rest contiguous.
+struct CpuInputs {
+  Dims d;
+  at::Tensor value_heads, shapes, starts, loc, attn;
+
+  CpuInputs(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+            const at::Tensor& sampling_loc, const at::Tensor& attn_weight)
+      : d(check_dims(value, spatial_shapes, level_start_index, sampling_loc, attn_weight)),
+        value_heads(value.transpose(1, 2).contiguous()),
+        shapes(spatial_shapes.contiguous()),
+        starts(level_start_index.contiguous()),
+        loc(sampling_loc.contiguous()),
+        attn(attn_weight.contiguous()) {
+    for (const auto* t : {&value, &spatial_shapes, &level_start_index, &sampling_loc, &attn_weight}) {
+      TORCH_CHECK(t->device().is_cpu(), "the CPU kernels need CPU tensors, got ", t->device());
+    }
+  }
+
+  template <typename scalar_t>
+  Args<scalar_t> args() const {
+    return {value_heads.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
+            starts.const_data_ptr<int64_t>(),      loc.const_data_ptr<scalar_t>(),
+            attn.const_data_ptr<scalar_t>(),       d,
+            ValueStrides::head_major(d)};
+  }
+};
 
 at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
                        const at::Tensor& level_start_index, const at::Tensor& sampling_loc,
                        const at::Tensor& attn_weight) {
-  const Dims d = check_dims(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
-  check_cpu(value, "value");
-  const auto value_c = value.contiguous(), loc_c = sampling_loc.contiguous();
-  const auto attn_c = attn_weight.contiguous(), shapes_c = spatial_shapes.contiguous();
-  const auto starts_c = level_start_index.contiguous();
+  const CpuInputs in(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  const Dims& d = in.d;
   auto out = at::empty({d.batch, d.queries, d.heads * d.channels}, value.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_forward_cpu", [&] {
-    const Args<scalar_t> args{value_c.const_data_ptr<scalar_t>(), shapes_c.const_data_ptr<int64_t>(),
-                              starts_c.const_data_ptr<int64_t>(), loc_c.const_data_ptr<scalar_t>(),
-                              attn_c.const_data_ptr<scalar_t>(), d};
+    const auto args = in.args<scalar_t>();
     scalar_t* out_p = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, d.batch * d.queries, 16, [&](int64_t begin, int64_t end) {
-      forward_rows(args, out_p, begin, end);
+    at::parallel_for(0, d.batch * d.heads * d.queries, 64, [&](int64_t begin, int64_t end) {
+      forward_items(args, out_p, begin, end);
     });
   });
   return out;
@@ -141,30 +159,28 @@ at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
     const at::Tensor& sampling_loc, const at::Tensor& attn_weight, const at::Tensor& grad_output) {
-  const Dims d = check_dims(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
-  check_cpu(value, "value");
+  const CpuInputs in(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  const Dims& d = in.d;
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({d.batch, d.queries, d.heads * d.channels}),
               "grad_output must be (N, Lq, M * D), got ", grad_output.sizes());
-  const auto value_c = value.contiguous(), loc_c = sampling_loc.contiguous();
-  const auto attn_c = attn_weight.contiguous(), grad_c = grad_output.contiguous().to(value.scalar_type());
-  const auto shapes_c = spatial_shapes.contiguous(), starts_c = level_start_index.contiguous();
-  const auto acc_type = at::toOpMathType(value.scalar_type());
-  auto grad_value = at::zeros(value.sizes(), value.options().dtype(acc_type));
-  auto grad_loc = at::zeros_like(loc_c);
-  auto grad_attn = at::zeros_like(attn_c);
+  const auto grad_c = grad_output.contiguous().to(value.scalar_type());
+  // Value gradients accumulate head-major, in float for half/bfloat16.
+  auto grad_value_heads =
+      at::zeros(in.value_heads.sizes(), value.options().dtype(at::toOpMathType(value.scalar_type())));
+  auto grad_loc = at::zeros_like(in.loc);
+  auto grad_attn = at::zeros_like(in.attn);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_backward_cpu", [&] {
-    const Args<scalar_t> args{value_c.const_data_ptr<scalar_t>(), shapes_c.const_data_ptr<int64_t>(),
-                              starts_c.const_data_ptr<int64_t>(), loc_c.const_data_ptr<scalar_t>(),
-                              attn_c.const_data_ptr<scalar_t>(), d};
+    const auto args = in.args<scalar_t>();
     const scalar_t* grad_p = grad_c.const_data_ptr<scalar_t>();
-    auto* grad_value_p = grad_value.mutable_data_ptr<at::opmath_type<scalar_t>>();
+    auto* grad_value_p = grad_value_heads.mutable_data_ptr<at::opmath_type<scalar_t>>();
     scalar_t* grad_loc_p = grad_loc.mutable_data_ptr<scalar_t>();
     scalar_t* grad_attn_p = grad_attn.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, d.batch * d.heads, 1, [&](int64_t begin, int64_t end) {
       backward_heads(args, grad_p, grad_value_p, grad_loc_p, grad_attn_p, begin, end);
     });
   });
-  return {grad_value.to(value.scalar_type()), grad_loc, grad_attn};
+  auto grad_value = grad_value_heads.to(value.scalar_type()).transpose(1, 2).contiguous();
+  return {grad_value, grad_loc, grad_attn};
 }
 
 }  // namespace

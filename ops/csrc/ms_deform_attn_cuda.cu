@@ -57,18 +57,17 @@ __global__ void forward_kernel(const Args<scalar_t> args, scalar_t* __restrict__
   const Dims& d = args.d;
   const int64_t m = item % d.heads;
   const int64_t n = item / (d.heads * d.queries);
-  const int64_t row_stride = d.heads * d.channels;
   const int64_t lp = d.levels * d.points;
   for (int64_t c = lane; c < d.channels; c += group) {
     acc_t acc = 0;
     for (int64_t l = 0; l < d.levels; ++l) {
       const int64_t height = args.shapes[2 * l], width = args.shapes[2 * l + 1];
-      const scalar_t* base = args.value + ((n * d.spatial + args.starts[l]) * d.heads + m) * d.channels;
+      const scalar_t* base = args.value + args.strides.level(n, m, args.starts[l]);
       for (int64_t p = 0; p < d.points; ++p) {
         const int64_t j = item * lp + l * d.points + p;
         const auto corners = bilinear_corners<acc_t>(static_cast<acc_t>(args.loc[2 * j]),
                                                      static_cast<acc_t>(args.loc[2 * j + 1]), height,
-                                                     width, row_stride);
+                                                     width, args.strides.position);
         if (corners.any) acc += static_cast<acc_t>(args.attn[j]) * bilinear_gather(base, corners, c);
       }
     }
@@ -89,11 +88,10 @@ __global__ void backward_kernel(const Args<scalar_t> args, const scalar_t* __res
   const Dims& d = args.d;
   const int64_t m = item % d.heads;
   const int64_t n = item / (d.heads * d.queries);
-  const int64_t row_stride = d.heads * d.channels;
   const int64_t lp = d.levels * d.points;
   for (int64_t l = 0; l < d.levels; ++l) {
     const int64_t height = args.shapes[2 * l], width = args.shapes[2 * l + 1];
-    const int64_t level_offset = ((n * d.spatial + args.starts[l]) * d.heads + m) * d.channels;
+    const int64_t level_offset = args.strides.level(n, m, args.starts[l]);
     const scalar_t* base = args.value + level_offset;
     AtomicAdd<acc_t> add{grad_value + level_offset};
     for (int64_t p = 0; p < d.points; ++p) {
@@ -101,7 +99,7 @@ __global__ void backward_kernel(const Args<scalar_t> args, const scalar_t* __res
       // Out-of-map corners have zero coefficients, so no branch is needed before the shuffles.
       const auto corners = bilinear_corners<acc_t>(static_cast<acc_t>(args.loc[2 * j]),
                                                    static_cast<acc_t>(args.loc[2 * j + 1]), height, width,
-                                                   row_stride);
+                                                   args.strides.position);
       const acc_t a = static_cast<acc_t>(args.attn[j]);
       acc_t grad_a = 0, grad_w = 0, grad_h = 0;
       for (int64_t c = lane; c < d.channels; c += group) {
@@ -136,7 +134,7 @@ template <typename scalar_t>
 Args<scalar_t> make_args(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
                          const at::Tensor& loc, const at::Tensor& attn, const Dims& d) {
   return {value.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(), starts.const_data_ptr<int64_t>(),
-          loc.const_data_ptr<scalar_t>(), attn.const_data_ptr<scalar_t>(), d};
+          loc.const_data_ptr<scalar_t>(), attn.const_data_ptr<scalar_t>(), d, ValueStrides::position_major(d)};
 }
 
 at::Tensor forward_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,
