@@ -1,0 +1,41 @@
+"""Deformable DETR (2D): every published variant, loading the official checkpoints unchanged."""
+
+from .backbone import FrozenBatchNorm2d, Joiner, ResNetBackbone, load_imagenet_weights
+from .builder import (
+    VARIANTS,
+    CriterionConfig,
+    ModelConfig,
+    build_criterion,
+    build_model,
+    build_model_from_config,
+    model_config,
+)
+from .checkpoint import load_checkpoint, read_state_dict, save_model_state
+from .criterion import SetCriterion, sigmoid_focal_loss
+from .deformable_detr import DeformableDETR
+from .matcher import HungarianMatcher
+from .position_encoding import PositionEmbeddingSine
+from .postprocess import PostProcess
+
+__all__ = [
+    "VARIANTS",
+    "CriterionConfig",
+    "DeformableDETR",
+    "FrozenBatchNorm2d",
+    "HungarianMatcher",
+    "Joiner",
+    "ModelConfig",
+    "PositionEmbeddingSine",
+    "PostProcess",
+    "ResNetBackbone",
+    "SetCriterion",
+    "build_criterion",
+    "build_model",
+    "build_model_from_config",
+    "load_checkpoint",
+    "load_imagenet_weights",
+    "model_config",
+    "read_state_dict",
+    "save_model_state",
+    "sigmoid_focal_loss",
+]

@@ -1,0 +1,172 @@
+"""Builders: the published variants as a table of config overrides, the criterion, the post-processor."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .backbone import Joiner, ResNetBackbone
+from .criterion import SetCriterion, make_weight_dict
+from .deformable_detr import DeformableDETR
+from .matcher import HungarianMatcher
+from .position_encoding import PositionEmbeddingSine
+from .transformer import DeformableTransformer
+
+BACKBONES = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every hyper-parameter of the model; defaults are the published ones (R50, COCO)."""
+
+    num_classes: int = 91
+    num_queries: int = 300
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 1024
+    dropout: float = 0.1
+    enc_n_points: int = 4
+    dec_n_points: int = 4
+    backbone: str = "resnet50"
+    dilation: bool = False
+    train_backbone: bool = True
+    num_feature_levels: int = 4
+    with_box_refine: bool = False
+    two_stage: bool = False
+    aux_loss: bool = True
+    msda_backend: str | None = None
+
+    def __post_init__(self) -> None:
+        positive = (
+            "num_classes",
+            "num_queries",
+            "hidden_dim",
+            "nheads",
+            "enc_layers",
+            "dec_layers",
+            "dim_feedforward",
+            "enc_n_points",
+            "dec_n_points",
+            "num_feature_levels",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
+        if self.hidden_dim % 32 != 0:
+            raise ValueError(f"hidden_dim must be a multiple of 32 (GroupNorm groups), got {self.hidden_dim}")
+        if self.hidden_dim % self.nheads != 0:
+            raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.two_stage and not self.with_box_refine:
+            raise ValueError("two_stage requires with_box_refine (as in the official release)")
+
+
+# The published variants, as overrides of ModelConfig's defaults.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "deformable_detr": {},
+    "deformable_detr_single_scale": {"num_feature_levels": 1},
+    "deformable_detr_single_scale_dc5": {"num_feature_levels": 1, "dilation": True},
+    "deformable_detr_refine": {"with_box_refine": True},
+    "deformable_detr_two_stage": {"with_box_refine": True, "two_stage": True},
+}
+
+
+def model_config(name: str = "deformable_detr", **overrides: Any) -> ModelConfig:
+    """The config of variant ``name`` with ``overrides`` (any :class:`ModelConfig` field) applied."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(VARIANTS)}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown overrides {unknown}; valid ones are {sorted(fields)}")
+    return ModelConfig(**{**VARIANTS[name], **overrides})
+
+
+def backbone_layers(num_feature_levels: int) -> tuple[str, ...]:
+    """ResNet layers feeding the levels: layer4 alone for one level, else the last of layer2-4."""
+    if num_feature_levels == 1:
+        return ("layer4",)
+    return ("layer2", "layer3", "layer4")[-min(num_feature_levels, 3) :]
+
+
+def build_model_from_config(cfg: ModelConfig) -> DeformableDETR:
+    """Instantiate the model described by ``cfg`` (random init; backbone not pretrained)."""
+    resnet = ResNetBackbone(
+        BACKBONES[cfg.backbone], backbone_layers(cfg.num_feature_levels), cfg.dilation, cfg.train_backbone
+    )
+    backbone = Joiner(resnet, PositionEmbeddingSine(cfg.hidden_dim // 2))
+    transformer = DeformableTransformer(
+        d_model=cfg.hidden_dim,
+        nhead=cfg.nheads,
+        num_encoder_layers=cfg.enc_layers,
+        num_decoder_layers=cfg.dec_layers,
+        dim_feedforward=cfg.dim_feedforward,
+        dropout=cfg.dropout,
+        num_feature_levels=cfg.num_feature_levels,
+        dec_n_points=cfg.dec_n_points,
+        enc_n_points=cfg.enc_n_points,
+        two_stage=cfg.two_stage,
+        two_stage_num_proposals=cfg.num_queries,
+        msda_backend=cfg.msda_backend,
+    )
+    return DeformableDETR(
+        backbone,
+        transformer,
+        num_classes=cfg.num_classes,
+        num_queries=cfg.num_queries,
+        num_feature_levels=cfg.num_feature_levels,
+        aux_loss=cfg.aux_loss,
+        with_box_refine=cfg.with_box_refine,
+    )
+
+
+def build_model(name: str = "deformable_detr", **overrides: Any) -> DeformableDETR:
+    """Build a published variant, e.g. ``build_model('deformable_detr_refine', num_classes=2)``.
+
+    Names: ``deformable_detr`` (multi-scale), ``deformable_detr_single_scale``,
+    ``deformable_detr_single_scale_dc5``, ``deformable_detr_refine``, ``deformable_detr_two_stage``.
+    Overrides: any :class:`ModelConfig` field (``num_classes``, ``num_queries``, ``hidden_dim``,
+    ``backbone``, ``enc_layers``, ``dec_layers``, ``dim_feedforward``, ``dropout``, ``msda_backend``...).
+    """
+    return build_model_from_config(model_config(name, **overrides))
+
+
+@dataclass(frozen=True)
+class CriterionConfig:
+    """Matching costs and loss weights of the published recipe."""
+
+    num_classes: int = 91
+    dec_layers: int = 6
+    set_cost_class: float = 2.0
+    set_cost_bbox: float = 5.0
+    set_cost_giou: float = 2.0
+    cls_loss_coef: float = 2.0
+    bbox_loss_coef: float = 5.0
+    giou_loss_coef: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+def build_criterion(**overrides: Any) -> SetCriterion:
+    """The :class:`SetCriterion` with the published costs/weights; overrides: :class:`CriterionConfig` fields.
+
+    ``dec_layers`` must equal the model's (it names the aux loss weights). ``forward`` returns raw
+    terms; ``criterion.weighted_total(losses)`` is the training loss.
+    """
+    fields = {f.name for f in dataclasses.fields(CriterionConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown criterion overrides {unknown}; valid ones are {sorted(fields)}")
+    cfg = CriterionConfig(**overrides)
+    matcher = HungarianMatcher(
+        cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, cfg.focal_alpha, cfg.focal_gamma
+    )
+    weights = make_weight_dict(cfg.cls_loss_coef, cfg.bbox_loss_coef, cfg.giou_loss_coef, cfg.dec_layers)
+    return SetCriterion(cfg.num_classes, matcher, weights, cfg.focal_alpha, cfg.focal_gamma)

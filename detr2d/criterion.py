@@ -1,0 +1,182 @@
+"""Set criterion: sigmoid focal class loss, L1 and GIoU box losses on every decoder layer and proposal."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .box_ops import aligned_generalized_box_iou, box_cxcywh_to_xyxy
+from .matcher import HungarianMatcher
+
+LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Element-wise focal loss (Lin et al., 2017) on logits, without reduction.
+
+    ``alpha_t (1 - p_t)^gamma BCE(logits, targets)`` with ``p_t = p`` for positives and ``1 - p``
+    for negatives, ``alpha_t = alpha`` for positives and ``1 - alpha`` for negatives (alpha < 0: no
+    weighting). ``logits`` and ``targets`` have the same shape; targets are in [0, 1].
+    """
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t).pow(gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+def make_weight_dict(
+    cls_loss_coef: float = 2.0, bbox_loss_coef: float = 5.0, giou_loss_coef: float = 2.0, dec_layers: int = 6
+) -> dict[str, float]:
+    """Weights of every loss key: the last layer, ``_{i}`` for aux layer i < D - 1, ``_enc`` for proposals."""
+    base = dict(zip(LOSS_NAMES, (cls_loss_coef, bbox_loss_coef, giou_loss_coef), strict=True))
+    weights = dict(base)
+    for suffix in [f"_{i}" for i in range(dec_layers - 1)] + ["_enc"]:
+        weights.update({k + suffix: v for k, v in base.items()})
+    return weights
+
+
+def _check_targets(targets: list[dict], batch: int, num_classes: int) -> None:
+    if not isinstance(targets, (list, tuple)) or len(targets) != batch:
+        raise ValueError(
+            f"targets must be a list of {batch} dicts, got {type(targets).__name__} of {len(targets)}"
+        )
+    for i, t in enumerate(targets):
+        if "labels" not in t or "boxes" not in t:
+            raise ValueError(f"target {i} needs 'labels' and 'boxes', has {sorted(t)}")
+        labels, boxes = t["labels"], t["boxes"]
+        if labels.dim() != 1 or labels.dtype != torch.int64:
+            raise ValueError(
+                f"target {i} labels must be a 1-d int64 tensor, got {labels.dtype} {tuple(labels.shape)}"
+            )
+        if tuple(boxes.shape) != (labels.shape[0], 4):
+            raise ValueError(
+                f"target {i} boxes must have shape ({labels.shape[0]}, 4), got {tuple(boxes.shape)}"
+            )
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(f"target {i} labels must lie in [0, {num_classes}), got {labels.tolist()}")
+
+
+class SetCriterion(nn.Module):
+    """Deformable DETR's training loss.
+
+    ``forward`` returns the RAW (unweighted) loss terms; :meth:`weighted_total` applies
+    ``weight_dict``. Keys: ``loss_ce``, ``loss_bbox``, ``loss_giou`` for the last decoder layer, the
+    same with suffix ``_{i}`` for ``aux_outputs[i]`` and ``_enc`` for the two-stage proposals (matched
+    to class-agnostic targets: every label 0), plus ``class_error`` (a 0-100 log of the last layer,
+    no gradient, not weighted). Every term is normalized by the number of target boxes averaged
+    over processes (at least 1).
+
+    Args:
+        num_classes: logits per query.
+        matcher: the Hungarian matcher.
+        weight_dict: weight of every loss key (see :func:`make_weight_dict`).
+        focal_alpha: alpha of the focal loss.
+        focal_gamma: gamma of the focal loss.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        weight_dict: dict[str, float],
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = dict(weight_dict)
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+
+    def num_boxes(self, targets: list[dict], device: torch.device) -> float:
+        """Target boxes in the batch, averaged over processes when torch.distributed is initialized."""
+        count = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+        world = 1
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(count)
+            world = dist.get_world_size()
+        return max(count.item() / world, 1.0)
+
+    def layer_losses(
+        self, outputs: dict, targets: list[dict], indices: list[tuple[Tensor, Tensor]], num_boxes: float
+    ) -> dict[str, Tensor]:
+        """``loss_ce``, ``loss_bbox``, ``loss_giou`` of one set of predictions given its matching.
+
+        Args:
+            outputs: ``pred_logits`` (B, Q, C), ``pred_boxes`` (B, Q, 4).
+            targets: B dicts with ``labels`` (K_b,) and ``boxes`` (K_b, 4).
+            indices: the matcher's B pairs (prediction indices, target indices).
+            num_boxes: normalizer.
+        """
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        device = logits.device
+        batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)]).to(device)
+        src_idx = torch.cat([src for src, _ in indices]).to(device)
+        tgt_labels = torch.cat(
+            [t["labels"][j.to(t["labels"].device)] for t, (_, j) in zip(targets, indices, strict=True)]
+        )
+        tgt_boxes = torch.cat(
+            [t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in zip(targets, indices, strict=True)]
+        )
+
+        onehot = torch.zeros_like(logits)
+        onehot[batch_idx, src_idx, tgt_labels.to(device)] = 1.0
+        loss_ce = sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
+
+        matched = boxes[batch_idx, src_idx]
+        tgt_boxes = tgt_boxes.to(matched)
+        loss_bbox = F.l1_loss(matched, tgt_boxes, reduction="none").sum() / num_boxes
+        giou = aligned_generalized_box_iou(box_cxcywh_to_xyxy(matched), box_cxcywh_to_xyxy(tgt_boxes))
+        loss_giou = (1 - giou).sum() / num_boxes
+        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+        """Raw loss terms of the model outputs (see the class docstring for the keys).
+
+        Args:
+            outputs: the model's output dict.
+            targets: one dict per image: ``labels`` (K,) int64 in [0, num_classes) and ``boxes``
+                (K, 4) normalized (cx, cy, w, h).
+        """
+        logits = outputs["pred_logits"]
+        _check_targets(targets, logits.shape[0], self.num_classes)
+        num_boxes = self.num_boxes(targets, logits.device)
+
+        indices = self.matcher(outputs, targets)
+        losses = self.layer_losses(outputs, targets, indices, num_boxes)
+        losses["class_error"] = self._class_error(logits, targets, indices)
+        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+            aux_losses = self.layer_losses(aux, targets, self.matcher(aux, targets), num_boxes)
+            losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        if "enc_outputs" in outputs:
+            enc = outputs["enc_outputs"]
+            binary = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
+            enc_losses = self.layer_losses(enc, binary, self.matcher(enc, binary), num_boxes)
+            losses.update({f"{k}_enc": v for k, v in enc_losses.items()})
+        return losses
+
+    def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
+        """``sum(weight_dict[k] * losses[k])`` over the ``loss_*`` terms; every one must have a weight."""
+        unweighted = sorted(k for k in losses if k.startswith("loss_") and k not in self.weight_dict)
+        if unweighted:
+            raise ValueError(f"no weight for loss terms {unweighted} (does weight_dict match dec_layers?)")
+        return sum(self.weight_dict[k] * v for k, v in losses.items() if k.startswith("loss_"))
+
+    @torch.no_grad()
+    def _class_error(
+        self, logits: Tensor, targets: list[dict], indices: list[tuple[Tensor, Tensor]]
+    ) -> Tensor:
+        """100 - top-1 accuracy (%) of the matched predictions (100 when nothing is matched)."""
+        pred = torch.cat([logits[b, src.to(logits.device)].argmax(-1) for b, (src, _) in enumerate(indices)])
+        tgt = torch.cat(
+            [t["labels"][j.to(t["labels"].device)] for t, (_, j) in zip(targets, indices, strict=True)]
+        )
+        if tgt.numel() == 0:
+            return torch.tensor(100.0, device=logits.device)
+        return 100.0 - (pred == tgt.to(pred.device)).float().mean() * 100.0

@@ -1,0 +1,147 @@
+"""Deformable transformer decoder: self-attention, deformable cross-attention, FFN; box refinement."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ops import MSDeformAttn
+
+from .box_ops import apply_box_delta
+from .encoder import clones, feed_forward
+
+
+class DecoderLayer(nn.Module):
+    """Self-attention -> norm2, deformable cross-attention -> norm1, FFN -> norm3 (official names).
+
+    Args:
+        d_model: width C.
+        d_ffn: FFN hidden width.
+        dropout: dropout probability (also inside the self-attention).
+        n_levels: feature levels L.
+        n_heads: attention heads M.
+        n_points: sampling points P per head and level.
+        msda_backend: backend of the deformable attention op (None = automatic).
+    """
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        d_ffn: int = 1024,
+        dropout: float = 0.1,
+        n_levels: int = 4,
+        n_heads: int = 8,
+        n_points: int = 4,
+        msda_backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, backend=msda_backend)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.dropout3 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout4 = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        query_pos: Tensor,
+        reference_points: Tensor,
+        src: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        padding_mask: Tensor | None,
+    ) -> Tensor:
+        """Update (N, Q, C) queries.
+
+        Args:
+            tgt: (N, Q, C) query content.
+            query_pos: (N, Q, C) query position.
+            reference_points: (N, Q, L, 2 or 4) per-level references.
+            src: (N, S, C) encoder memory.
+            spatial_shapes: (L, 2) int64.
+            level_start_index: (L,) int64.
+            padding_mask: (N, S) bool, True on padding, or None.
+
+        Returns:
+            (N, Q, C).
+        """
+        q = k = tgt + query_pos
+        tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt, need_weights=False)[0]))
+        attn = self.cross_attn(
+            tgt + query_pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
+        )
+        tgt = self.norm1(tgt + self.dropout1(attn))
+        return feed_forward(tgt, self.linear1, self.linear2, self.dropout3, self.dropout4, self.norm3)
+
+
+class Decoder(nn.Module):
+    """A stack of decoder layers returning every layer's queries and references.
+
+    With iterative box refinement, ``bbox_embed`` (one head per layer, attached with
+    :meth:`attach_heads`) moves the references after every layer: the box delta is added in
+    inverse-sigmoid space and the result is detached before the next layer. Two-stage also attaches
+    ``class_embed``, whose extra last head scores the encoder proposals.
+
+    Args:
+        layer: the layer to copy ``num_layers`` times (checkpoint names ``layers.{i}``).
+        num_layers: number of layers D.
+    """
+
+    def __init__(self, layer: DecoderLayer, num_layers: int) -> None:
+        super().__init__()
+        self.layers = clones(layer, num_layers)
+        self.num_layers = num_layers
+        self.bbox_embed: nn.ModuleList | None = None
+        self.class_embed: nn.ModuleList | None = None
+
+    def attach_heads(self, bbox_embed: nn.ModuleList, class_embed: nn.ModuleList | None = None) -> None:
+        """Share the model's per-layer heads (checkpoint names ``bbox_embed.*``, ``class_embed.*``)."""
+        if len(bbox_embed) < self.num_layers:
+            raise ValueError(f"need at least {self.num_layers} box heads, got {len(bbox_embed)}")
+        self.bbox_embed = bbox_embed
+        if class_embed is not None:
+            self.class_embed = class_embed
+
+    def forward(
+        self,
+        tgt: Tensor,
+        reference_points: Tensor,
+        src: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        valid_ratios: Tensor,
+        query_pos: Tensor,
+        padding_mask: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Decode queries against the memory.
+
+        Args:
+            tgt: (N, Q, C) initial query content.
+            reference_points: (N, Q, 2) points or (N, Q, 4) boxes in [0, 1] of the valid image region.
+            src: (N, S, C) memory.
+            spatial_shapes: (L, 2) int64.
+            level_start_index: (L,) int64.
+            valid_ratios: (N, L, 2) valid fraction (w, h) of every level.
+            query_pos: (N, Q, C).
+            padding_mask: (N, S) bool or None.
+
+        Returns:
+            hs (D, N, Q, C): every layer's output; references (D, N, Q, 2 or 4): the references
+            after every layer (unchanged without refinement; 4-d once refined).
+        """
+        out, hs, refs = tgt, [], []
+        for lid, layer in enumerate(self.layers):
+            ratios = valid_ratios if reference_points.shape[-1] == 2 else torch.cat([valid_ratios] * 2, -1)
+            level_refs = reference_points[:, :, None] * ratios[:, None]  # (N, Q, L, 2 or 4)
+            out = layer(out, query_pos, level_refs, src, spatial_shapes, level_start_index, padding_mask)
+            if self.bbox_embed is not None:
+                reference_points = apply_box_delta(self.bbox_embed[lid](out), reference_points).detach()
+            hs.append(out)
+            refs.append(reference_points)
+        return torch.stack(hs), torch.stack(refs)

@@ -1,0 +1,129 @@
+"""Deformable transformer encoder: post-norm layers of multi-scale deformable self-attention + FFN."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ops import MSDeformAttn
+
+
+def feed_forward(
+    x: Tensor,
+    linear1: nn.Linear,
+    linear2: nn.Linear,
+    drop_hidden: nn.Dropout,
+    drop_out: nn.Dropout,
+    norm: nn.LayerNorm,
+) -> Tensor:
+    """Post-norm residual FFN: ``norm(x + drop_out(linear2(drop_hidden(relu(linear1(x))))))``."""
+    return norm(x + drop_out(linear2(drop_hidden(F.relu(linear1(x))))))
+
+
+def clones(module: nn.Module, n: int) -> nn.ModuleList:
+    """``n`` independent deep copies of ``module``."""
+    return nn.ModuleList(copy.deepcopy(module) for _ in range(n))
+
+
+class EncoderLayer(nn.Module):
+    """``x = norm1(x + drop(attn(x + pos)))``; ``x = norm2(x + FFN(x))``.
+
+    Args:
+        d_model: width C.
+        d_ffn: FFN hidden width.
+        dropout: dropout probability.
+        n_levels: feature levels L.
+        n_heads: attention heads M.
+        n_points: sampling points P per head and level.
+        msda_backend: backend of the deformable attention op (None = automatic).
+    """
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        d_ffn: int = 1024,
+        dropout: float = 0.1,
+        n_levels: int = 4,
+        n_heads: int = 8,
+        n_points: int = 4,
+        msda_backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, backend=msda_backend)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.dropout2 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(
+        self,
+        src: Tensor,
+        pos: Tensor,
+        reference_points: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        padding_mask: Tensor | None,
+    ) -> Tensor:
+        """(N, S, C) ``src`` and ``pos``, (N, S, L, 2) reference points, (N, S) mask -> (N, S, C)."""
+        attn = self.self_attn(
+            src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
+        )
+        src = self.norm1(src + self.dropout1(attn))
+        return feed_forward(src, self.linear1, self.linear2, self.dropout2, self.dropout3, self.norm2)
+
+
+def encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
+    """Cell centres of every level, as seen from every level.
+
+    The centre of cell (i, j) of level l is ((j + 0.5) / valid_w_l, (i + 0.5) / valid_h_l) in the
+    valid region of the image, then multiplied by each level's valid ratio to address that level.
+
+    Args:
+        spatial_shapes: (L, 2) int64 rows (H_l, W_l).
+        valid_ratios: (N, L, 2) valid fraction (w, h) of every level.
+
+    Returns:
+        (N, S, L, 2) normalized (x, y), S = sum_l H_l * W_l.
+    """
+    refs = []
+    device = valid_ratios.device
+    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5)[:, None].expand(h, w).reshape(-1)
+        xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5)[None, :].expand(h, w).reshape(-1)
+        ref_y = ys[None] / (valid_ratios[:, None, lvl, 1] * h)
+        ref_x = xs[None] / (valid_ratios[:, None, lvl, 0] * w)
+        refs.append(torch.stack([ref_x, ref_y], dim=-1))
+    return torch.cat(refs, dim=1)[:, :, None] * valid_ratios[:, None]
+
+
+class Encoder(nn.Module):
+    """A stack of ``num_layers`` copies of ``layer`` (checkpoint names ``layers.{i}``)."""
+
+    def __init__(self, layer: EncoderLayer, num_layers: int) -> None:
+        super().__init__()
+        self.layers = clones(layer, num_layers)
+
+    def forward(
+        self,
+        src: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        valid_ratios: Tensor,
+        pos: Tensor,
+        padding_mask: Tensor | None,
+    ) -> Tensor:
+        """Encode (N, S, C) flattened features with (N, S, C) positions -> memory (N, S, C).
+
+        ``valid_ratios`` is (N, L, 2); ``padding_mask`` (N, S) bool is True on padding.
+        """
+        reference_points = encoder_reference_points(spatial_shapes, valid_ratios)
+        out = src
+        for layer in self.layers:
+            out = layer(out, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+        return out

@@ -1,0 +1,247 @@
+"""detr2d model: output shapes of every variant, exact padding, determinism, backends, building blocks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import ops
+from detr2d import VARIANTS, PositionEmbeddingSine, ResNetBackbone, build_model
+from detr2d.encoder import encoder_reference_points
+from detr2d.padding import MaskedGroupNorm, valid_ratios
+from detr2d.transformer import DeformableTransformer, FlatLevels
+
+TINY = dict(
+    backbone="resnet18",
+    hidden_dim=64,
+    nheads=4,
+    enc_layers=1,
+    dec_layers=2,
+    dim_feedforward=64,
+    num_queries=12,
+    num_classes=5,
+)
+SIZES = [(70, 90), (100, 61)]  # one image wider, one taller: both get padding
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors on a shared 2-core machine: one thread avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def padded_batch(
+    sizes: list[tuple[int, int]], seed: int = 0
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Random images and their zero-padded batch with mask (True on padding)."""
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.randn(3, h, w, generator=g) for h, w in sizes]
+    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+    batch = torch.zeros(len(sizes), 3, height, width)
+    mask = torch.ones(len(sizes), height, width, dtype=torch.bool)
+    for i, img in enumerate(images):
+        batch[i, :, : img.shape[1], : img.shape[2]] = img
+        mask[i, : img.shape[1], : img.shape[2]] = False
+    return images, batch, mask
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, nn.Module]:
+    out = {}
+    for name in VARIANTS:
+        torch.manual_seed(0)
+        out[name] = build_model(name, **TINY).eval()
+    return out
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_outputs_and_padding_exact(name: str, models: dict) -> None:
+    """Shapes of every output; each image of a padded batch == that image alone (<= 1e-4)."""
+    model = models[name]
+    images, batch, mask = padded_batch(SIZES)
+    with torch.no_grad():
+        out = model(batch, mask)
+        alone = [model(img[None]) for img in images]
+    q, c = TINY["num_queries"], TINY["num_classes"]
+    assert out["pred_logits"].shape == (2, q, c)
+    assert out["pred_boxes"].shape == (2, q, 4)
+    assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
+    assert len(out["aux_outputs"]) == TINY["dec_layers"] - 1
+    assert out["aux_outputs"][0]["pred_boxes"].shape == (2, q, 4)
+    assert ("enc_outputs" in out) == name.endswith("two_stage")
+    if "enc_outputs" in out:
+        s = out["enc_outputs"]["pred_logits"].shape[1]
+        assert out["enc_outputs"]["pred_logits"].shape == (2, s, c)
+        assert out["enc_outputs"]["pred_boxes"].shape == (2, s, 4)
+    for i, single in enumerate(alone):
+        for key in ("pred_logits", "pred_boxes"):
+            torch.testing.assert_close(out[key][i], single[key][0], atol=1e-4, rtol=0)
+        for layer, aux in enumerate(out["aux_outputs"]):
+            torch.testing.assert_close(
+                aux["pred_boxes"][i], single["aux_outputs"][layer]["pred_boxes"][0], atol=1e-4, rtol=0
+            )
+
+
+def test_eval_is_deterministic(models: dict) -> None:
+    model = models["deformable_detr_two_stage"]
+    _, batch, mask = padded_batch(SIZES, seed=1)
+    with torch.no_grad():
+        first, second = model(batch, mask), model(batch, mask)
+    assert torch.equal(first["pred_logits"], second["pred_logits"])
+    assert torch.equal(first["pred_boxes"], second["pred_boxes"])
+
+
+def test_gradients_reach_trainable_parameters() -> None:
+    """Training mode: every trainable parameter gets a gradient; the stem and layer1 are frozen."""
+    torch.manual_seed(0)
+    model = build_model("deformable_detr_refine", **TINY).train()
+    _, batch, mask = padded_batch(SIZES)
+    out = model(batch, mask)
+    layers = [out, *out["aux_outputs"]]
+    sum(o["pred_logits"].sum() + o["pred_boxes"].sum() for o in layers).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith(("backbone.0.body.conv1", "backbone.0.body.layer1")) for n in frozen)
+
+
+def available_backends() -> tuple[str, ...]:
+    return getattr(ops, "available_backends", lambda: ("reference",))()
+
+
+@pytest.mark.parametrize("name", ["deformable_detr", "deformable_detr_two_stage"])
+def test_backend_parity_cpu_vs_reference(name: str) -> None:
+    if "cpu" not in available_backends():
+        pytest.skip("the native 'cpu' backend of ops.ms_deform_attn is not available in this build")
+    torch.manual_seed(0)
+    reference = build_model(name, msda_backend="reference", **TINY).eval()
+    native = build_model(name, msda_backend="cpu", **TINY).eval()
+    native.load_state_dict(reference.state_dict())
+    _, batch, mask = padded_batch(SIZES, seed=2)
+    with torch.no_grad():
+        a, b = reference(batch, mask), native(batch, mask)
+    for key in ("pred_logits", "pred_boxes"):
+        torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=0)
+
+
+def test_bad_inputs_raise_value_error(models: dict) -> None:
+    model = models["deformable_detr"]
+    _, batch, mask = padded_batch(SIZES)
+    with pytest.raises(ValueError, match="mask must be a bool tensor of shape"):
+        model(batch, mask[:, :-1])
+    with pytest.raises(ValueError, match="mask must be a bool tensor"):
+        model(batch, mask.float())
+    with pytest.raises(ValueError, match=r"images must be a \(B, 3, H, W\)"):
+        model(batch[:, :2], mask)
+    full = mask.clone()
+    full[1] = True
+    with pytest.raises(ValueError, match="every pixel of an image as padding"):
+        model(batch, full)
+
+
+def test_builder_validates_names_and_overrides() -> None:
+    with pytest.raises(ValueError, match="unknown model 'detr'"):
+        build_model("detr")
+    with pytest.raises(ValueError, match=r"unknown overrides \['hiden_dim'\]"):
+        build_model("deformable_detr", hiden_dim=64)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_model("deformable_detr", hidden_dim=48)
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        build_model("deformable_detr", backbone="resnet152")
+    with pytest.raises(ValueError, match="two_stage requires with_box_refine"):
+        build_model("deformable_detr", two_stage=True)
+    with pytest.raises(ValueError, match="ResNet depth must be one of"):
+        ResNetBackbone(20)
+    with pytest.raises(ValueError, match="increasing subset"):
+        ResNetBackbone(18, ("layer3", "layer2"))
+
+
+@pytest.mark.parametrize(
+    ("depth", "dilation", "strides", "channels"),
+    [(18, False, [8, 16, 32], [128, 256, 512]), (50, True, [8, 16, 16], [512, 1024, 2048])],
+)
+def test_backbone_levels(depth: int, dilation: bool, strides: list, channels: list) -> None:
+    """Strides/channels per level; a padded image's features equal the image's own features."""
+    torch.manual_seed(0)
+    backbone = ResNetBackbone(depth, dilation=dilation).eval()
+    assert backbone.strides == strides and backbone.num_channels == channels
+    images, batch, mask = padded_batch([(64, 64), (37, 50)])
+    with torch.no_grad():
+        padded = backbone(batch, mask)
+        alone = backbone(images[1][None])
+    for f, a, s, c in zip(padded, alone, strides, channels, strict=True):
+        assert f.shape == (2, c, math.ceil(64 / s), math.ceil(64 / s))
+        assert a.shape == (1, c, math.ceil(37 / s), math.ceil(50 / s))
+        torch.testing.assert_close(f[1, :, : a.shape[2], : a.shape[3]], a[0], atol=1e-4, rtol=1e-4)
+        assert f[1, :, a.shape[2] :].abs().sum() == 0 and f[1, :, :, a.shape[3] :].abs().sum() == 0
+
+
+def test_position_embedding_values() -> None:
+    """(y + 0.5) / valid * 2 pi per axis; feature 2i = sin(v / T^(2i/F)), 2i + 1 = cos; y first."""
+    mask = torch.ones(1, 3, 4, dtype=torch.bool)
+    mask[0, :2, :3] = False  # valid 2 x 3
+    pos = PositionEmbeddingSine(num_pos_feats=4)(mask)
+    assert pos.shape == (1, 8, 3, 4)
+    y, x = 1, 2
+    vy, vx = (y + 0.5) / 2 * 2 * math.pi, (x + 0.5) / 3 * 2 * math.pi
+    expected = [math.sin(vy), math.cos(vy), math.sin(vy / 100), math.cos(vy / 100)]
+    expected += [math.sin(vx), math.cos(vx), math.sin(vx / 100), math.cos(vx / 100)]
+    torch.testing.assert_close(pos[0, :, y, x], torch.tensor(expected), atol=1e-5, rtol=0)
+
+
+def test_masked_group_norm_equals_group_norm_on_valid_region() -> None:
+    torch.manual_seed(0)
+    norm = MaskedGroupNorm(4, 8)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = torch.randn(1, 8, 5, 7)
+    mask = torch.ones(1, 5, 7, dtype=torch.bool)
+    mask[0, :3, :4] = False
+    out = norm(x, mask)
+    expected = nn.functional.group_norm(x[:, :, :3, :4], 4, norm.weight, norm.bias, norm.eps)
+    torch.testing.assert_close(out[:, :, :3, :4], expected, atol=1e-5, rtol=1e-5)
+    assert out[:, :, 3:].abs().sum() == 0 and out[:, :, :, 4:].abs().sum() == 0
+    torch.testing.assert_close(
+        norm(x, None), nn.functional.group_norm(x, 4, norm.weight, norm.bias, norm.eps)
+    )
+
+
+def test_valid_ratios_and_encoder_reference_points() -> None:
+    mask = torch.ones(1, 4, 4, dtype=torch.bool)
+    mask[0, :2, :4] = False  # valid 2 rows x 4 columns
+    ratios = valid_ratios(mask)
+    torch.testing.assert_close(ratios, torch.tensor([[1.0, 0.5]]))
+    refs = encoder_reference_points(torch.tensor([[4, 4]]), ratios[:, None])
+    assert refs.shape == (1, 16, 1, 2)
+    # cell (row 1, col 2): ((2 + 0.5) / 4, (1 + 0.5) / 2) in the valid region, times the ratios
+    torch.testing.assert_close(refs[0, 1 * 4 + 2, 0], torch.tensor([2.5 / 4, 1.5 / 2 * 0.5]))
+
+
+def test_two_stage_proposals() -> None:
+    """Cell centres of the valid region, size 0.05 * 2^level, logit space, inf where padded/invalid."""
+    transformer = DeformableTransformer(d_model=32, nhead=4, num_feature_levels=2, two_stage=True)
+    shapes = torch.tensor([[4, 4], [2, 2]])
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, :, 2:] = True  # level 0: valid 4 rows x 2 columns; level 1: 2 x 1
+    mask1 = torch.tensor([[[False, True], [False, True]]])
+    flat_mask = torch.cat([mask.flatten(1), mask1.flatten(1)], 1)
+    flat = FlatLevels(
+        src=torch.zeros(1, 20, 32),
+        mask=flat_mask,
+        pos=torch.zeros(1, 20, 32),
+        spatial_shapes=shapes,
+        level_start_index=torch.tensor([0, 16]),
+        valid_ratios=torch.stack([valid_ratios(mask), valid_ratios(mask1)], 1),
+    )
+    _, proposals, valid = transformer.encoder_proposals(torch.randn(1, 20, 32), flat)
+    assert valid.tolist() == [(~flat_mask).tolist()[0]]
+    expected = torch.tensor([(1 + 0.5) / 2, (2 + 0.5) / 4, 0.05, 0.05])  # level 0, row 2, col 1
+    torch.testing.assert_close(proposals[0, 2 * 4 + 1].sigmoid(), expected)
+    torch.testing.assert_close(proposals[0, 16].sigmoid(), torch.tensor([0.5, 0.25, 0.1, 0.1]))
+    assert torch.isinf(proposals[0, 2]).all() and torch.isinf(proposals[0, 17]).all()
