@@ -1,0 +1,51 @@
+"""Multi-camera 3D detection on the shared deformable attention op: BEVFormer-style and DETR3D-style.
+
+Build a model with :func:`build_bev_model`; the input contract (batch keys and shapes) is in
+:mod:`bev.detector`.
+"""
+
+from .assigner import HungarianAssigner3D
+from .box_coder import NMSFreeDecoder, decode_boxes, encode_boxes
+from .builder import DEFAULTS, NUSCENES_CLASSES, VARIANTS, bev_model_settings, build_bev_model
+from .decoder import BEVDecoderLayer, BEVMemory, DetectionDecoder, HeadOutput
+from .detector import MultiViewDetector3D
+from .detr3d_head import CameraMemory, Detr3DCrossAttention, Detr3DDecoderLayer
+from .encoder import BEVEncoder, BEVEncoderLayer
+from .loss import DetectionLoss3D
+from .neck import FPNNeck
+from .projection import bev_cell_centers, bev_pillar_points, normalized_to_metric, project_to_cameras
+from .spatial_cross_attention import SpatialCrossAttention
+from .temporal_alignment import align_prev_bev, ego_motion_between
+from .temporal_self_attention import TemporalSelfAttention
+
+__all__ = [
+    "DEFAULTS",
+    "NUSCENES_CLASSES",
+    "VARIANTS",
+    "BEVDecoderLayer",
+    "BEVEncoder",
+    "BEVEncoderLayer",
+    "BEVMemory",
+    "CameraMemory",
+    "DetectionDecoder",
+    "DetectionLoss3D",
+    "Detr3DCrossAttention",
+    "Detr3DDecoderLayer",
+    "FPNNeck",
+    "HeadOutput",
+    "HungarianAssigner3D",
+    "MultiViewDetector3D",
+    "NMSFreeDecoder",
+    "SpatialCrossAttention",
+    "TemporalSelfAttention",
+    "align_prev_bev",
+    "bev_cell_centers",
+    "bev_model_settings",
+    "bev_pillar_points",
+    "build_bev_model",
+    "decode_boxes",
+    "ego_motion_between",
+    "encode_boxes",
+    "normalized_to_metric",
+    "project_to_cameras",
+]

@@ -1,0 +1,189 @@
+"""Named model variants: BEVFormer tiny / small / base-like, DETR3D-like and a CPU demo.
+
+Published settings (BEVFormer ``projects/configs/bevformer/*.py``, DETR3D ``detr3d_res101_gridmask``):
+C = 256, FFN 512, 8 heads, 900 queries, 6 decoder layers (4 points, 1 level), TSA 4 points, SCA 8
+points over a 4-point pillar, pc_range [-51.2, -51.2, -5, 51.2, 51.2, 3].
+
+- tiny: ResNet-50 C5 only (1 level), BEV 50 x 50, 3 encoder layers; data: images x0.5 (800 x 450),
+  queue of 3 frames. Published 35.4 NDS / 25.2 mAP.
+- small: ResNet-101-DCN C5 only, BEV 150 x 150, 3 encoder layers; images x0.8, queue 3. 47.9 / 37.0.
+- base: ResNet-101-DCN C3-C5 -> 4 FPN levels, BEV 200 x 200, 6 encoder layers; full images, queue 4.
+  51.7 / 41.6.
+- detr3d: ResNet-101-DCN C3-C5 -> 4 FPN levels, no BEV, one point per camera and level. 42.2 / 34.7.
+  (Here the ResNets have no DCN: deformable convolutions are not part of this project.)
+- bev_demo: ResNet-18 C4-C5, C = 64, BEV 25 x 25, 2 encoder / 3 decoder layers, 100 queries: trains
+  on the synthetic data on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from detr2d.backbone import ResNetBackbone, load_imagenet_weights
+
+from .box_coder import NMSFreeDecoder
+from .decoder import BEVDecoderLayer, DetectionDecoder
+from .detector import MultiViewDetector3D
+from .detr3d_head import Detr3DDecoderLayer
+from .encoder import BEVEncoder
+from .loss import DetectionLoss3D
+from .neck import FPNNeck
+
+NUSCENES_CLASSES = (
+    "car",
+    "truck",
+    "construction_vehicle",
+    "bus",
+    "trailer",
+    "barrier",
+    "motorcycle",
+    "bicycle",
+    "pedestrian",
+    "traffic_cone",
+)
+
+DEFAULTS: dict[str, Any] = {
+    "head": "bev",  # "bev" (BEVFormer) or "detr3d"
+    "depth": 50,
+    "return_layers": ("layer4",),
+    "num_levels": 1,
+    "pretrained": None,  # path of a torchvision ImageNet state_dict for the ResNet, or None
+    "train_backbone": True,
+    "backbone": None,  # a ready image backbone (with ``num_channels``) instead of the ResNet
+    "embed_dims": 256,
+    "ffn_dims": 512,
+    "num_heads": 8,
+    "dropout": 0.1,
+    "num_cams": 6,
+    "size_divisor": 32,  # images are zero-padded (bottom/right) to a multiple of this
+    "num_classes": len(NUSCENES_CLASSES),
+    "pc_range": (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
+    "bev_h": 50,
+    "bev_w": 50,
+    "encoder_layers": 3,
+    "num_points_in_pillar": 4,
+    "tsa_points": 4,
+    "sca_points": 8,
+    "decoder_layers": 6,
+    "decoder_points": 4,
+    "num_query": 900,
+    "max_num": 300,
+    "backend": None,
+}
+
+C3_C5 = ("layer2", "layer3", "layer4")
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "bevformer_tiny": {},
+    "bevformer_small": {"depth": 101, "bev_h": 150, "bev_w": 150},
+    "bevformer_base": {
+        "depth": 101,
+        "return_layers": C3_C5,
+        "num_levels": 4,
+        "bev_h": 200,
+        "bev_w": 200,
+        "encoder_layers": 6,
+    },
+    "detr3d": {"head": "detr3d", "depth": 101, "return_layers": C3_C5, "num_levels": 4},
+    "bev_demo": {
+        "depth": 18,
+        "return_layers": ("layer3", "layer4"),
+        "num_levels": 2,
+        "embed_dims": 64,
+        "ffn_dims": 128,
+        "num_heads": 4,
+        "bev_h": 25,
+        "bev_w": 25,
+        "encoder_layers": 2,
+        "sca_points": 4,
+        "decoder_layers": 3,
+        "num_query": 100,
+    },
+}
+
+
+def bev_model_settings(name: str, **overrides: Any) -> dict[str, Any]:
+    """The full settings of variant ``name`` with ``overrides`` applied (keys of ``DEFAULTS``)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown BEV model {name!r}; choose one of {sorted(VARIANTS)}")
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown settings {unknown} for {name!r}; known: {sorted(DEFAULTS)}")
+    settings = {**DEFAULTS, **VARIANTS[name], **overrides}
+    if settings["head"] not in ("bev", "detr3d"):
+        raise ValueError(f"head must be 'bev' or 'detr3d', got {settings['head']!r}")
+    return settings
+
+
+def _image_backbone(s: dict[str, Any]) -> nn.Module:
+    if s["backbone"] is not None:
+        if not hasattr(s["backbone"], "num_channels"):
+            raise ValueError("a given backbone must have a num_channels attribute (channels of each level)")
+        return s["backbone"]
+    backbone = ResNetBackbone(s["depth"], tuple(s["return_layers"]), train_backbone=s["train_backbone"])
+    if s["pretrained"] is not None:
+        load_imagenet_weights(backbone, s["pretrained"])
+    return backbone
+
+
+def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
+    """Build variant ``name`` (see :data:`VARIANTS`), with any :data:`DEFAULTS` key overridden.
+
+    Example: ``build_bev_model("bev_demo", bev_h=10, bev_w=10, num_query=20, backend="reference")``.
+    """
+    s = bev_model_settings(name, **overrides)
+    backbone = _image_backbone(s)
+    in_channels = list(backbone.num_channels)
+    if s["num_levels"] < len(in_channels):
+        raise ValueError(f"num_levels ({s['num_levels']}) is below the backbone's {len(in_channels)} levels")
+    neck = FPNNeck(in_channels, s["embed_dims"], num_outs=s["num_levels"])
+    c, heads, dropout, backend = s["embed_dims"], s["num_heads"], s["dropout"], s["backend"]
+    encoder = None
+    if s["head"] == "bev":
+        encoder = BEVEncoder(
+            s["bev_h"],
+            s["bev_w"],
+            s["pc_range"],
+            embed_dims=c,
+            num_layers=s["encoder_layers"],
+            num_cams=s["num_cams"],
+            num_levels=s["num_levels"],
+            num_heads=heads,
+            num_points_in_pillar=s["num_points_in_pillar"],
+            tsa_points=s["tsa_points"],
+            sca_points=s["sca_points"],
+            ffn_dims=s["ffn_dims"],
+            dropout=dropout,
+            backend=backend,
+        )
+        layers: list[nn.Module] = [
+            BEVDecoderLayer(c, s["ffn_dims"], dropout, heads, s["decoder_points"], backend=backend)
+            for _ in range(s["decoder_layers"])
+        ]
+    else:
+        layers = [
+            Detr3DDecoderLayer(
+                c,
+                s["num_cams"],
+                s["num_levels"],
+                s["pc_range"],
+                num_heads=heads,
+                ffn_dims=s["ffn_dims"],
+                dropout=dropout,
+                backend=backend,
+            )
+            for _ in range(s["decoder_layers"])
+        ]
+    head = DetectionDecoder(layers, s["num_classes"], c, s["num_query"], s["pc_range"])
+    return MultiViewDetector3D(
+        backbone,
+        neck,
+        head,
+        DetectionLoss3D(s["num_classes"], s["decoder_layers"]),
+        NMSFreeDecoder(s["num_classes"], max_num=s["max_num"]),
+        encoder=encoder,
+        num_cams=s["num_cams"],
+        size_divisor=s["size_divisor"],
+    )

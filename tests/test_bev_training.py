@@ -1,0 +1,146 @@
+"""A tiny model's loss falls on a fixed batch; training with history frames; the builder's variants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bev_helpers import (
+    IMG_SHAPE,
+    one_thread,  # noqa: F401 (autouse fixture)
+    ring_lidar2img,
+    tiny_model,
+    translation_motion,
+)
+
+from bev import DEFAULTS, VARIANTS, bev_model_settings, build_bev_model
+
+
+def _batch(with_history: bool) -> dict:
+    """Two samples; with history: 3 frames, sample 1's oldest frame is scene-start padding."""
+    torch.manual_seed(3)
+    frames = 3 if with_history else 1
+    lidar2img = ring_lidar2img()[None, None].expand(2, frames, -1, -1, -1).contiguous()
+    return {
+        "img": torch.randn(2, frames, 6, 3, *IMG_SHAPE),
+        "lidar2img": lidar2img,
+        "ego_motion": translation_motion(-2.0)[None, None].expand(2, frames, 4, 4).contiguous(),
+        "history_valid": torch.tensor([[True, True, True], [False, True, True]])[:, 3 - frames :],
+        "gt_boxes": [
+            torch.tensor(
+                [
+                    [10.0, 2.0, -0.5, 1.9, 4.5, 1.6, 0.3, 1.0, 0.0],
+                    [-8.0, 12.0, -0.8, 0.6, 0.7, 1.7, 1.2, 0.0, 0.0],
+                ]
+            ),
+            torch.tensor([[0.5, -15.0, -0.2, 2.5, 10.0, 3.2, -1.0, 0.0, 0.5]]),
+        ],
+        "gt_labels": [torch.tensor([0, 8]), torch.tensor([3])],
+    }
+
+
+@pytest.mark.parametrize("head", ["bev", "detr3d"])
+def test_loss_falls_on_a_fixed_batch(head):
+    model = tiny_model(head=head).train()
+    batch = _batch(with_history=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    totals = []
+    for _ in range(8):
+        losses = model(batch)
+        total = model.criterion.weighted_total(losses)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        totals.append(total.item())
+    assert set(losses) == set(model.criterion.weight_dict)
+    assert totals[-1] < 0.8 * totals[0], totals
+
+
+def test_history_is_used_without_gradient():
+    model = tiny_model().train()
+    with_history, without = _batch(True), _batch(False)
+    without["img"] = with_history["img"][:, -1:].clone()  # same current frame, no history
+    torch.manual_seed(0)
+    loss_history = model.criterion.weighted_total(model(with_history))
+    torch.manual_seed(0)
+    loss_plain = model.criterion.weighted_total(model(without))
+    assert abs(loss_history.item() - loss_plain.item()) > 1e-6
+    assert model.training  # history frames run in eval mode, then the mode is restored
+    img = with_history["img"].requires_grad_(True)
+    model.criterion.weighted_total(model(with_history)).backward()
+    assert float(img.grad[:, :-1].abs().max()) == 0.0  # no gradient into the history frames
+    assert float(img.grad[:, -1].abs().max()) > 0.0
+
+
+def test_images_are_padded_to_the_size_divisor():
+    model = tiny_model().eval()
+    img = torch.randn(1, 6, 3, 27, 50)
+    lidar2img = ring_lidar2img((27, 50))[None]
+    padded = torch.nn.functional.pad(img, (0, 14, 0, 5))  # to 32 x 64
+    with torch.no_grad():
+        outputs, bev = model.predict(img, lidar2img)
+        outputs_padded, bev_padded = model.predict(padded, lidar2img)
+    torch.testing.assert_close(bev, bev_padded)
+    torch.testing.assert_close(outputs.box_code, outputs_padded.box_code)
+
+
+def test_eval_forward_returns_detections():
+    model = tiny_model().eval()
+    detections = model(_batch(with_history=True))
+    assert len(detections) == 2
+    assert detections[0]["boxes"].shape[1] == 9
+    assert detections[0]["scores"].shape == detections[0]["labels"].shape
+
+
+def test_missing_batch_keys_raise_value_errors():
+    model = tiny_model().train()
+    batch = _batch(False)
+    del batch["gt_labels"]
+    with pytest.raises(ValueError, match="gt_labels"):
+        model(batch)
+    with pytest.raises(ValueError, match="img"):
+        model.predict(torch.zeros(1, 5, 3, *IMG_SHAPE), ring_lidar2img()[None])
+
+
+def test_variant_settings_follow_the_published_configs():
+    tiny, small, base = (bev_model_settings(f"bevformer_{n}") for n in ("tiny", "small", "base"))
+    assert (tiny["depth"], tiny["bev_h"], tiny["encoder_layers"], tiny["num_levels"]) == (50, 50, 3, 1)
+    assert (small["depth"], small["bev_h"], small["encoder_layers"], small["num_levels"]) == (101, 150, 3, 1)
+    assert (base["depth"], base["bev_h"], base["encoder_layers"], base["num_levels"]) == (101, 200, 6, 4)
+    assert bev_model_settings("detr3d")["head"] == "detr3d"
+    for name in VARIANTS:
+        settings = bev_model_settings(name)
+        assert settings["num_classes"] == 10 and settings["pc_range"] == DEFAULTS["pc_range"]
+    assert (tiny["num_query"], tiny["decoder_layers"], tiny["sca_points"], tiny["embed_dims"]) == (
+        900,
+        6,
+        8,
+        256,
+    )
+    with pytest.raises(ValueError, match="unknown BEV model"):
+        bev_model_settings("bevformer_huge")
+    with pytest.raises(ValueError, match="unknown settings"):
+        bev_model_settings("bev_demo", bev_size=3)
+
+
+def test_demo_variant_runs_on_the_real_resnet18():
+    model = build_bev_model("bev_demo", backend="reference").eval()
+    img = torch.randn(1, 6, 3, 64, 96)
+    with torch.no_grad():
+        detections, bev = model.forward_test(img, ring_lidar2img((64, 96))[None])
+    assert bev.shape == (1, 25 * 25, 64)
+    assert len(detections[0]["scores"]) == 300
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bevformer_tiny", "bevformer_small", "bevformer_base", "detr3d"])
+def test_published_variants_build_and_run(name):
+    model = build_bev_model(name).eval()
+    settings = bev_model_settings(name)
+    img = torch.randn(1, 6, 3, 64, 128)
+    with torch.no_grad():
+        detections, bev = model.forward_test(img, ring_lidar2img((64, 128))[None])
+    assert len(detections[0]["scores"]) == 300
+    if settings["head"] == "bev":
+        assert bev.shape == (1, settings["bev_h"] * settings["bev_w"], 256)
+    else:
+        assert bev is None
