@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import platform
 import statistics
@@ -122,8 +123,8 @@ def _step(backend: str, case: str, dtype: torch.dtype, device: str, mode: str) -
 def run_benchmark(
     device: str, dtypes: list[torch.dtype], cases: list[str], repeats: int, warmup: int
 ) -> list[Result]:
-    """Every available backend of ``device`` and ``reference``, side by side, with ratios. All timings
-    run first; the memory pass follows with glibc's fixed mmap threshold (it would perturb timings)."""
+    """Every available backend of ``device`` and ``reference``, side by side, with ratios; then the
+    peak memory of each, one fresh process per measurement."""
     backends = [b for b in available_backends() if b in ("reference", device)]
     configs = [
         (b, case, dtype, mode)
@@ -136,19 +137,34 @@ def run_benchmark(
     for b, case, dtype, mode in configs:
         times = _time(_step(b, case, dtype, device, mode), device, repeats, warmup)
         medians[b, case, dtype, mode] = 1e3 * statistics.median(times)
-    if device == "cpu":
-        release_freed_memory_to_os()
     results = []
     for b, case, dtype, mode in configs:
-        step = _step(b, case, dtype, device, mode)
-        with PeakMemory(device) as memory:
-            step()
         ratio = medians["reference", case, dtype, mode] / medians[b, case, dtype, mode]
+        extra_mb = peak_memory_mb(b, case, dtype, device, mode)
         name = str(dtype).replace("torch.", "")
-        results.append(
-            Result(case, name, b, mode, medians[b, case, dtype, mode], memory.peak_bytes / 2**20, ratio)
-        )
+        results.append(Result(case, name, b, mode, medians[b, case, dtype, mode], extra_mb, ratio))
     return results
+
+
+def _peak_memory_in_child(
+    backend: str, case: str, dtype: torch.dtype, device: str, mode: str, threads: int
+) -> int:
+    torch.set_num_threads(threads)
+    if device == "cpu":
+        release_freed_memory_to_os()
+    step = _step(backend, case, dtype, device, mode)
+    step()  # warm-up: lazy initialisation is not the op's memory
+    with PeakMemory(device) as memory:
+        step()
+    return memory.peak_bytes
+
+
+def peak_memory_mb(backend: str, case: str, dtype: torch.dtype, device: str, mode: str) -> float:
+    """Peak extra memory of one step, measured in a fresh process (nothing cached from other runs)."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        args = (backend, case, dtype, device, mode, torch.get_num_threads())
+        return pool.apply(_peak_memory_in_child, args) / 2**20
 
 
 def machine_description(device: str) -> str:

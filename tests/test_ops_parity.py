@@ -119,3 +119,13 @@ def test_reference_is_bilinear_interpolation():
         value, shapes, torch.tensor([0]), torch.tensor([0.25, 0.75]).view(centre.shape).double(), weight
     )
     assert out.item() == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(("queries", "layout"), [(2, "in place (sparse sampling)"), (300, "head-major copy")])
+def test_cpu_both_value_layouts(cpu_backend, queries, layout):
+    """The CPU kernels read value in place when Lq * L * P < S and from a head-major copy otherwise."""
+    inputs = random_inputs(5, 2, [(9, 11), (5, 6)], heads=3, channels=16, queries=queries, points=2)
+    assert (queries * 2 * 2 >= 129) == (layout == "head-major copy")
+    assert_close(
+        forward_and_grads(run(cpu_backend), inputs), forward_and_grads(run("reference"), inputs), 1e-10, 0
+    )

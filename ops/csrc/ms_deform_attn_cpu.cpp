@@ -1,6 +1,5 @@
-// CPU kernels on a head-major copy of value (one head's maps contiguous): forward parallel over
-// (sample, head, query); backward parallel over (sample, head), so that every task owns its slice of
-// grad_value and needs no atomics. Per-sample math: ms_deform_attn_math.h.
+// CPU kernels: forward parallel over (sample, head, query); backward parallel over (sample, head), so
+// that every task owns its slice of grad_value and needs no atomics. Per-sample math: ms_deform_attn_math.h.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -22,7 +21,7 @@ namespace {
 #endif
 
 // Output items [begin, end) of the flattened (N, M, Lq): consecutive items share a head, so a thread
-// samples one head's (contiguous, head-major) map at a time.
+// samples one head's map at a time.
 template <typename scalar_t>
 MSDA_MULTIVERSION void forward_items(const Args<scalar_t>& args, scalar_t* out, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -113,30 +112,44 @@ MSDA_MULTIVERSION void backward_heads(const Args<scalar_t>& args, const scalar_t
   }
 }
 
-// Inputs of the CPU kernels: `value` as a head-major copy (N, M, S, D), the rest contiguous.
+// Inputs of the CPU kernels. When the queries sample value densely (Lq * L * P >= S, e.g. the
+// encoder) value is copied head-major, (N, M, S, D), so that a thread sampling one head reads a
+// contiguous block (3x faster on random locations); sparse samplers (e.g. a 300-query decoder) read
+// the (N, S, M, D) input in place rather than pay for the copy.
 struct CpuInputs {
   Dims d;
-  at::Tensor value_heads, shapes, starts, loc, attn;
+  bool head_major;
+  at::Tensor value, shapes, starts, loc, attn;
 
-  CpuInputs(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+  CpuInputs(const at::Tensor& value_in, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
             const at::Tensor& sampling_loc, const at::Tensor& attn_weight)
-      : d(check_dims(value, spatial_shapes, level_start_index, sampling_loc, attn_weight)),
-        value_heads(value.transpose(1, 2).contiguous()),
+      : d(check_dims(value_in, spatial_shapes, level_start_index, sampling_loc, attn_weight)),
+        head_major(d.queries * d.levels * d.points >= d.spatial),
+        value(head_major ? value_in.transpose(1, 2).contiguous() : value_in.contiguous()),
         shapes(spatial_shapes.contiguous()),
         starts(level_start_index.contiguous()),
         loc(sampling_loc.contiguous()),
         attn(attn_weight.contiguous()) {
-    for (const auto* t : {&value, &spatial_shapes, &level_start_index, &sampling_loc, &attn_weight}) {
+    for (const auto* t : {&value_in, &spatial_shapes, &level_start_index, &sampling_loc, &attn_weight}) {
       TORCH_CHECK(t->device().is_cpu(), "the CPU kernels need CPU tensors, got ", t->device());
     }
   }
 
   template <typename scalar_t>
   Args<scalar_t> args() const {
-    return {value_heads.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
-            starts.const_data_ptr<int64_t>(),      loc.const_data_ptr<scalar_t>(),
-            attn.const_data_ptr<scalar_t>(),       d,
-            ValueStrides::head_major(d)};
+    return {value.const_data_ptr<scalar_t>(),
+            shapes.const_data_ptr<int64_t>(),
+            starts.const_data_ptr<int64_t>(),
+            loc.const_data_ptr<scalar_t>(),
+            attn.const_data_ptr<scalar_t>(),
+            d,
+            head_major ? ValueStrides::head_major(d) : ValueStrides::position_major(d)};
+  }
+
+  // A value-gradient result laid out like `value`, returned as (N, S, M, D) of `dtype`.
+  at::Tensor to_input_layout(const at::Tensor& grad, at::ScalarType dtype) const {
+    const auto cast = grad.to(dtype);
+    return head_major ? cast.transpose(1, 2).contiguous() : cast;
   }
 };
 
@@ -164,23 +177,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({d.batch, d.queries, d.heads * d.channels}),
               "grad_output must be (N, Lq, M * D), got ", grad_output.sizes());
   const auto grad_c = grad_output.contiguous().to(value.scalar_type());
-  // Value gradients accumulate head-major, in float for half/bfloat16.
-  auto grad_value_heads =
-      at::zeros(in.value_heads.sizes(), value.options().dtype(at::toOpMathType(value.scalar_type())));
+  // Value gradients accumulate in the layout of in.value, in float for half/bfloat16.
+  auto grad_value_acc =
+      at::zeros(in.value.sizes(), value.options().dtype(at::toOpMathType(value.scalar_type())));
   auto grad_loc = at::zeros_like(in.loc);
   auto grad_attn = at::zeros_like(in.attn);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_backward_cpu", [&] {
     const auto args = in.args<scalar_t>();
     const scalar_t* grad_p = grad_c.const_data_ptr<scalar_t>();
-    auto* grad_value_p = grad_value_heads.mutable_data_ptr<at::opmath_type<scalar_t>>();
+    auto* grad_value_p = grad_value_acc.mutable_data_ptr<at::opmath_type<scalar_t>>();
     scalar_t* grad_loc_p = grad_loc.mutable_data_ptr<scalar_t>();
     scalar_t* grad_attn_p = grad_attn.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, d.batch * d.heads, 1, [&](int64_t begin, int64_t end) {
       backward_heads(args, grad_p, grad_value_p, grad_loc_p, grad_attn_p, begin, end);
     });
   });
-  auto grad_value = grad_value_heads.to(value.scalar_type()).transpose(1, 2).contiguous();
-  return {grad_value, grad_loc, grad_attn};
+  return {in.to_input_layout(grad_value_acc, value.scalar_type()), grad_loc, grad_attn};
 }
 
 }  // namespace
