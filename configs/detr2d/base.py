@@ -1,0 +1,73 @@
+"""Deformable DETR on COCO 2017: the published recipe (Zhu et al., ICLR 2021), ResNet-50, 50 epochs.
+
+The variant files in this folder inherit this one (``_base_``) and change only what differs.
+"""
+
+task = "coco_detection"  # tools/test.py dispatches on this
+
+model = dict(
+    name="deformable_detr",  # see detr2d.build_model
+    backbone="resnet50",
+    num_classes=91,  # COCO category ids are the labels (max id 90)
+    num_queries=300,
+    hidden_dim=256,
+    nheads=8,
+    enc_layers=6,
+    dec_layers=6,
+    dim_feedforward=1024,
+    dropout=0.1,
+    enc_n_points=4,
+    dec_n_points=4,
+    train_backbone=True,  # layer2-4 learn (stem and layer1 are always frozen)
+    msda_backend=None,  # deformable attention op backend: None = best available
+)
+criterion = dict(  # Hungarian matching costs and loss weights (num_classes, dec_layers: from the model)
+    set_cost_class=2.0,
+    set_cost_bbox=5.0,
+    set_cost_giou=2.0,
+    cls_loss_coef=2.0,
+    bbox_loss_coef=5.0,
+    giou_loss_coef=2.0,
+    focal_alpha=0.25,
+    focal_gamma=2.0,
+)
+
+data = dict(
+    root="data/coco",  # train2017/, val2017/, annotations/instances_{train,val}2017.json
+    train_split="train2017",
+    val_split="val2017",
+    num_workers=2,  # per process
+)
+augment = dict(
+    scales=list(range(480, 801, 32)),  # train short side ∈ {480, 512, ..., 800}
+    max_size=1333,  # long side cap (train and eval)
+    crop_resize_sizes=[400, 500, 600],  # crop branch: resize → random crop → multi-scale resize
+    crop_size=[384, 600],  # random crop side range (min, max)
+    flip_prob=0.5,
+    eval_size=800,
+)
+
+optim = dict(
+    lr=2e-4,  # AdamW
+    weight_decay=1e-4,
+    lr_backbone=2e-5,  # parameters whose name contains one of backbone_names
+    backbone_names=["backbone.0"],
+    lr_linear_proj_mult=0.1,  # parameters whose name contains one of linear_proj_names
+    linear_proj_names=["sampling_offsets", "reference_points"],
+    clip_max_norm=0.1,  # gradient L2 norm clip (0 disables)
+)
+schedule = dict(
+    epochs=50,
+    lr_drop=40,  # StepLR: lr × lr_gamma every lr_drop epochs
+    lr_gamma=0.1,
+)
+train = dict(
+    batch_size=32,  # total over all processes (published: 8 GPUs × 4)
+    eval_batch_size=2,  # per process
+    eval_every=1,  # epochs; 0 = evaluate only through tools/test.py
+    keep_every=5,  # besides checkpoint.pth (latest), keep checkpoint{epoch:04}.pth every N epochs (0 = never)
+    amp=None,  # None, "bf16" or "fp16" (GPU only)
+    seed=42,
+    deterministic=False,  # torch.use_deterministic_algorithms (for exact reproducibility tests)
+    progress=True,  # tqdm progress bar on rank 0
+)

@@ -1,0 +1,203 @@
+"""COCO detection dataset over the standard on-disk layout.
+
+::
+
+    root/
+      train2017/*.jpg
+      val2017/*.jpg
+      annotations/instances_train2017.json
+      annotations/instances_val2017.json
+
+Annotations are read once and checked up front (clear errors naming the file for a missing or malformed
+annotation JSON, annotations that refer to unknown image ids, image files that are missing); images
+are decoded with OpenCV when a sample is requested. Crowd boxes are not training targets and
+zero-area boxes (after clipping to the image) are dropped; both counts are logged. The pycocotools
+``COCO`` index of the full file (crowd boxes included) is kept in :attr:`CocoDetection.coco` for the
+evaluator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+
+from .transforms import Compose
+
+logger = logging.getLogger(__name__)
+
+
+def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
+    """``(image_dir, annotation_file)`` of a split (e.g. ``"val2017"``) in the standard layout."""
+    root = Path(root)
+    return root / split, root / "annotations" / f"instances_{split}.json"
+
+
+def load_coco_index(ann_file: str | Path) -> COCO:
+    """Read a COCO annotation JSON into a pycocotools index, checking that it is consistent.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not valid JSON, lacks ``images``/``annotations``/``categories``, or has
+            annotations whose ``image_id`` or ``category_id`` is not declared; the message names the
+            file and a few offending ids.
+    """
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {ann_file}")
+    try:
+        with open(ann_file) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"COCO annotation file {ann_file} is not valid JSON: {err}") from err
+    missing = [key for key in ("images", "annotations", "categories") if key not in data]
+    if missing:
+        raise ValueError(f"COCO annotation file {ann_file} lacks the key(s) {missing}")
+    for field, declared in (
+        ("image_id", {image["id"] for image in data["images"]}),
+        ("category_id", {category["id"] for category in data["categories"]}),
+    ):
+        unknown = sorted({ann[field] for ann in data["annotations"]} - declared)
+        if unknown:
+            raise ValueError(
+                f"COCO annotation file {ann_file}: {len(unknown)} unknown {field}(s) in annotations, "
+                f"e.g. {unknown[:5]}"
+            )
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """COCO detection samples.
+
+    A sample is ``(image, target)``. Before the transforms, ``image`` is (H, W, 3) uint8 RGB and
+    ``target`` holds ``boxes`` (K, 4) float32 absolute xyxy, ``labels`` (K,) int64 COCO category ids,
+    ``image_id`` int, ``orig_size`` (2,) int64 (h, w). With the usual pipeline ending in
+    :class:`datasets.transforms.ToTensor`, the image is a normalized (3, H', W') tensor, ``boxes`` are
+    normalized (cx, cy, w, h) and ``size`` (2,) is (H', W').
+
+    Random transforms draw from a generator seeded with ``(seed, epoch, index)``: call
+    :meth:`set_epoch` at the start of every epoch; a sample's augmentation does not depend on the
+    worker or process that loads it.
+
+    Args:
+        image_dir: folder holding the image files named in the annotation JSON.
+        ann_file: COCO ``instances_*.json``.
+        transforms: pipeline applied to every sample, or None for the raw arrays.
+        seed: augmentation seed.
+    """
+
+    def __init__(
+        self, image_dir: str | Path, ann_file: str | Path, transforms: Compose | None = None, seed: int = 0
+    ) -> None:
+        self.image_dir = Path(image_dir)
+        self.ann_file = Path(ann_file)
+        self.transforms = transforms
+        self.seed = seed
+        self.epoch = 0
+        self.coco = load_coco_index(ann_file)
+        self.ids = sorted(self.coco.imgs)
+        self._check_image_files()
+        self.num_dropped_crowd = 0
+        self.num_dropped_zero_area = 0
+        self._targets = [self._build_target(image_id) for image_id in self.ids]
+        logger.info(
+            "%s: %d images, %d boxes; dropped %d crowd boxes and %d zero-area boxes",
+            self.ann_file,
+            len(self.ids),
+            sum(len(t["labels"]) for t in self._targets),
+            self.num_dropped_crowd,
+            self.num_dropped_zero_area,
+        )
+
+    @property
+    def categories(self) -> dict[int, str]:
+        """COCO category id → name."""
+        return {cat_id: cat["name"] for cat_id, cat in sorted(self.coco.cats.items())}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        image = self.load_image(index)
+        target = dict(self._targets[index])
+        if self.transforms is None:
+            return image, target
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        return self.transforms(image, target, rng)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Decode image ``index`` as (H, W, 3) uint8 RGB (EXIF orientation ignored, as in the labels).
+
+        Raises:
+            FileNotFoundError: the file is missing.
+            ValueError: the file cannot be decoded or its size differs from the annotation JSON.
+        """
+        info = self.coco.imgs[self.ids[index]]
+        path = self.image_dir / info["file_name"]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"image file not found: {path} (image id {info['id']} in {self.ann_file})"
+            )
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if image is None:
+            raise ValueError(f"cannot decode image file {path} (image id {info['id']} in {self.ann_file})")
+        if image.shape[:2] != (info["height"], info["width"]):
+            raise ValueError(
+                f"image file {path} is {image.shape[1]}x{image.shape[0]} but {self.ann_file} says "
+                f"{info['width']}x{info['height']}"
+            )
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def _check_image_files(self) -> None:
+        present = set(os.listdir(self.image_dir)) if self.image_dir.is_dir() else set()
+        missing = [
+            self.coco.imgs[i]["file_name"] for i in self.ids if self.coco.imgs[i]["file_name"] not in present
+        ]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} image file(s) listed in {self.ann_file} not found in {self.image_dir}, "
+                f"e.g. {self.image_dir / missing[0]}"
+            )
+
+    def _build_target(self, image_id: int) -> dict[str, Any]:
+        info = self.coco.imgs[image_id]
+        height, width = info["height"], info["width"]
+        anns = [ann for ann in self.coco.imgToAnns.get(image_id, []) if not ann.get("iscrowd", 0)]
+        self.num_dropped_crowd += len(self.coco.imgToAnns.get(image_id, [])) - len(anns)
+        boxes = np.array([ann["bbox"] for ann in anns], dtype=np.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        boxes = np.clip(boxes, 0, np.array([width, height, width, height], dtype=np.float32))
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        self.num_dropped_zero_area += int((~keep).sum())
+        labels = np.array([ann["category_id"] for ann in anns], dtype=np.int64)
+        return {
+            "boxes": boxes[keep],
+            "labels": labels[keep],
+            "image_id": image_id,
+            "orig_size": np.array([height, width], dtype=np.int64),
+        }
+
+
+def build_coco_dataset(
+    root: str | Path, split: str, transforms: Compose | None = None, seed: int = 0
+) -> CocoDetection:
+    """The split ``split`` (e.g. ``"train2017"``) of the COCO-layout dataset under ``root``."""
+    image_dir, ann_file = coco_paths(root, split)
+    return CocoDetection(image_dir, ann_file, transforms, seed)

@@ -1,0 +1,219 @@
+"""Detection transforms in OpenCV/numpy: flip, multi-scale resize, random crop, normalization.
+
+Every transform is a callable ``(image, target, rng) -> (image, target)`` where
+
+- ``image`` is an (H, W, 3) uint8 RGB array,
+- ``target`` is a dict with ``boxes`` (K, 4) float32 absolute (x1, y1, x2, y2) pixels, ``labels`` (K,)
+  int64, and any extra keys (``image_id``, ``orig_size``, ...), which are passed through,
+- ``rng`` is the ``numpy.random.Generator`` that drives every random choice, so an augmentation is a
+  pure function of its seed (exact resume, identical results with any number of workers).
+
+:class:`ToTensor` ends a pipeline: it turns the image into a normalized (3, H, W) float tensor and the
+boxes into normalized (cx, cy, w, h), the format the model and the criterion use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+Target = dict[str, Any]
+Transform = Callable[[np.ndarray, Target, np.random.Generator], tuple[np.ndarray, Target]]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def hflip(image: np.ndarray, target: Target) -> tuple[np.ndarray, Target]:
+    """Mirror the image left-right; boxes (K, 4) xyxy follow: x1' = W - x2, x2' = W - x1."""
+    width = image.shape[1]
+    boxes = target["boxes"]
+    flipped = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+    return np.ascontiguousarray(image[:, ::-1]), {**target, "boxes": flipped.astype(np.float32)}
+
+
+def resized_shape(height: int, width: int, size: int, max_size: int | None = None) -> tuple[int, int]:
+    """Output (h, w) with the short side ``size``, shrunk so that the long side stays ≤ ``max_size``.
+
+    Follows the reference implementation: the short side becomes ``size`` (or the smaller value that
+    keeps the long side within ``max_size``) and the long side is scaled and truncated to an integer.
+    """
+    short, long = min(height, width), max(height, width)
+    if max_size is not None and long / short * size > max_size:
+        size = int(round(max_size * short / long))
+    if short == size:
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def resize(
+    image: np.ndarray, target: Target, size: int, max_size: int | None = None
+) -> tuple[np.ndarray, Target]:
+    """Resize so the short side is ``size`` (long side ≤ ``max_size``); boxes scale with the image."""
+    height, width = image.shape[:2]
+    out_h, out_w = resized_shape(height, width, size, max_size)
+    if (out_h, out_w) == (height, width):
+        return image, target
+    shrink = out_h * out_w < height * width
+    image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    scale = np.array([out_w / width, out_h / height, out_w / width, out_h / height], dtype=np.float32)
+    return image, {**target, "boxes": (target["boxes"] * scale).astype(np.float32)}
+
+
+def crop(
+    image: np.ndarray, target: Target, top: int, left: int, height: int, width: int
+) -> tuple[np.ndarray, Target]:
+    """Cut the region [top, top + height) × [left, left + width).
+
+    Boxes are shifted into the region and clipped to it; boxes left with zero width or height are
+    removed together with their labels.
+    """
+    image = image[top : top + height, left : left + width]
+    boxes = target["boxes"] - np.array([left, top, left, top], dtype=np.float32)
+    boxes = np.clip(boxes, 0, np.array([width, height, width, height], dtype=np.float32))
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return np.ascontiguousarray(image), {**target, "boxes": boxes[keep], "labels": target["labels"][keep]}
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: np.ndarray, target: Target, rng: np.random.Generator) -> tuple[Any, Target]:
+        for transform in self.transforms:
+            image, target = transform(image, target, rng)
+        return image, target
+
+
+class RandomHorizontalFlip:
+    """Flip with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(
+        self, image: np.ndarray, target: Target, rng: np.random.Generator
+    ) -> tuple[np.ndarray, Target]:
+        return hflip(image, target) if rng.random() < self.p else (image, target)
+
+
+class RandomResize:
+    """Resize the short side to a size drawn uniformly from ``sizes`` (long side ≤ ``max_size``)."""
+
+    def __init__(self, sizes: Sequence[int], max_size: int | None = None) -> None:
+        self.sizes = list(sizes)
+        self.max_size = max_size
+
+    def __call__(
+        self, image: np.ndarray, target: Target, rng: np.random.Generator
+    ) -> tuple[np.ndarray, Target]:
+        size = self.sizes[int(rng.integers(len(self.sizes)))]
+        return resize(image, target, size, self.max_size)
+
+
+class RandomSizeCrop:
+    """Crop a random region whose height and width are drawn from [min_size, max_size].
+
+    Both bounds are capped by the image size, so a small image is cropped to at most itself.
+    """
+
+    def __init__(self, min_size: int, max_size: int) -> None:
+        self.min_size = min_size
+        self.max_size = max_size
+
+    def __call__(
+        self, image: np.ndarray, target: Target, rng: np.random.Generator
+    ) -> tuple[np.ndarray, Target]:
+        img_h, img_w = image.shape[:2]
+        width = int(rng.integers(min(self.min_size, img_w), min(self.max_size, img_w) + 1))
+        height = int(rng.integers(min(self.min_size, img_h), min(self.max_size, img_h) + 1))
+        top = int(rng.integers(img_h - height + 1))
+        left = int(rng.integers(img_w - width + 1))
+        return crop(image, target, top, left, height, width)
+
+
+class RandomSelect:
+    """Apply ``first`` with probability ``p``, otherwise ``second``."""
+
+    def __init__(self, first: Transform, second: Transform, p: float = 0.5) -> None:
+        self.first = first
+        self.second = second
+        self.p = p
+
+    def __call__(
+        self, image: np.ndarray, target: Target, rng: np.random.Generator
+    ) -> tuple[np.ndarray, Target]:
+        return (self.first if rng.random() < self.p else self.second)(image, target, rng)
+
+
+class ToTensor:
+    """Normalize the image and convert the target to tensors.
+
+    Output image: (3, H, W) float32, ``(rgb / 255 - mean) / std``. Output target: ``boxes`` (K, 4)
+    float32 normalized (cx, cy, w, h) in [0, 1], ``labels`` (K,) int64, ``size`` (2,) int64 (h, w) of
+    the transformed image; other keys are converted with ``torch.as_tensor``.
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        self.mean = np.asarray(mean, dtype=np.float32) * 255.0
+        self.inv_std = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
+
+    def __call__(
+        self, image: np.ndarray, target: Target, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        height, width = image.shape[:2]
+        pixels = (image.astype(np.float32) - self.mean) * self.inv_std
+        boxes = target["boxes"].reshape(-1, 4)
+        cxcywh = np.stack(
+            [
+                (boxes[:, 0] + boxes[:, 2]) / (2 * width),
+                (boxes[:, 1] + boxes[:, 3]) / (2 * height),
+                (boxes[:, 2] - boxes[:, 0]) / width,
+                (boxes[:, 3] - boxes[:, 1]) / height,
+            ],
+            axis=1,
+        )
+        out = {key: torch.as_tensor(value) for key, value in target.items()}
+        out["boxes"] = torch.from_numpy(cxcywh.astype(np.float32))
+        out["labels"] = torch.as_tensor(target["labels"], dtype=torch.int64)
+        out["size"] = torch.tensor([height, width], dtype=torch.int64)
+        return torch.from_numpy(pixels.transpose(2, 0, 1).copy()), out
+
+
+def build_transforms(
+    train: bool,
+    scales: Sequence[int] = tuple(range(480, 801, 32)),
+    max_size: int = 1333,
+    crop_resize_sizes: Sequence[int] | None = (400, 500, 600),
+    crop_size: tuple[int, int] = (384, 600),
+    flip_prob: float = 0.5,
+    eval_size: int = 800,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Compose:
+    """The Deformable DETR pipelines; defaults are the published COCO values.
+
+    Train: flip, then either a multi-scale resize (short side from ``scales``, long ≤ ``max_size``) or,
+    with probability 1/2, resize to ``crop_resize_sizes`` → random crop of ``crop_size`` (min, max) →
+    the multi-scale resize; ``crop_resize_sizes=None`` disables the crop branch. Eval: short side
+    ``eval_size``, long ≤ ``max_size``. Both end with :class:`ToTensor`.
+    """
+    if not train:
+        return Compose([RandomResize([eval_size], max_size), ToTensor(mean, std)])
+    multi_scale: Transform = RandomResize(scales, max_size)
+    if crop_resize_sizes is not None:
+        multi_scale = RandomSelect(
+            multi_scale,
+            Compose(
+                [RandomResize(crop_resize_sizes), RandomSizeCrop(*crop_size), RandomResize(scales, max_size)]
+            ),
+        )
+    return Compose([RandomHorizontalFlip(flip_prob), multi_scale, ToTensor(mean, std)])
