@@ -8,7 +8,7 @@ TORCH_CUDA_ARCH_LIST ?= 9.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: env demo test test-all lint bench cuda-compile-check clean
+.PHONY: env demo demo-bev test test-all lint bench cuda-compile-check clean
 
 env: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py
 
 demo: env
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash tools/demo.sh
+
+# The BEV demo (synthetic nuScenes -> infos -> train -> official evaluation -> pictures).
+demo-bev: env
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash tools/demo_bev.sh
 
 test: env
 	$(PY) -m pytest -q

@@ -1,0 +1,166 @@
+"""The BEV training run: build everything from a config, train epoch by epoch with history frames,
+evaluate with the official nuScenes metrics, checkpoint, resume.
+
+The run follows :func:`detr2d.engine.trainer.run_training` and shares its pieces (checkpoint format
+and exact resume, distributed setup, logging, AdamW parameter groups); what differs is the data
+(multi-camera frames with history), the per-iteration warmup + cosine schedule and the evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from detr2d.engine.checkpoint import (
+    atomic_write,
+    capture_rng_state,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
+from detr2d.engine.distributed import all_gather_object, barrier, init_distributed, seed_everything
+from detr2d.engine.logs import append_jsonl, setup_logging
+from detr2d.engine.optim import build_optimizer
+from detr2d.engine.trainer import LATEST
+
+from .build import build_bev_detector
+from .data import build_bev_train_loader, build_nuscenes_dataset, build_sequential_loader
+from .evaluate import evaluate_bev
+from .schedule import build_warmup_cosine
+from .train_loop import train_one_epoch_bev
+
+logger = logging.getLogger(__name__)
+
+VAL_DIR = "val"
+
+
+def run_bev_training(
+    config: dict[str, Any], out_dir: str | Path, resume: str | Path | None = None
+) -> dict[str, Any]:
+    """Train the BEV ``config`` in this process (one of ``torchrun``'s, or alone), writing into ``out_dir``.
+
+    Every epoch: train (each sample with ``data.num_history`` earlier frames of its scene, the lr
+    schedule stepped every iteration), evaluate on the val split when due (``train.eval_every``; the
+    evaluation files go to ``out_dir/val``), write ``checkpoint.pth`` atomically (and keep
+    ``checkpoint{epoch:04}.pth`` every ``train.keep_every`` epochs), append a line to ``log.jsonl``.
+    ``resume`` continues a training checkpoint exactly. ``out_dir`` also receives ``config.json`` and
+    ``train.log``; a fresh run refuses to start where a ``checkpoint.pth`` exists.
+
+    Returns:
+        ``{"epoch": last completed epoch, "val": last evaluation metrics or {}}``.
+    """
+    info = init_distributed()
+    out_dir = Path(out_dir)
+    if resume is None and (out_dir / LATEST).exists():
+        raise FileExistsError(
+            f"{out_dir / LATEST} exists: pass --resume {out_dir / LATEST} to continue it, "
+            "or choose another --out"
+        )
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
+    barrier()
+    setup_logging(out_dir / "train.log", info.is_main)
+    train_cfg, schedule = config["train"], config["schedule"]
+    if train_cfg["batch_size"] % info.world_size:
+        raise ValueError(
+            f"train.batch_size {train_cfg['batch_size']} is not divisible by {info.world_size} processes"
+        )
+    if train_cfg["amp"] == "fp16":
+        raise ValueError('BEV training supports amp None or "bf16" (fp16 would need loss scaling)')
+    torch.use_deterministic_algorithms(train_cfg["deterministic"], warn_only=True)
+
+    seed_everything(train_cfg["seed"])  # same initial weights on every process
+    model = build_bev_detector(config, info.device)
+    seed_everything(train_cfg["seed"] + info.rank)
+    model_ddp = DistributedDataParallel(model) if info.world_size > 1 else model
+    optimizer = build_optimizer(model, config["optim"])
+
+    train_set = build_nuscenes_dataset(config, train=True)
+    val_set = build_nuscenes_dataset(config, train=False)
+    num_workers = config["data"]["num_workers"]
+    train_loader = build_bev_train_loader(
+        train_set,
+        train_cfg["batch_size"] // info.world_size,
+        num_workers,
+        info.rank,
+        info.world_size,
+        train_cfg["seed"],
+    )
+    val_loader = build_sequential_loader(val_set, num_workers, info.rank, info.world_size)
+    lr_scheduler = build_warmup_cosine(optimizer, schedule, len(train_loader))
+
+    start_epoch = 0
+    if resume is not None:
+        start_epoch = load_training_checkpoint(
+            resume, model, optimizer, lr_scheduler, info.rank, info.world_size
+        )
+        logger.info("resumed from %s at epoch %d", resume, start_epoch)
+    logger.info(
+        "training %s: %d train samples (%d history frames each) / %d val samples, %d process(es) on %s, "
+        "%d trainable parameters",
+        config["model"]["name"],
+        len(train_set),
+        train_set.num_history,
+        len(val_set),
+        info.world_size,
+        info.device,
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )
+
+    metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch, schedule["epochs"]):
+        train_loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch_bev(
+            model_ddp,
+            model.criterion,
+            train_loader,
+            optimizer,
+            lr_scheduler,
+            info.device,
+            epoch,
+            clip_max_norm=config["optim"]["clip_max_norm"],
+            amp=train_cfg["amp"],
+            progress=train_cfg["progress"] and info.is_main,
+        )
+        record: dict[str, Any] = {"epoch": epoch, "train": stats}
+        every = train_cfg["eval_every"]
+        if every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == schedule["epochs"]):
+            result = evaluate_bev(model, val_loader, config, out_dir / VAL_DIR, info.device, info.is_main)
+            metrics = record["val"] = {k: result.metrics[k] for k in ("mAP", "NDS")}
+            record["val_samples"] = result.num_samples
+            logger.info("epoch %d evaluation:\n%s", epoch, result.table)
+        rng_states = all_gather_object(capture_rng_state())
+        if info.is_main:
+            save_training_checkpoint(
+                out_dir / LATEST, model, optimizer, lr_scheduler, epoch, rng_states, config
+            )
+            keep = train_cfg["keep_every"]
+            if keep > 0 and (epoch + 1) % keep == 0:
+                save_training_checkpoint(
+                    out_dir / f"checkpoint{epoch:04}.pth",
+                    model,
+                    optimizer,
+                    lr_scheduler,
+                    epoch,
+                    rng_states,
+                    config,
+                )
+            append_jsonl(out_dir / "log.jsonl", record)
+        logger.info(
+            "epoch %d: loss %.4f (cls %.4f, bbox %.4f), lr %.2e, %.1f s, %.2f samples/s%s",
+            epoch,
+            stats["loss"],
+            stats["loss_cls"],
+            stats["loss_bbox"],
+            stats["lr"],
+            stats["time_s"],
+            stats["samples_per_s"],
+            f", NDS {metrics['NDS']:.4f} mAP {metrics['mAP']:.4f}" if "val" in record else "",
+        )
+    barrier()
+    return {"epoch": schedule["epochs"] - 1, "val": metrics}

@@ -1,0 +1,49 @@
+"""BEVFormer-base on nuScenes: the published recipe (Li et al., ECCV 2022), 24 epochs, NDS 51.7 / mAP 41.6.
+
+The other files in this folder inherit this one (``_base_``) and change only what differs. ``model``
+is a variant ``name`` of ``bev.VARIANTS`` plus overrides of any ``bev.DEFAULTS`` key.
+"""
+
+task = "nuscenes_detection"  # tools/train.py, test.py and predict.py dispatch on this
+
+model = dict(
+    name="bevformer_base",  # ResNet-101 C3-C5 -> 4 FPN levels, BEV 200 x 200, 6 encoder layers
+    pretrained=None,  # path of a torchvision ImageNet ResNet state_dict (the release starts from FCOS3D)
+    backend=None,  # deformable attention op backend: None = best available
+)
+
+data = dict(
+    root="data/nuscenes",  # samples/, v1.0-*/ (and can_bus/ here or in the parent folder)
+    version="v1.0-trainval",
+    infos_dir="data/nuscenes/infos",  # nuscenes_infos_<split>.json: tools/create_data.py nuscenes
+    train_split="train",
+    val_split="val",
+    image_size=[1600, 900],  # (W, H) every camera image is resized to (padded to a multiple of 32)
+    num_history=3,  # earlier frames per training sample: queue_length 4
+    num_workers=4,  # per process
+)
+
+optim = dict(
+    lr=2e-4,  # AdamW
+    weight_decay=0.01,
+    lr_backbone=2e-5,  # img_backbone lr_mult 0.1: parameters whose name contains one of backbone_names
+    backbone_names=["backbone."],
+    lr_linear_proj_mult=1.0,  # no separate group for the attention offsets
+    linear_proj_names=[],
+    clip_max_norm=35.0,  # gradient L2 norm clip
+)
+schedule = dict(
+    epochs=24,
+    warmup_iters=500,  # linear warmup from warmup_ratio x lr, then cosine to min_lr_ratio x lr
+    warmup_ratio=1.0 / 3,
+    min_lr_ratio=1e-3,
+)
+train = dict(
+    batch_size=8,  # total over all processes (published: 8 GPUs x 1)
+    eval_every=1,  # epochs; 0 = evaluate only through tools/test.py
+    keep_every=1,  # besides checkpoint.pth (latest), keep checkpoint{epoch:04}.pth every N epochs (0 = never)
+    amp=None,  # None or "bf16" (GPU only)
+    seed=0,
+    deterministic=False,
+    progress=True,  # tqdm progress bar on rank 0
+)
