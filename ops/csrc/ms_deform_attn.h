@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include "ms_deform_attn_math.h"
+
 namespace msda {
 
 struct Dims {
@@ -23,7 +25,7 @@ struct ValueStrides {
     return {d.heads * d.spatial * d.channels, d.spatial * d.channels, d.channels};
   }
   // Offset of level l's first position for (sample n, head m).
-  int64_t level(int64_t n, int64_t m, int64_t level_start) const {
+  MSDA_HOST_DEVICE int64_t level(int64_t n, int64_t m, int64_t level_start) const {
     return n * batch + m * head + level_start * position;
   }
 };
