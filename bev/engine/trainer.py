@@ -8,7 +8,6 @@ and exact resume, distributed setup, logging, AdamW parameter groups); what diff
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from detr2d.engine.checkpoint import (
-    atomic_write,
     capture_rng_state,
     load_training_checkpoint,
     save_training_checkpoint,
 )
-from detr2d.engine.distributed import all_gather_object, barrier, init_distributed, seed_everything
-from detr2d.engine.logs import append_jsonl, setup_logging
+from detr2d.engine.distributed import all_gather_object, barrier, seed_everything
+from detr2d.engine.logs import append_jsonl
 from detr2d.engine.optim import build_optimizer
-from detr2d.engine.trainer import LATEST
+from detr2d.engine.trainer import LATEST, start_run
 
 from .build import build_bev_detector
 from .data import build_bev_train_loader, build_nuscenes_dataset, build_sequential_loader
@@ -53,23 +51,8 @@ def run_bev_training(
     Returns:
         ``{"epoch": last completed epoch, "val": last evaluation metrics or {}}``.
     """
-    info = init_distributed()
-    out_dir = Path(out_dir)
-    if resume is None and (out_dir / LATEST).exists():
-        raise FileExistsError(
-            f"{out_dir / LATEST} exists: pass --resume {out_dir / LATEST} to continue it, "
-            "or choose another --out"
-        )
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
-    barrier()
-    setup_logging(out_dir / "train.log", info.is_main)
+    info, out_dir = start_run(config, out_dir, resume)
     train_cfg, schedule = config["train"], config["schedule"]
-    if train_cfg["batch_size"] % info.world_size:
-        raise ValueError(
-            f"train.batch_size {train_cfg['batch_size']} is not divisible by {info.world_size} processes"
-        )
     if train_cfg["amp"] == "fp16":
         raise ValueError('BEV training supports amp None or "bf16" (fp16 would need loss scaling)')
     torch.use_deterministic_algorithms(train_cfg["deterministic"], warn_only=True)

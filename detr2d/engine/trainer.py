@@ -24,6 +24,33 @@ logger = logging.getLogger(__name__)
 LATEST = "checkpoint.pth"
 
 
+def start_run(config: dict[str, Any], out_dir: str | Path, resume: str | Path | None) -> tuple[Any, Path]:
+    """Join the process group and prepare ``out_dir`` (``config.json``, ``train.log``) for a training run.
+
+    A fresh run refuses to start where a ``checkpoint.pth`` exists, so an earlier run is never
+    overwritten; the total batch size must split evenly over the processes.
+
+    Returns:
+        (the process's distributed info, ``out_dir`` as a Path).
+    """
+    info = init_distributed()
+    out_dir = Path(out_dir)
+    if resume is None and (out_dir / LATEST).exists():
+        raise FileExistsError(
+            f"{out_dir / LATEST} exists: pass --resume {out_dir / LATEST} to continue it, "
+            "or choose another --out"
+        )
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
+    barrier()
+    setup_logging(out_dir / "train.log", info.is_main)
+    batch_size = config["train"]["batch_size"]
+    if batch_size % info.world_size:
+        raise ValueError(f"train.batch_size {batch_size} is not divisible by {info.world_size} processes")
+    return info, out_dir
+
+
 def run_training(
     config: dict[str, Any], out_dir: str | Path, resume: str | Path | None = None
 ) -> dict[str, Any]:
@@ -40,23 +67,8 @@ def run_training(
     Returns:
         ``{"epoch": last completed epoch, "val": last evaluation metrics or {}}``.
     """
-    info = init_distributed()
-    out_dir = Path(out_dir)
-    if resume is None and (out_dir / LATEST).exists():
-        raise FileExistsError(
-            f"{out_dir / LATEST} exists: pass --resume {out_dir / LATEST} to continue it, "
-            "or choose another --out"
-        )
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
-    barrier()
-    setup_logging(out_dir / "train.log", info.is_main)
+    info, out_dir = start_run(config, out_dir, resume)
     train_cfg, schedule = config["train"], config["schedule"]
-    if train_cfg["batch_size"] % info.world_size:
-        raise ValueError(
-            f"train.batch_size {train_cfg['batch_size']} is not divisible by {info.world_size} processes"
-        )
     torch.use_deterministic_algorithms(train_cfg["deterministic"], warn_only=True)
 
     seed_everything(train_cfg["seed"])  # same initial weights on every process, whatever their number
