@@ -26,7 +26,7 @@ if [[ -d "$DATA/v1.0-mini" ]]; then
   stamp "1/5 synthetic nuScenes: reusing $DATA"
 else
   stamp "1/5 synthetic nuScenes -> $DATA"
-  "$PYTHON" tools/create_data.py synthetic-nuscenes --out "$DATA" --scenes 10 --samples 30 \
+  "$PYTHON" tools/create_data.py synthetic-nuscenes --out "$DATA" --scenes 10 --samples 40 \
     --image-size 192 108 --seed 0
 fi
 stamp "2/5 infos (devkit) -> $DATA/infos"
