@@ -153,9 +153,12 @@ def test_shifted_or_missing_detections_score_less(val_index) -> None:
 
 def test_draw_detections_marks_boxes() -> None:
     image = np.zeros((40, 60, 3), dtype=np.uint8)
-    drawn = draw_detections(image, [[5, 10, 30, 35]], [2], [0.87], {2: "square"})
+    drawn = draw_detections(image, [[5, 10, 30, 35]], [2], [0.87], {2: "square"}, min_side=40)
     assert drawn.shape == image.shape and not image.any()
     assert drawn[35, 15].any() and drawn[20, 5].any() and not drawn[38, 50].any()
+    zoomed = draw_detections(image, [[5, 10, 30, 35]], [2], [0.87], {2: "square"}, min_side=100)
+    assert zoomed.shape == (120, 180, 3)  # enlarged 3x so the caption is legible
+    assert zoomed[105, 45].any() and not zoomed[114, 150].any()
 
 
 def test_generator_cli_matches_library(tmp_path: Path) -> None:

@@ -21,15 +21,21 @@ def draw_detections(
     labels: Sequence[int],
     scores: Sequence[float],
     names: Mapping[int, str],
+    min_side: int = 384,
 ) -> np.ndarray:
-    """A copy of ``image`` (H, W, 3) uint8 RGB with each box (x1, y1, x2, y2 pixels) outlined and
-    captioned ``"name score"`` in its class color; unknown ids are captioned with the number."""
-    canvas = image.copy()
-    scale = max(0.3, min(canvas.shape[:2]) / 800)
+    """``image`` (H, W, 3) uint8 RGB with each box (x1, y1, x2, y2 pixels) outlined and captioned
+    ``"name score"`` in its class color; unknown ids are captioned with the number.
+
+    A small image is first enlarged by an integer factor (nearest neighbour) until its short side is
+    at least ``min_side``, so that captions stay legible; boxes are scaled with it.
+    """
+    zoom = max(1, -(-min_side // min(image.shape[:2])))
+    canvas = np.repeat(np.repeat(image, zoom, axis=0), zoom, axis=1) if zoom > 1 else image.copy()
+    scale = max(0.4, min(canvas.shape[:2]) / 800)
     thickness = max(1, round(2 * scale))
     for box, label, score in zip(boxes, labels, scores, strict=True):
         color = class_color(label)
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        x1, y1, x2, y2 = (int(round(v * zoom)) for v in box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
         caption = f"{names.get(label, str(label))} {score:.2f}"
         (tw, th), baseline = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
