@@ -1,9 +1,11 @@
-"""BEV engine pieces without data: the sequential tester's temporal history, scene sharding, the schedule."""
+"""BEV engine pieces without data: the sequential tester's temporal history, scene sharding, the schedule,
+the published configs."""
 
 from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,10 @@ from bev import ego_motion_between
 from bev.engine.data import SceneShardSampler, scene_runs
 from bev.engine.schedule import WarmupCosine, build_warmup_cosine
 from bev.engine.sequential import predict_sequential
+from configs import load_config
+from detr2d.engine.optim import build_optimizer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "bev"
 
 
 class RecordingDetector(nn.Module):
@@ -101,3 +107,31 @@ def test_schedule_state_resumes_from_a_weights_only_checkpoint():
             opt.step()
             sched.step()
         assert fresh.get_last_lr() == scheduler.get_last_lr()
+
+
+@pytest.mark.parametrize(
+    ("name", "variant", "image_size", "num_history"),
+    [
+        ("bevformer_base", "bevformer_base", [1600, 900], 3),
+        ("bevformer_small", "bevformer_small", [1280, 720], 2),
+        ("bevformer_tiny", "bevformer_tiny", [800, 450], 2),
+        ("detr3d", "detr3d", [1600, 900], 0),
+    ],
+)
+def test_published_configs_follow_the_recipe(name, variant, image_size, num_history):
+    config = load_config(CONFIGS / f"{name}.py")
+    assert config["task"] == "nuscenes_detection" and config["model"]["name"] == variant
+    assert config["data"]["image_size"] == image_size and config["data"]["num_history"] == num_history
+    optim, schedule = config["optim"], config["schedule"]
+    assert (optim["lr"], optim["weight_decay"], optim["lr_backbone"], optim["clip_max_norm"]) == (
+        2e-4,
+        0.01,
+        2e-5,
+        35.0,
+    )
+    assert (schedule["epochs"], schedule["warmup_iters"], schedule["min_lr_ratio"]) == (24, 500, 1e-3)
+    assert schedule["warmup_ratio"] == pytest.approx(1 / 3) and config["train"]["batch_size"] == 8
+    model = nn.Module()
+    model.backbone, model.neck = nn.Linear(1, 1), nn.Linear(1, 1)
+    groups = {g["name"]: g["lr"] for g in build_optimizer(model, optim).param_groups}
+    assert groups == {"backbone": 2e-5, "main": 2e-4}
