@@ -51,6 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "num_levels": 1,
     "pretrained": None,  # path of a torchvision ImageNet state_dict for the ResNet, or None
     "train_backbone": True,
+    "backbone_norm": "frozen_bn",  # "bn": trainable batch norm, for training from scratch
+    "backbone_trainable_layers": 3,  # of (layer4, layer3, layer2, layer1, stem); 5 from scratch
     "backbone": None,  # a ready image backbone (with ``num_channels``) instead of the ResNet
     "embed_dims": 256,
     "ffn_dims": 512,
@@ -122,7 +124,13 @@ def _image_backbone(s: dict[str, Any]) -> nn.Module:
         if not hasattr(s["backbone"], "num_channels"):
             raise ValueError("a given backbone must have a num_channels attribute (channels of each level)")
         return s["backbone"]
-    backbone = ResNetBackbone(s["depth"], tuple(s["return_layers"]), train_backbone=s["train_backbone"])
+    backbone = ResNetBackbone(
+        s["depth"],
+        tuple(s["return_layers"]),
+        train_backbone=s["train_backbone"],
+        norm=s["backbone_norm"],
+        trainable_layers=s["backbone_trainable_layers"],
+    )
     if s["pretrained"] is not None:
         load_imagenet_weights(backbone, s["pretrained"])
     return backbone

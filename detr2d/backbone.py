@@ -1,4 +1,8 @@
-"""ResNet backbones with frozen batch norm and torchvision's parameter names (no torchvision needed).
+"""ResNet backbones with torchvision's parameter names (no torchvision needed).
+
+Normalization is frozen batch norm by default (the published recipe, which starts from ImageNet
+weights) or trainable batch norm (``norm="bn"``: for training from scratch, where frozen identity
+statistics leave a deep residual trunk unnormalized).
 
 ``ResNetBackbone(depth).body`` holds ``conv1``, ``bn1``, ``layer1`` ... ``layer4`` named exactly as
 in ``torchvision.models.resnet`` (without ``fc``), so an ImageNet state_dict from torchvision loads
@@ -59,6 +63,14 @@ class FrozenBatchNorm2d(nn.Module):
         return x * scale[None, :, None, None] + shift[None, :, None, None]
 
 
+NORMS = ("frozen_bn", "bn")
+
+
+def _norm(kind: str, num_features: int) -> nn.Module:
+    """The normalization layer ``kind`` (one of :data:`NORMS`) over ``num_features`` channels."""
+    return FrozenBatchNorm2d(num_features) if kind == "frozen_bn" else nn.BatchNorm2d(num_features)
+
+
 def _identity(x: Tensor) -> Tensor:
     return x
 
@@ -76,12 +88,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_ch: int, planes: int, stride: int, dilation: int, downsample: nn.Module | None):
+    def __init__(
+        self, in_ch: int, planes: int, stride: int, dilation: int, downsample: nn.Module | None, norm: str
+    ):
         super().__init__()
         self.conv1 = _conv3x3(in_ch, planes, stride, dilation)
-        self.bn1 = FrozenBatchNorm2d(planes)
+        self.bn1 = _norm(norm, planes)
         self.conv2 = _conv3x3(planes, planes, 1, dilation)
-        self.bn2 = FrozenBatchNorm2d(planes)
+        self.bn2 = _norm(norm, planes)
         self.downsample = downsample
 
     def forward(self, x: Tensor, masks: PaddingMasks | None = None) -> Tensor:
@@ -98,14 +112,16 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_ch: int, planes: int, stride: int, dilation: int, downsample: nn.Module | None):
+    def __init__(
+        self, in_ch: int, planes: int, stride: int, dilation: int, downsample: nn.Module | None, norm: str
+    ):
         super().__init__()
         self.conv1 = _conv1x1(in_ch, planes)
-        self.bn1 = FrozenBatchNorm2d(planes)
+        self.bn1 = _norm(norm, planes)
         self.conv2 = _conv3x3(planes, planes, stride, dilation)
-        self.bn2 = FrozenBatchNorm2d(planes)
+        self.bn2 = _norm(norm, planes)
         self.conv3 = _conv1x1(planes, planes * self.expansion)
-        self.bn3 = FrozenBatchNorm2d(planes * self.expansion)
+        self.bn3 = _norm(norm, planes * self.expansion)
         self.downsample = downsample
 
     def forward(self, x: Tensor, masks: PaddingMasks | None = None) -> Tensor:
@@ -134,13 +150,16 @@ class ResNetBody(nn.Module):
         last_layer: how many of layer1..layer4 to build (1-4).
         dilation: replace the stride of layer4 by dilation 2 (DC5), as torchvision's
             ``replace_stride_with_dilation=[False, False, True]``.
+        norm: ``"frozen_bn"`` or ``"bn"`` (see the module docstring).
     """
 
-    def __init__(self, depth: int, last_layer: int = 4, dilation: bool = False) -> None:
+    def __init__(
+        self, depth: int, last_layer: int = 4, dilation: bool = False, norm: str = "frozen_bn"
+    ) -> None:
         super().__init__()
         block, counts = ARCHS[depth]
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = FrozenBatchNorm2d(64)
+        self.bn1 = _norm(norm, 64)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         in_ch, cur_dilation = 64, 1
         for i in range(last_layer):
@@ -152,11 +171,11 @@ class ResNetBody(nn.Module):
             if stride != 1 or in_ch != planes * block.expansion:
                 downsample = nn.Sequential(
                     _conv1x1(in_ch, planes * block.expansion, stride),
-                    FrozenBatchNorm2d(planes * block.expansion),
+                    _norm(norm, planes * block.expansion),
                 )
-            blocks = [block(in_ch, planes, stride, prev_dilation, downsample)]
+            blocks = [block(in_ch, planes, stride, prev_dilation, downsample, norm)]
             in_ch = planes * block.expansion
-            blocks += [block(in_ch, planes, 1, cur_dilation, None) for _ in range(1, counts[i])]
+            blocks += [block(in_ch, planes, 1, cur_dilation, None, norm) for _ in range(1, counts[i])]
             self.add_module(LAYER_NAMES[i], nn.Sequential(*blocks))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -178,15 +197,19 @@ class ResNetBody(nn.Module):
 
 
 class ResNetBackbone(nn.Module):
-    """A frozen-BN ResNet returning the feature maps of ``return_layers``.
+    """A ResNet returning the feature maps of ``return_layers``.
 
-    The stem and layer1 are always frozen; with ``train_backbone=False`` everything is.
+    The last ``trainable_layers`` stages (counted from layer4 down to the stem) get gradients; the
+    published recipe trains layer2-4 (3) on top of ImageNet weights; from scratch, train all (5).
 
     Args:
         depth: 18, 34, 50 or 101.
         return_layers: increasing subset of ("layer1", "layer2", "layer3", "layer4").
         dilation: dilate layer4 instead of striding it (DC5; its stride becomes 16).
-        train_backbone: whether layer2-4 get gradients.
+        train_backbone: False freezes every stage (whatever ``trainable_layers`` says).
+        norm: ``"frozen_bn"`` (published) or ``"bn"`` (trainable batch norm, for training from scratch;
+            in training mode padded pixels count in the batch statistics).
+        trainable_layers: 0-5, how many of (layer4, layer3, layer2, layer1, stem) learn.
 
     Attributes:
         body: the :class:`ResNetBody` (layers after the last returned one are not built).
@@ -200,10 +223,16 @@ class ResNetBackbone(nn.Module):
         return_layers: tuple[str, ...] = ("layer2", "layer3", "layer4"),
         dilation: bool = False,
         train_backbone: bool = True,
+        norm: str = "frozen_bn",
+        trainable_layers: int = 3,
     ) -> None:
         super().__init__()
         if depth not in ARCHS:
             raise ValueError(f"ResNet depth must be one of {sorted(ARCHS)}, got {depth}")
+        if norm not in NORMS:
+            raise ValueError(f"backbone norm must be one of {NORMS}, got {norm!r}")
+        if isinstance(trainable_layers, bool) or trainable_layers not in range(6):
+            raise ValueError(f"trainable_layers must be an int in 0..5, got {trainable_layers!r}")
         return_layers = tuple(return_layers)
         if (
             not return_layers
@@ -215,14 +244,28 @@ class ResNetBackbone(nn.Module):
             )
         self.return_layers = return_layers
         idx = [LAYER_NAMES.index(n) for n in return_layers]
-        self.body = ResNetBody(depth, last_layer=idx[-1] + 1, dilation=dilation)
+        self.body = ResNetBody(depth, last_layer=idx[-1] + 1, dilation=dilation, norm=norm)
         expansion = ARCHS[depth][0].expansion
         all_strides = [4, 8, 16, 16 if dilation else 32]
         self.strides = [all_strides[i] for i in idx]
         self.num_channels = [64 * 2**i * expansion for i in idx]
-        for name, p in self.body.named_parameters():
-            if not train_backbone or not name.startswith(("layer2", "layer3", "layer4")):
-                p.requires_grad_(False)
+        trainable = ("layer4", "layer3", "layer2", "layer1", "")[: trainable_layers if train_backbone else 0]
+        self._frozen_modules = [
+            m
+            for name, m in self.body.named_children()
+            if (name if name in LAYER_NAMES else "") not in trainable
+        ]
+        for module in self._frozen_modules:
+            module.requires_grad_(False)
+        self.train()
+
+    def train(self, mode: bool = True) -> ResNetBackbone:
+        """Like ``nn.Module.train``, but frozen stages stay in eval mode (their batch norm statistics
+        do not move)."""
+        super().train(mode)
+        for module in self._frozen_modules:
+            module.eval()
+        return self
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> list[Tensor]:
         """Feature maps of the returned layers.

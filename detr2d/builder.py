@@ -33,6 +33,8 @@ class ModelConfig:
     backbone: str = "resnet50"
     dilation: bool = False
     train_backbone: bool = True
+    backbone_norm: str = "frozen_bn"  # "bn": trainable batch norm, for training from scratch
+    backbone_trainable_layers: int = 3  # of (layer4, layer3, layer2, layer1, stem); 5 from scratch
     num_feature_levels: int = 4
     with_box_refine: bool = False
     two_stage: bool = False
@@ -99,7 +101,12 @@ def backbone_layers(num_feature_levels: int) -> tuple[str, ...]:
 def build_model_from_config(cfg: ModelConfig) -> DeformableDETR:
     """Instantiate the model described by ``cfg`` (random init; backbone not pretrained)."""
     resnet = ResNetBackbone(
-        BACKBONES[cfg.backbone], backbone_layers(cfg.num_feature_levels), cfg.dilation, cfg.train_backbone
+        BACKBONES[cfg.backbone],
+        backbone_layers(cfg.num_feature_levels),
+        cfg.dilation,
+        cfg.train_backbone,
+        norm=cfg.backbone_norm,
+        trainable_layers=cfg.backbone_trainable_layers,
     )
     backbone = Joiner(resnet, PositionEmbeddingSine(cfg.hidden_dim // 2))
     transformer = DeformableTransformer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -20,7 +21,7 @@ from datasets.synthetic_coco import SyntheticCocoSpec, generate_synthetic_coco
 from detr2d.engine.checkpoint import atomic_save, capture_rng_state, restore_rng_state
 from detr2d.engine.data import ShardSampler
 from detr2d.engine.evaluate import COCO_METRIC_NAMES, coco_metrics
-from detr2d.engine.optim import build_lr_scheduler, param_groups
+from detr2d.engine.optim import build_lr_scheduler, build_optimizer, param_groups
 from detr2d.engine.visualize import draw_detections
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +50,27 @@ def test_param_groups_follow_the_recipe() -> None:
         id(p) for m in (model.sampling_offsets, model.reference_points) for p in m.parameters()
     }
     assert all(id(p) not in set().union(*ids.values()) for p in model.frozen.parameters())
+
+
+def test_fused_adamw_equals_the_loop_implementation() -> None:
+    """The fused AdamW that build_optimizer picks on the CPU takes the same steps as the for-loop one."""
+    torch.manual_seed(0)
+    model = _Named()
+    reference = copy.deepcopy(model)
+    optim = {"lr": 1e-2, "weight_decay": 1e-4, "lr_backbone": 1e-3, "lr_linear_proj_mult": 0.1}
+    optim |= {"backbone_names": ["backbone.0"], "linear_proj_names": ["sampling_offsets", "reference_points"]}
+    fused = build_optimizer(model, optim)
+    loop_groups = param_groups(reference, 1e-2, 1e-3, 0.1)
+    loop = torch.optim.AdamW(loop_groups, lr=1e-2, weight_decay=1e-4, foreach=False)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(8, 2)
+    for _ in range(5):
+        for net, opt in ((model, fused), (reference, loop)):
+            opt.zero_grad()
+            sum(m(x).square().sum() for m in (net.backbone[0], net.sampling_offsets, net.head)).backward()
+            opt.step()
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
 def test_step_schedule_drops_lr() -> None:

@@ -182,6 +182,59 @@ def test_backbone_levels(depth: int, dilation: bool, strides: list, channels: li
         assert f[1, :, a.shape[2] :].abs().sum() == 0 and f[1, :, :, a.shape[3] :].abs().sum() == 0
 
 
+@pytest.mark.parametrize(
+    ("trainable_layers", "train_backbone", "trainable_stages"),
+    [
+        (3, True, {"layer2", "layer3", "layer4"}),
+        (5, True, {"stem", "layer1", "layer2", "layer3", "layer4"}),
+        (1, True, {"layer4"}),
+        (5, False, set()),
+    ],
+)
+def test_backbone_trainable_layers(
+    trainable_layers: int, train_backbone: bool, trainable_stages: set
+) -> None:
+    """The last ``trainable_layers`` stages learn (the stem counts last); train_backbone=False freezes all."""
+    backbone = ResNetBackbone(18, norm="bn", trainable_layers=trainable_layers, train_backbone=train_backbone)
+    stages = {}
+    for name, p in backbone.body.named_parameters():
+        stages.setdefault(name.split(".")[0] if name.startswith("layer") else "stem", set()).add(
+            p.requires_grad
+        )
+    assert {s for s, flags in stages.items() if flags == {True}} == trainable_stages
+    assert all(len(flags) == 1 for flags in stages.values())
+
+
+def test_trainable_batch_norm_backbone() -> None:
+    """norm="bn": torchvision's BatchNorm2d keys (plus num_batches_tracked); batch statistics move in
+    training only in trainable stages; eval uses the running statistics (a padded image == alone)."""
+    torch.manual_seed(0)
+    frozen_keys = set(ResNetBackbone(18).state_dict())
+    backbone = ResNetBackbone(18, norm="bn", trainable_layers=3)
+    keys = set(backbone.state_dict())
+    assert {k for k in keys if not k.endswith("num_batches_tracked")} == frozen_keys
+    assert isinstance(backbone.body.layer2[0].bn1, nn.BatchNorm2d)
+    backbone.train()
+    assert (
+        backbone.body.layer2.training and not backbone.body.layer1.training and not backbone.body.bn1.training
+    )
+    before = {k: v.clone() for k, v in backbone.body.state_dict().items() if "running_mean" in k}
+    backbone(torch.randn(2, 3, 64, 64))
+    after = backbone.body.state_dict()
+    moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"layer2", "layer3", "layer4"}
+    backbone.eval()
+    images, batch, mask = padded_batch([(64, 64), (37, 50)])
+    with torch.no_grad():
+        padded, alone = backbone(batch, mask), backbone(images[1][None])
+    for f, a in zip(padded, alone, strict=True):
+        torch.testing.assert_close(f[1, :, : a.shape[2], : a.shape[3]], a[0], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="backbone norm must be one of"):
+        ResNetBackbone(18, norm="gn")
+    with pytest.raises(ValueError, match="trainable_layers must be an int in 0..5"):
+        ResNetBackbone(18, trainable_layers=6)
+
+
 def test_position_embedding_values() -> None:
     """(y + 0.5) / valid * 2 pi per axis; feature 2i = sin(v / T^(2i/F)), 2i + 1 = cos; y first."""
     mask = torch.ones(1, 3, 4, dtype=torch.bool)

@@ -17,7 +17,8 @@ start=$(date +%s)
 stamp() { echo "[demo $(($(date +%s) - start)) s] $*"; }
 
 stamp "1/4 synthetic dataset -> $DATA"
-"$PYTHON" -m datasets.synthetic_coco "$DATA" --num-train 2000 --num-val 200 --image-size 96 --seed 0
+"$PYTHON" -m datasets.synthetic_coco "$DATA" --num-train 2000 --num-val 200 --image-size 96 \
+  --max-objects 3 --min-scale 0.2 --max-scale 0.5 --seed 0
 
 resume=()
 if [[ -f "$OUT/checkpoint.pth" ]]; then
@@ -31,7 +32,8 @@ stamp "3/4 COCO evaluation of the val split -> $OUT/eval"
 "$PYTHON" tools/test.py "$CONFIG" "$OUT/checkpoint.pth" --out "$OUT/eval" "data.root=$DATA"
 
 stamp "4/4 predictions on 8 val images -> $OUT/predict"
-"$PYTHON" tools/predict.py "$CONFIG" "$OUT/checkpoint.pth" "$DATA/val2017" --limit 8 --out "$OUT/predict" \
+"$PYTHON" tools/predict.py "$CONFIG" "$OUT/checkpoint.pth" "$DATA/val2017" --limit 8 --score-threshold 0.35 \
+  --out "$OUT/predict" \
   --set "data.root=$DATA"
 
 ap=$("$PYTHON" -c "import json, sys; print(f\"{json.load(open(sys.argv[1]))['AP']:.3f}\")" "$OUT/eval/metrics.json")

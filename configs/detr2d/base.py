@@ -18,7 +18,9 @@ model = dict(
     dropout=0.1,
     enc_n_points=4,
     dec_n_points=4,
-    train_backbone=True,  # layer2-4 learn (stem and layer1 are always frozen)
+    train_backbone=True,  # False freezes the whole ResNet
+    backbone_norm="frozen_bn",  # "bn" (trainable batch norm) for training from scratch
+    backbone_trainable_layers=3,  # layer2-4 learn; 5 adds layer1 and the stem
     msda_backend=None,  # deformable attention op backend: None = best available
 )
 criterion = dict(  # Hungarian matching costs and loss weights (num_classes, dec_layers: from the model)

