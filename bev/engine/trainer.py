@@ -15,15 +15,10 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from detr2d.engine.checkpoint import (
-    capture_rng_state,
-    load_training_checkpoint,
-    save_training_checkpoint,
-)
-from detr2d.engine.distributed import all_gather_object, barrier, seed_everything
-from detr2d.engine.logs import append_jsonl
+from detr2d.engine.checkpoint import load_training_checkpoint
+from detr2d.engine.distributed import barrier, seed_everything
 from detr2d.engine.optim import build_optimizer
-from detr2d.engine.trainer import LATEST, start_run
+from detr2d.engine.trainer import evaluation_due, finish_epoch, start_run
 
 from .build import build_bev_detector
 from .data import build_bev_train_loader, build_nuscenes_dataset, build_sequential_loader
@@ -111,29 +106,12 @@ def run_bev_training(
             progress=train_cfg["progress"] and info.is_main,
         )
         record: dict[str, Any] = {"epoch": epoch, "train": stats}
-        every = train_cfg["eval_every"]
-        if every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == schedule["epochs"]):
+        if evaluation_due(train_cfg["eval_every"], epoch, schedule["epochs"]):
             result = evaluate_bev(model, val_loader, config, out_dir / VAL_DIR, info.device, info.is_main)
             metrics = record["val"] = {k: result.metrics[k] for k in ("mAP", "NDS")}
             record["val_samples"] = result.num_samples
             logger.info("epoch %d evaluation:\n%s", epoch, result.table)
-        rng_states = all_gather_object(capture_rng_state())
-        if info.is_main:
-            save_training_checkpoint(
-                out_dir / LATEST, model, optimizer, lr_scheduler, epoch, rng_states, config
-            )
-            keep = train_cfg["keep_every"]
-            if keep > 0 and (epoch + 1) % keep == 0:
-                save_training_checkpoint(
-                    out_dir / f"checkpoint{epoch:04}.pth",
-                    model,
-                    optimizer,
-                    lr_scheduler,
-                    epoch,
-                    rng_states,
-                    config,
-                )
-            append_jsonl(out_dir / "log.jsonl", record)
+        finish_epoch(out_dir, info.is_main, config, record, model, optimizer, lr_scheduler)
         logger.info(
             "epoch %d: loss %.4f (cls %.4f, bbox %.4f), lr %.2e, %.1f s, %.2f samples/s%s",
             epoch,

@@ -51,6 +51,38 @@ def start_run(config: dict[str, Any], out_dir: str | Path, resume: str | Path | 
     return info, out_dir
 
 
+def evaluation_due(eval_every: int, epoch: int, epochs: int) -> bool:
+    """Whether to evaluate after ``epoch`` (0-based): every ``eval_every`` epochs and after the last one;
+    never when ``eval_every`` is 0."""
+    return eval_every > 0 and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs)
+
+
+def finish_epoch(
+    out_dir: Path,
+    is_main: bool,
+    config: dict[str, Any],
+    record: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """End epoch ``record["epoch"]`` on every process: gather the RNG states, then (main process) write
+    ``checkpoint.pth`` atomically, keep ``checkpoint{epoch:04}.pth`` every ``train.keep_every`` epochs
+    and append ``record`` to ``log.jsonl``."""
+    epoch = record["epoch"]
+    rng_states = all_gather_object(capture_rng_state())
+    if not is_main:
+        return
+    keep = config["train"]["keep_every"]
+    paths = [out_dir / LATEST] + (
+        [out_dir / f"checkpoint{epoch:04}.pth"] if keep > 0 and (epoch + 1) % keep == 0 else []
+    )
+    for path in paths:
+        save_training_checkpoint(path, model, optimizer, lr_scheduler, epoch, rng_states, config, scaler)
+    append_jsonl(out_dir / "log.jsonl", record)
+
+
 def run_training(
     config: dict[str, Any], out_dir: str | Path, resume: str | Path | None = None
 ) -> dict[str, Any]:
@@ -128,32 +160,14 @@ def run_training(
         )
         lr_scheduler.step()
         record: dict[str, Any] = {"epoch": epoch, "train": stats}
-        every = train_cfg["eval_every"]
-        if every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == schedule["epochs"]):
+        if evaluation_due(train_cfg["eval_every"], epoch, schedule["epochs"]):
             result = evaluate_coco(
                 model, postprocess, val_loader, val_set.coco, info.device, info.is_main, train_cfg["amp"]
             )
             metrics = record["val"] = result.metrics
             record["val_images"] = result.num_images
             logger.info("epoch %d evaluation:\n%s", epoch, result.table)
-        rng_states = all_gather_object(capture_rng_state())
-        if info.is_main:
-            save_training_checkpoint(
-                out_dir / LATEST, model, optimizer, lr_scheduler, epoch, rng_states, config, scaler
-            )
-            keep = train_cfg["keep_every"]
-            if keep > 0 and (epoch + 1) % keep == 0:
-                save_training_checkpoint(
-                    out_dir / f"checkpoint{epoch:04}.pth",
-                    model,
-                    optimizer,
-                    lr_scheduler,
-                    epoch,
-                    rng_states,
-                    config,
-                    scaler,
-                )
-            append_jsonl(out_dir / "log.jsonl", record)
+        finish_epoch(out_dir, info.is_main, config, record, model, optimizer, lr_scheduler, scaler)
         logger.info(
             "epoch %d: loss %.4f, %.1f s, %.1f img/s%s",
             epoch,
