@@ -52,7 +52,13 @@ def _read_file(path: Path) -> Config:
     return merge(config, settings)
 
 
+_WORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
 def _parse_value(text: str) -> Any:
+    """A Python literal (``1e-3``, ``[96, 128]``, ``True``), true/false/none in any case, else the string."""
+    if text.lower() in _WORDS:
+        return _WORDS[text.lower()]
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -62,8 +68,12 @@ def _parse_value(text: str) -> Any:
 def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     """Apply ``key=value`` overrides (dotted keys) to a copy of ``config``.
 
+    Values are Python literals (``true``/``false``/``none`` also in lower case); anything else is a
+    string. A key that holds a bool only takes a bool, so ``progress=flase`` is an error rather than
+    a truthy string.
+
     Raises:
-        ValueError: an override is not of the form ``key=value``.
+        ValueError: an override is not of the form ``key=value``, or gives a bool key a non-bool.
         KeyError: a key (or one of its parents) does not exist in the config.
     """
     config = copy.deepcopy(config)
@@ -79,7 +89,10 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
             node = node[part]
         if leaf not in node:
             raise KeyError(f"config override {item!r}: unknown key {key!r}; known here: {sorted(node)}")
-        node[leaf] = _parse_value(text.strip())
+        value = _parse_value(text.strip())
+        if isinstance(node[leaf], bool) and not isinstance(value, bool):
+            raise ValueError(f"config override {item!r}: {key!r} is a bool; use true or false")
+        node[leaf] = value
     return config
 
 

@@ -46,6 +46,17 @@ def test_override_errors() -> None:
         apply_overrides(config, ["amp.x=1"])
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides(config, ["optim.lr"])
+    flags = {"train": {"progress": True, "amp": None}}
+    assert apply_overrides(flags, ["train.progress=false", "train.amp=bf16"])["train"] == {
+        "progress": False,
+        "amp": "bf16",
+    }
+    assert apply_overrides(flags, ["train.progress=False", "train.amp=none"])["train"] == {
+        "progress": False,
+        "amp": None,
+    }
+    with pytest.raises(ValueError, match="'train.progress' is a bool; use true or false"):
+        apply_overrides(flags, ["train.progress=flase"])
     with pytest.raises(FileNotFoundError):
         load_config("no/such/config.py")
 
