@@ -249,12 +249,11 @@ class ResNetBackbone(nn.Module):
         all_strides = [4, 8, 16, 16 if dilation else 32]
         self.strides = [all_strides[i] for i in idx]
         self.num_channels = [64 * 2**i * expansion for i in idx]
-        trainable = ("layer4", "layer3", "layer2", "layer1", "")[: trainable_layers if train_backbone else 0]
-        self._frozen_modules = [
-            m
-            for name, m in self.body.named_children()
-            if (name if name in LAYER_NAMES else "") not in trainable
+        trainable = ("layer4", "layer3", "layer2", "layer1", "stem")[
+            : trainable_layers if train_backbone else 0
         ]
+        stage = {name: name if name in LAYER_NAMES else "stem" for name, _ in self.body.named_children()}
+        self._frozen_modules = [m for name, m in self.body.named_children() if stage[name] not in trainable]
         for module in self._frozen_modules:
             module.requires_grad_(False)
         self.train()
