@@ -72,8 +72,6 @@ DEFAULTS: dict[str, Any] = {
     "decoder_points": 4,
     "num_query": 900,
     "max_num": 300,
-    "yaw_frame": "lidar",  # angle in the box code: "lidar" (published) or "ray" (see bev.box_coder)
-    "velocity_frame": "lidar",  # velocity in the box code: "lidar" (published) or "box"
     "backend": None,
 }
 
@@ -138,10 +136,6 @@ def _image_backbone(s: dict[str, Any]) -> nn.Module:
     return backbone
 
 
-def _code_frames(s: dict[str, Any]) -> dict[str, str]:
-    return {"yaw_frame": s["yaw_frame"], "velocity_frame": s["velocity_frame"]}
-
-
 def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
     """Build variant ``name`` (see :data:`VARIANTS`), with any :data:`DEFAULTS` key overridden.
 
@@ -195,8 +189,8 @@ def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
         backbone,
         neck,
         head,
-        DetectionLoss3D(s["num_classes"], s["decoder_layers"], **_code_frames(s)),
-        NMSFreeDecoder(s["num_classes"], max_num=s["max_num"], **_code_frames(s)),
+        DetectionLoss3D(s["num_classes"], s["decoder_layers"]),
+        NMSFreeDecoder(s["num_classes"], max_num=s["max_num"]),
         encoder=encoder,
         num_cams=s["num_cams"],
         size_divisor=s["size_divisor"],

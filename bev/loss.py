@@ -11,7 +11,7 @@ from torch import nn
 from detr2d.criterion import sigmoid_focal_loss
 
 from .assigner import HungarianAssigner3D
-from .box_coder import BOX_SIZE, CODE_SIZE, check_velocity_frame, check_yaw_frame, encode_boxes
+from .box_coder import BOX_SIZE, CODE_SIZE, encode_boxes
 
 CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
 
@@ -37,8 +37,6 @@ class DetectionLoss3D(nn.Module):
         reg_weight: weight of the L1 loss (0.25).
         code_weights: per-entry L1 weights of the 10-d code.
         alpha, gamma: focal parameters (0.25, 2.0).
-        yaw_frame, velocity_frame: the frames of the code's angle and velocity (:mod:`bev.box_coder`),
-            as the head predicts them.
     """
 
     def __init__(
@@ -51,12 +49,8 @@ class DetectionLoss3D(nn.Module):
         code_weights: Sequence[float] = CODE_WEIGHTS,
         alpha: float = 0.25,
         gamma: float = 2.0,
-        yaw_frame: str = "lidar",
-        velocity_frame: str = "lidar",
     ) -> None:
         super().__init__()
-        self.yaw_frame = check_yaw_frame(yaw_frame)
-        self.velocity_frame = check_velocity_frame(velocity_frame)
         if len(code_weights) != CODE_SIZE:
             raise ValueError(f"code_weights must have {CODE_SIZE} entries, got {len(code_weights)}")
         self.num_classes = num_classes
@@ -163,9 +157,7 @@ class DetectionLoss3D(nn.Module):
                 raise ValueError(
                     f"sample {b}: gt_labels must be in [0, {self.num_classes}), got {labels.tolist()}"
                 )
-        gt_codes = [
-            encode_boxes(boxes.to(box_code.dtype), self.yaw_frame, self.velocity_frame) for boxes in gt_boxes
-        ]
+        gt_codes = [encode_boxes(boxes.to(box_code.dtype)) for boxes in gt_boxes]
         num_boxes = self.num_boxes(gt_labels, box_code.device)
         losses: dict[str, torch.Tensor] = {}
         for layer in range(self.num_layers):

@@ -19,37 +19,13 @@ def _boxes(n: int) -> torch.Tensor:
     return torch.cat([centre, size, yaw, velocity], dim=1)
 
 
-@pytest.mark.parametrize("yaw_frame", ["lidar", "ray"])
-@pytest.mark.parametrize("velocity_frame", ["lidar", "box"])
-def test_encode_decode_round_trip(yaw_frame, velocity_frame):
+def test_encode_decode_round_trip():
     boxes = _boxes(50)
-    code = encode_boxes(boxes, yaw_frame, velocity_frame)
+    code = encode_boxes(boxes)
     assert code.shape == (50, 10)
     torch.testing.assert_close(code[:, 2], boxes[:, 3].log())  # log w
     torch.testing.assert_close(code[:, 4], boxes[:, 2])  # cz in metres
-    torch.testing.assert_close(decode_boxes(code, yaw_frame, velocity_frame), boxes, atol=1e-5, rtol=1e-5)
-
-
-def test_ray_frame_codes_the_heading_relative_to_the_line_of_sight():
-    azimuth = torch.linspace(-3.0, 3.0, 7)
-    centre = torch.stack([20 * azimuth.cos(), 20 * azimuth.sin(), torch.zeros(7)], dim=1)
-    facing_the_sensor = azimuth + math.pi
-    boxes = torch.cat([centre, torch.ones(7, 3), facing_the_sensor[:, None], torch.zeros(7, 2)], dim=1)
-    code = encode_boxes(boxes, "ray")
-    torch.testing.assert_close(code[:, 6:8], torch.tensor([[0.0, -1.0]]).expand(7, 2), atol=1e-5, rtol=0)
-    torch.testing.assert_close(encode_boxes(boxes, "lidar")[:, 6], facing_the_sensor.sin())
-    with pytest.raises(ValueError, match="yaw_frame"):
-        encode_boxes(boxes, "camera")
-
-
-def test_box_frame_codes_forward_motion_as_speed_along_the_heading():
-    yaw = torch.linspace(-3.0, 3.0, 7)
-    velocity = 5.0 * torch.stack([yaw.cos(), yaw.sin()], dim=1)
-    boxes = torch.cat([torch.rand(7, 3), torch.ones(7, 3), yaw[:, None], velocity], dim=1)
-    code = encode_boxes(boxes, velocity_frame="box")
-    torch.testing.assert_close(code[:, 8:], torch.tensor([[5.0, 0.0]]).expand(7, 2), atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="velocity_frame"):
-        decode_boxes(code, velocity_frame="global")
+    torch.testing.assert_close(decode_boxes(code), boxes, atol=1e-5, rtol=1e-5)
 
 
 def test_yaw_comes_back_wrapped():

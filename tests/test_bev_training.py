@@ -12,7 +12,7 @@ from bev_helpers import (
     translation_motion,
 )
 
-from bev import DEFAULTS, VARIANTS, bev_model_settings, build_bev_model, encode_boxes
+from bev import DEFAULTS, VARIANTS, bev_model_settings, build_bev_model
 
 
 def _batch(with_history: bool) -> dict:
@@ -53,23 +53,6 @@ def test_loss_falls_on_a_fixed_batch(head):
         totals.append(total.item())
     assert set(losses) == set(model.criterion.weight_dict)
     assert totals[-1] < 0.8 * totals[0], totals
-
-
-@pytest.mark.parametrize(("yaw_frame", "velocity_frame"), [("lidar", "lidar"), ("ray", "box")])
-def test_loss_and_decoder_read_the_code_in_the_same_frames(yaw_frame, velocity_frame):
-    model = tiny_model(yaw_frame=yaw_frame, velocity_frame=velocity_frame)
-    boxes = _batch(with_history=False)["gt_boxes"][0]
-    code = encode_boxes(boxes, yaw_frame, velocity_frame)
-    logits = torch.full((1, len(boxes), 10), -9.0)
-    logits[0, :, 0] = 9.0
-    decoded = model.box_decoder.decode(logits, code[None])[0]
-    decoded = decoded["boxes"][decoded["scores"] > 0.5]
-    torch.testing.assert_close(decoded[decoded[:, 0].argsort()], boxes[boxes[:, 0].argsort()])
-    labels = torch.zeros(len(boxes), dtype=torch.int64)
-    _, loss_bbox = model.criterion.layer_losses(logits, code[None], [code], [labels], len(boxes))
-    assert loss_bbox.item() < 1e-5  # the loss encodes the ground truth in the frames the head predicts
-    with pytest.raises(ValueError, match="yaw_frame"):
-        tiny_model(yaw_frame="camera")
 
 
 def test_history_is_used_without_gradient():

@@ -24,8 +24,6 @@ model = dict(  # the bev_demo variant's sizes, spelled out so that they can be o
     decoder_layers=3,
     num_query=100,
     dropout=0.0,
-    yaw_frame="lidar",
-    velocity_frame="lidar",
 )
 data = dict(
     root="data/synthetic_nuscenes",
