@@ -72,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
     "decoder_points": 4,
     "num_query": 900,
     "max_num": 300,
+    "bev_pos_in_memory": False,  # True: the decoder reads BEV + positional embedding (published: bare BEV)
     "backend": None,
 }
 
@@ -194,4 +195,5 @@ def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
         encoder=encoder,
         num_cams=s["num_cams"],
         size_divisor=s["size_divisor"],
+        bev_pos_in_memory=s["bev_pos_in_memory"],
     )

@@ -65,6 +65,8 @@ class MultiViewDetector3D(nn.Module):
         encoder: :class:`BEVEncoder`, or None for the DETR3D-style detector.
         num_cams: cameras per sample.
         size_divisor: images are zero-padded (bottom/right) to a multiple of this.
+        bev_pos_in_memory: the decoder reads the BEV plus the encoder's BEV positional embedding, so
+            what its queries sample says where they sampled (the published decoder reads the bare BEV).
     """
 
     def __init__(
@@ -77,8 +79,12 @@ class MultiViewDetector3D(nn.Module):
         encoder: BEVEncoder | None = None,
         num_cams: int = 6,
         size_divisor: int = 32,
+        bev_pos_in_memory: bool = False,
     ) -> None:
         super().__init__()
+        if bev_pos_in_memory and encoder is None:
+            raise ValueError("bev_pos_in_memory needs a BEV encoder (the DETR3D-style head reads no BEV)")
+        self.bev_pos_in_memory = bev_pos_in_memory
         self.backbone = backbone
         self.neck = neck
         self.encoder = encoder
@@ -136,7 +142,8 @@ class MultiViewDetector3D(nn.Module):
             bev = None
         else:
             bev = self.encoder(feats, lidar2img, img_shape, prev_bev, ego_motion, prev_exists)
-            memory = BEVMemory(bev, self.encoder.bev_h, self.encoder.bev_w)
+            read = bev + self.encoder.positional_embedding() if self.bev_pos_in_memory else bev
+            memory = BEVMemory(read, self.encoder.bev_h, self.encoder.bev_w)
         return self.head(memory, img.shape[0]), bev
 
     def compute_bev(

@@ -91,6 +91,22 @@ def test_eval_forward_returns_detections():
     assert detections[0]["scores"].shape == detections[0]["labels"].shape
 
 
+def test_bev_pos_in_memory_changes_what_the_decoder_reads_but_not_the_bev():
+    plain, with_pos = tiny_model().eval(), tiny_model(bev_pos_in_memory=True).eval()
+    with_pos.load_state_dict(plain.state_dict())
+    img = _batch(with_history=False)["img"][:, 0]
+    lidar2img = ring_lidar2img()[None].expand(2, -1, -1, -1)
+    with torch.no_grad():
+        (outputs, bev), (outputs_pos, bev_pos) = (
+            plain.predict(img, lidar2img),
+            with_pos.predict(img, lidar2img),
+        )
+    torch.testing.assert_close(bev_pos, bev)  # the BEV carried to the next frame stays bare
+    assert not torch.allclose(outputs_pos.box_code, outputs.box_code)
+    with pytest.raises(ValueError, match="bev_pos_in_memory"):
+        tiny_model(head="detr3d", bev_pos_in_memory=True)
+
+
 def test_missing_batch_keys_raise_value_errors():
     model = tiny_model().train()
     batch = _batch(False)

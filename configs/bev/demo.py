@@ -24,6 +24,8 @@ model = dict(  # the bev_demo variant's sizes, spelled out so that they can be o
     decoder_layers=3,
     num_query=100,
     dropout=0.0,
+    bev_pos_in_memory=False,
+    pc_range=[-51.2, -51.2, -5.0, 51.2, 51.2, 3.0],
 )
 data = dict(
     root="data/synthetic_nuscenes",
