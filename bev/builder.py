@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "decoder_layers": 6,
     "decoder_points": 4,
     "num_query": 900,
+    "num_query_groups": 1,  # Group DETR: query groups in training (1: published; test uses one group)
     "max_num": 300,
     "bev_pos_in_memory": False,  # True: the decoder reads BEV + positional embedding (published: bare BEV)
     "backend": None,
@@ -185,7 +186,9 @@ def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
             )
             for _ in range(s["decoder_layers"])
         ]
-    head = DetectionDecoder(layers, s["num_classes"], c, s["num_query"], s["pc_range"])
+    head = DetectionDecoder(
+        layers, s["num_classes"], c, s["num_query"], s["pc_range"], num_groups=s["num_query_groups"]
+    )
     return MultiViewDetector3D(
         backbone,
         neck,

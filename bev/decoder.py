@@ -32,6 +32,10 @@ class BEVMemory:
     bev_h: int
     bev_w: int
 
+    def repeat_batch(self, times: int) -> BEVMemory:
+        """Each sample ``times`` times in a row (sample b becomes b * times ... b * times + times - 1)."""
+        return BEVMemory(self.bev.repeat_interleave(times, dim=0), self.bev_h, self.bev_w)
+
 
 class BEVDecoderLayer(DecoderLayer):
     """detr2d's deformable decoder layer over the one-level BEV: self-attn, cross-attn, FFN, each + norm.
@@ -115,6 +119,12 @@ class DetectionDecoder(nn.Module):
     sigmoid of the sums is both the predicted centre (scaled onto ``pc_range``, metres) and, detached,
     the next layer's reference points.
 
+    With ``num_groups`` G > 1 (Group DETR, Chen et al., ICCV 2023) training decodes G independent groups
+    of ``num_query`` queries, each group reading the same memory and attending only to itself; the
+    outputs are laid out as G times the batch (sample b, group g at b * G + g) and every group is
+    matched to the ground truth on its own, so each object trains G queries per step. Evaluation
+    decodes group 0 only: the extra groups cost nothing at test time.
+
     Args:
         layers: decoder layers called as ``layer(query, query_pos, reference_points, memory)``.
         num_classes: classes C_cls (10 for nuScenes).
@@ -122,6 +132,7 @@ class DetectionDecoder(nn.Module):
         num_query: object queries Q (900).
         pc_range: (x_min, y_min, z_min, x_max, y_max, z_max).
         num_branch_fcs: hidden layers of the cls and reg branches (2).
+        num_groups: query groups in training (1: the published one-to-one decoder).
     """
 
     def __init__(
@@ -132,16 +143,20 @@ class DetectionDecoder(nn.Module):
         num_query: int = 900,
         pc_range: Sequence[float] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
         num_branch_fcs: int = 2,
+        num_groups: int = 1,
     ) -> None:
         super().__init__()
         if len(layers) == 0:
             raise ValueError("the decoder needs at least one layer")
+        if num_groups < 1:
+            raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+        self.num_groups = num_groups
         self.layers = nn.ModuleList(layers)
         self.num_classes = num_classes
         self.embed_dims = embed_dims
         self.num_query = num_query
         self.pc_range = check_pc_range(pc_range)
-        self.query_embedding = nn.Embedding(num_query, 2 * embed_dims)
+        self.query_embedding = nn.Embedding(num_groups * num_query, 2 * embed_dims)
         self.reference_points = nn.Linear(embed_dims, 3)
         self.cls_branches = nn.ModuleList(
             classification_branch(embed_dims, num_classes, num_branch_fcs) for _ in layers
@@ -155,17 +170,25 @@ class DetectionDecoder(nn.Module):
         """Number of decoder layers."""
         return len(self.layers)
 
+    @property
+    def active_groups(self) -> int:
+        """Query groups decoded now: ``num_groups`` in training, 1 in evaluation."""
+        return self.num_groups if self.training else 1
+
     def forward(self, memory: object, batch_size: int) -> HeadOutput:
         """Args:
             memory: what the layers read (:class:`BEVMemory` or :class:`bev.detr3d_head.CameraMemory`).
             batch_size: B.
 
         Returns:
-            :class:`HeadOutput` of every layer.
+            :class:`HeadOutput` of every layer, over B * :attr:`active_groups` samples.
         """
-        query_pos, query = self.query_embedding.weight.split(self.embed_dims, dim=1)
-        query_pos = query_pos[None].expand(batch_size, -1, -1)
-        query = query[None].expand(batch_size, -1, -1)
+        groups = self.active_groups
+        embedding = self.query_embedding.weight[: groups * self.num_query].view(groups, self.num_query, -1)
+        embedding = embedding[None].expand(batch_size, -1, -1, -1).flatten(0, 1)  # (B * G, Q, 2C)
+        query_pos, query = embedding.split(self.embed_dims, dim=-1)
+        if groups > 1:
+            memory = memory.repeat_batch(groups)
         reference = self.reference_points(query_pos).sigmoid()
         all_logits, all_codes = [], []
         for layer, cls_branch, reg_branch in zip(

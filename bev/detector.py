@@ -250,7 +250,10 @@ class MultiViewDetector3D(nn.Module):
         """Unweighted loss terms of a training batch (keys in the module docstring)."""
         _require(batch, ("gt_boxes", "gt_labels"), "the training batch")
         outputs = self._predict_batch(batch)
-        return self.criterion(outputs.cls_logits, outputs.box_code, batch["gt_boxes"], batch["gt_labels"])
+        groups = self.head.active_groups  # outputs hold sample b's group g at b * groups + g
+        gt_boxes = [boxes for boxes in batch["gt_boxes"] for _ in range(groups)]
+        gt_labels = [labels for labels in batch["gt_labels"] for _ in range(groups)]
+        return self.criterion(outputs.cls_logits, outputs.box_code, gt_boxes, gt_labels)
 
     @torch.no_grad()
     def forward_test(

@@ -28,6 +28,14 @@ class CameraMemory:
     lidar2img: torch.Tensor  # (B, Ncam, 4, 4), pixels of the padded input image
     img_shape: tuple[int, int]  # (H, W) of the padded input image
 
+    def repeat_batch(self, times: int) -> CameraMemory:
+        """Each sample ``times`` times in a row (sample b becomes b * times ... b * times + times - 1)."""
+        return CameraMemory(
+            [feat.repeat_interleave(times, dim=0) for feat in self.mlvl_feats],
+            self.lidar2img.repeat_interleave(times, dim=0),
+            self.img_shape,
+        )
+
 
 class Detr3DCrossAttention(nn.Module):
     """DETR3D's cross-attention through the op: one sampling point per camera and level.

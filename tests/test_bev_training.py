@@ -12,7 +12,7 @@ from bev_helpers import (
     translation_motion,
 )
 
-from bev import DEFAULTS, VARIANTS, bev_model_settings, build_bev_model
+from bev import DEFAULTS, VARIANTS, BEVMemory, bev_model_settings, build_bev_model
 
 
 def _batch(with_history: bool) -> dict:
@@ -105,6 +105,50 @@ def test_bev_pos_in_memory_changes_what_the_decoder_reads_but_not_the_bev():
     assert not torch.allclose(outputs_pos.box_code, outputs.box_code)
     with pytest.raises(ValueError, match="bev_pos_in_memory"):
         tiny_model(head="detr3d", bev_pos_in_memory=True)
+
+
+def test_query_groups_train_independently_and_evaluation_decodes_group_zero():
+    groups = 3
+    model = tiny_model(num_query_groups=groups, dropout=0.0)
+    img = _batch(with_history=False)["img"][:, 0]
+    lidar2img = ring_lidar2img()[None].expand(2, -1, -1, -1)
+    with torch.no_grad():
+        bev = model.eval().compute_bev(img, lidar2img)
+        memory = BEVMemory(bev, model.encoder.bev_h, model.encoder.bev_w)
+        evaluated = model.head(memory, 2)
+        trained = model.head.train()(memory, 2)
+    num_query = model.head.num_query
+    assert evaluated.box_code.shape[1:3] == (2, num_query)
+    assert trained.box_code.shape[1:3] == (2 * groups, num_query)
+    torch.testing.assert_close(trained.box_code[:, ::groups], evaluated.box_code)  # group 0 sees no other
+    assert not torch.allclose(trained.box_code[:, 1], evaluated.box_code[:, 0])
+    with pytest.raises(ValueError, match="num_groups"):
+        tiny_model(num_query_groups=0)
+
+
+@pytest.mark.parametrize("head", ["bev", "detr3d"])
+def test_query_groups_each_match_the_ground_truth(head):
+    model = tiny_model(head=head, num_query_groups=2, dropout=0.0).train()
+    losses = model(_batch(with_history=False))
+    assert set(losses) == set(model.criterion.weight_dict)
+    # the loss averages the groups: equal groups give the loss of one group
+    with torch.no_grad():
+        model.head.query_embedding.weight[model.head.num_query :] = model.head.query_embedding.weight[
+            : model.head.num_query
+        ]
+    single = tiny_model(head=head, dropout=0.0).train()
+    single.load_state_dict(
+        {
+            k: v[: single.head.num_query] if k == "head.query_embedding.weight" else v
+            for k, v in model.state_dict().items()
+        }
+    )
+    torch.manual_seed(0)
+    grouped_losses = model(_batch(with_history=False))
+    torch.manual_seed(0)
+    single_losses = single(_batch(with_history=False))
+    for key, value in single_losses.items():
+        torch.testing.assert_close(grouped_losses[key], value)
 
 
 def test_missing_batch_keys_raise_value_errors():
