@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from detr2d.backbone import ResNetBackbone, load_imagenet_weights
+from detr2d.builder import BACKBONES
 
 from .box_coder import NMSFreeDecoder
 from .decoder import BEVDecoderLayer, DetectionDecoder
@@ -46,14 +47,14 @@ NUSCENES_CLASSES = (
 
 DEFAULTS: dict[str, Any] = {
     "head": "bev",  # "bev" (BEVFormer) or "detr3d"
-    "depth": 50,
+    "backbone": "resnet50",  # resnet18 | resnet34 | resnet50 | resnet101
     "return_layers": ("layer4",),
     "num_levels": 1,
     "pretrained": None,  # path of a torchvision ImageNet state_dict for the ResNet, or None
     "train_backbone": True,
     "backbone_norm": "frozen_bn",  # "bn": trainable batch norm, for training from scratch
     "backbone_trainable_layers": 3,  # of (layer4, layer3, layer2, layer1, stem); 5 from scratch
-    "backbone": None,  # a ready image backbone (with ``num_channels``) instead of the ResNet
+    "backbone_module": None,  # a ready image backbone (with ``num_channels``) instead of the ResNet
     "embed_dims": 256,
     "ffn_dims": 512,
     "num_heads": 8,
@@ -70,29 +71,29 @@ DEFAULTS: dict[str, Any] = {
     "sca_points": 8,
     "decoder_layers": 6,
     "decoder_points": 4,
-    "num_query": 900,
+    "num_queries": 900,
     "num_query_groups": 1,  # Group DETR: query groups in training (1: published; test uses one group)
     "max_num": 300,
     "bev_pos_in_memory": False,  # True: the decoder reads BEV + positional embedding (published: bare BEV)
-    "backend": None,
+    "op_backend": None,
 }
 
 C3_C5 = ("layer2", "layer3", "layer4")
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "bevformer_tiny": {},
-    "bevformer_small": {"depth": 101, "bev_h": 150, "bev_w": 150},
+    "bevformer_small": {"backbone": "resnet101", "bev_h": 150, "bev_w": 150},
     "bevformer_base": {
-        "depth": 101,
+        "backbone": "resnet101",
         "return_layers": C3_C5,
         "num_levels": 4,
         "bev_h": 200,
         "bev_w": 200,
         "encoder_layers": 6,
     },
-    "detr3d": {"head": "detr3d", "depth": 101, "return_layers": C3_C5, "num_levels": 4},
+    "detr3d": {"head": "detr3d", "backbone": "resnet101", "return_layers": C3_C5, "num_levels": 4},
     "bev_demo": {
-        "depth": 18,
+        "backbone": "resnet18",
         "return_layers": ("layer3", "layer4"),
         "num_levels": 2,
         "embed_dims": 64,
@@ -103,7 +104,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "encoder_layers": 2,
         "sca_points": 4,
         "decoder_layers": 3,
-        "num_query": 100,
+        "num_queries": 100,
     },
 }
 
@@ -118,16 +119,18 @@ def bev_model_settings(name: str, **overrides: Any) -> dict[str, Any]:
     settings = {**DEFAULTS, **VARIANTS[name], **overrides}
     if settings["head"] not in ("bev", "detr3d"):
         raise ValueError(f"head must be 'bev' or 'detr3d', got {settings['head']!r}")
+    if settings["backbone_module"] is None and settings["backbone"] not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {settings['backbone']!r}")
     return settings
 
 
 def _image_backbone(s: dict[str, Any]) -> nn.Module:
-    if s["backbone"] is not None:
-        if not hasattr(s["backbone"], "num_channels"):
+    if s["backbone_module"] is not None:
+        if not hasattr(s["backbone_module"], "num_channels"):
             raise ValueError("a given backbone must have a num_channels attribute (channels of each level)")
-        return s["backbone"]
+        return s["backbone_module"]
     backbone = ResNetBackbone(
-        s["depth"],
+        BACKBONES[s["backbone"]],
         tuple(s["return_layers"]),
         train_backbone=s["train_backbone"],
         norm=s["backbone_norm"],
@@ -141,7 +144,7 @@ def _image_backbone(s: dict[str, Any]) -> nn.Module:
 def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
     """Build variant ``name`` (see :data:`VARIANTS`), with any :data:`DEFAULTS` key overridden.
 
-    Example: ``build_bev_model("bev_demo", bev_h=10, bev_w=10, num_query=20, backend="reference")``.
+    Example: ``build_bev_model("bev_demo", bev_h=10, bev_w=10, num_queries=20, op_backend="reference")``.
     """
     s = bev_model_settings(name, **overrides)
     backbone = _image_backbone(s)
@@ -149,7 +152,7 @@ def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
     if s["num_levels"] < len(in_channels):
         raise ValueError(f"num_levels ({s['num_levels']}) is below the backbone's {len(in_channels)} levels")
     neck = FPNNeck(in_channels, s["embed_dims"], num_outs=s["num_levels"])
-    c, heads, dropout, backend = s["embed_dims"], s["num_heads"], s["dropout"], s["backend"]
+    c, heads, dropout, backend = s["embed_dims"], s["num_heads"], s["dropout"], s["op_backend"]
     encoder = None
     if s["head"] == "bev":
         encoder = BEVEncoder(
@@ -187,7 +190,7 @@ def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
             for _ in range(s["decoder_layers"])
         ]
     head = DetectionDecoder(
-        layers, s["num_classes"], c, s["num_query"], s["pc_range"], num_groups=s["num_query_groups"]
+        layers, s["num_classes"], c, s["num_queries"], s["pc_range"], num_groups=s["num_query_groups"]
     )
     return MultiViewDetector3D(
         backbone,

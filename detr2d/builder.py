@@ -22,37 +22,37 @@ class ModelConfig:
 
     num_classes: int = 91
     num_queries: int = 300
-    hidden_dim: int = 256
-    nheads: int = 8
-    enc_layers: int = 6
-    dec_layers: int = 6
-    dim_feedforward: int = 1024
+    embed_dims: int = 256
+    num_heads: int = 8
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    ffn_dims: int = 1024
     dropout: float = 0.1
-    enc_n_points: int = 4
-    dec_n_points: int = 4
+    encoder_points: int = 4
+    decoder_points: int = 4
     backbone: str = "resnet50"
     dilation: bool = False
     train_backbone: bool = True
     backbone_norm: str = "frozen_bn"  # "bn": trainable batch norm, for training from scratch
     backbone_trainable_layers: int = 3  # of (layer4, layer3, layer2, layer1, stem); 5 from scratch
-    num_feature_levels: int = 4
+    num_levels: int = 4
     with_box_refine: bool = False
     two_stage: bool = False
     aux_loss: bool = True
-    msda_backend: str | None = None
+    op_backend: str | None = None
 
     def __post_init__(self) -> None:
         positive = (
             "num_classes",
             "num_queries",
-            "hidden_dim",
-            "nheads",
-            "enc_layers",
-            "dec_layers",
-            "dim_feedforward",
-            "enc_n_points",
-            "dec_n_points",
-            "num_feature_levels",
+            "embed_dims",
+            "num_heads",
+            "encoder_layers",
+            "decoder_layers",
+            "ffn_dims",
+            "encoder_points",
+            "decoder_points",
+            "num_levels",
         )
         for name in positive:
             value = getattr(self, name)
@@ -60,10 +60,10 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
-        if self.hidden_dim % 32 != 0:
-            raise ValueError(f"hidden_dim must be a multiple of 32 (GroupNorm groups), got {self.hidden_dim}")
-        if self.hidden_dim % self.nheads != 0:
-            raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads})")
+        if self.embed_dims % 32 != 0:
+            raise ValueError(f"embed_dims must be a multiple of 32 (GroupNorm groups), got {self.embed_dims}")
+        if self.embed_dims % self.num_heads != 0:
+            raise ValueError(f"embed_dims ({self.embed_dims}) must be divisible by num_heads ({self.num_heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.two_stage and not self.with_box_refine:
@@ -73,8 +73,8 @@ class ModelConfig:
 # The published variants, as overrides of ModelConfig's defaults.
 VARIANTS: dict[str, dict[str, Any]] = {
     "deformable_detr": {},
-    "deformable_detr_single_scale": {"num_feature_levels": 1},
-    "deformable_detr_single_scale_dc5": {"num_feature_levels": 1, "dilation": True},
+    "deformable_detr_single_scale": {"num_levels": 1},
+    "deformable_detr_single_scale_dc5": {"num_levels": 1, "dilation": True},
     "deformable_detr_refine": {"with_box_refine": True},
     "deformable_detr_two_stage": {"with_box_refine": True, "two_stage": True},
 }
@@ -102,33 +102,33 @@ def build_model_from_config(cfg: ModelConfig) -> DeformableDETR:
     """Instantiate the model described by ``cfg`` (random init; backbone not pretrained)."""
     resnet = ResNetBackbone(
         BACKBONES[cfg.backbone],
-        backbone_layers(cfg.num_feature_levels),
+        backbone_layers(cfg.num_levels),
         cfg.dilation,
         cfg.train_backbone,
         norm=cfg.backbone_norm,
         trainable_layers=cfg.backbone_trainable_layers,
     )
-    backbone = Joiner(resnet, PositionEmbeddingSine(cfg.hidden_dim // 2))
+    backbone = Joiner(resnet, PositionEmbeddingSine(cfg.embed_dims // 2))
     transformer = DeformableTransformer(
-        d_model=cfg.hidden_dim,
-        nhead=cfg.nheads,
-        num_encoder_layers=cfg.enc_layers,
-        num_decoder_layers=cfg.dec_layers,
-        dim_feedforward=cfg.dim_feedforward,
+        d_model=cfg.embed_dims,
+        nhead=cfg.num_heads,
+        num_encoder_layers=cfg.encoder_layers,
+        num_decoder_layers=cfg.decoder_layers,
+        dim_feedforward=cfg.ffn_dims,
         dropout=cfg.dropout,
-        num_feature_levels=cfg.num_feature_levels,
-        dec_n_points=cfg.dec_n_points,
-        enc_n_points=cfg.enc_n_points,
+        num_feature_levels=cfg.num_levels,
+        dec_n_points=cfg.decoder_points,
+        enc_n_points=cfg.encoder_points,
         two_stage=cfg.two_stage,
         two_stage_num_proposals=cfg.num_queries,
-        msda_backend=cfg.msda_backend,
+        msda_backend=cfg.op_backend,
     )
     return DeformableDETR(
         backbone,
         transformer,
         num_classes=cfg.num_classes,
         num_queries=cfg.num_queries,
-        num_feature_levels=cfg.num_feature_levels,
+        num_feature_levels=cfg.num_levels,
         aux_loss=cfg.aux_loss,
         with_box_refine=cfg.with_box_refine,
     )
@@ -139,8 +139,8 @@ def build_model(name: str = "deformable_detr", **overrides: Any) -> DeformableDE
 
     Names: ``deformable_detr`` (multi-scale), ``deformable_detr_single_scale``,
     ``deformable_detr_single_scale_dc5``, ``deformable_detr_refine``, ``deformable_detr_two_stage``.
-    Overrides: any :class:`ModelConfig` field (``num_classes``, ``num_queries``, ``hidden_dim``,
-    ``backbone``, ``enc_layers``, ``dec_layers``, ``dim_feedforward``, ``dropout``, ``msda_backend``...).
+    Overrides: any :class:`ModelConfig` field (``num_classes``, ``num_queries``, ``embed_dims``,
+    ``backbone``, ``encoder_layers``, ``decoder_layers``, ``ffn_dims``, ``dropout``, ``op_backend``...).
     """
     return build_model_from_config(model_config(name, **overrides))
 
@@ -150,7 +150,7 @@ class CriterionConfig:
     """Matching costs and loss weights of the published recipe."""
 
     num_classes: int = 91
-    dec_layers: int = 6
+    decoder_layers: int = 6
     set_cost_class: float = 2.0
     set_cost_bbox: float = 5.0
     set_cost_giou: float = 2.0
@@ -164,7 +164,7 @@ class CriterionConfig:
 def build_criterion(**overrides: Any) -> SetCriterion:
     """The :class:`SetCriterion` with the published costs/weights; overrides: :class:`CriterionConfig` fields.
 
-    ``dec_layers`` must equal the model's (it names the aux loss weights). ``forward`` returns raw
+    ``decoder_layers`` must equal the model's (it names the aux loss weights). ``forward`` returns raw
     terms; ``criterion.weighted_total(losses)`` is the training loss.
     """
     fields = {f.name for f in dataclasses.fields(CriterionConfig)}
@@ -175,5 +175,5 @@ def build_criterion(**overrides: Any) -> SetCriterion:
     matcher = HungarianMatcher(
         cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, cfg.focal_alpha, cfg.focal_gamma
     )
-    weights = make_weight_dict(cfg.cls_loss_coef, cfg.bbox_loss_coef, cfg.giou_loss_coef, cfg.dec_layers)
+    weights = make_weight_dict(cfg.cls_loss_coef, cfg.bbox_loss_coef, cfg.giou_loss_coef, cfg.decoder_layers)
     return SetCriterion(cfg.num_classes, matcher, weights, cfg.focal_alpha, cfg.focal_gamma)

@@ -96,7 +96,7 @@ def tiny_model(
     torch.manual_seed(0)
     settings = {
         "head": head,
-        "backbone": TinyBackbone(),
+        "backbone_module": TinyBackbone(),
         "num_levels": 2,
         "embed_dims": 32,
         "ffn_dims": 64,
@@ -106,9 +106,9 @@ def tiny_model(
         "encoder_layers": 2,
         "sca_points": 4,
         "decoder_layers": 2,
-        "num_query": 20,
+        "num_queries": 20,
         "max_num": 50,
-        "backend": backend,
+        "op_backend": backend,
     }
     settings.update(overrides)
     return build_bev_model("bev_demo", **settings)

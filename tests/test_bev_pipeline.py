@@ -40,7 +40,7 @@ def tiny_overrides(root: Path) -> list[str]:
         "model.bev_w=8",
         "model.encoder_layers=1",
         "model.decoder_layers=2",
-        "model.num_query=10",
+        "model.num_queries=10",
         "train.progress=False",
     ]
 

@@ -163,14 +163,14 @@ def test_missing_batch_keys_raise_value_errors():
 
 def test_variant_settings_follow_the_published_configs():
     tiny, small, base = (bev_model_settings(f"bevformer_{n}") for n in ("tiny", "small", "base"))
-    assert (tiny["depth"], tiny["bev_h"], tiny["encoder_layers"], tiny["num_levels"]) == (50, 50, 3, 1)
-    assert (small["depth"], small["bev_h"], small["encoder_layers"], small["num_levels"]) == (101, 150, 3, 1)
-    assert (base["depth"], base["bev_h"], base["encoder_layers"], base["num_levels"]) == (101, 200, 6, 4)
+    assert (tiny["backbone"], tiny["bev_h"], tiny["encoder_layers"], tiny["num_levels"]) == ("resnet50", 50, 3, 1)
+    assert (small["backbone"], small["bev_h"], small["encoder_layers"], small["num_levels"]) == ("resnet101", 150, 3, 1)
+    assert (base["backbone"], base["bev_h"], base["encoder_layers"], base["num_levels"]) == ("resnet101", 200, 6, 4)
     assert bev_model_settings("detr3d")["head"] == "detr3d"
     for name in VARIANTS:
         settings = bev_model_settings(name)
         assert settings["num_classes"] == 10 and settings["pc_range"] == DEFAULTS["pc_range"]
-    assert (tiny["num_query"], tiny["decoder_layers"], tiny["sca_points"], tiny["embed_dims"]) == (
+    assert (tiny["num_queries"], tiny["decoder_layers"], tiny["sca_points"], tiny["embed_dims"]) == (
         900,
         6,
         8,
@@ -183,7 +183,7 @@ def test_variant_settings_follow_the_published_configs():
 
 
 def test_demo_variant_runs_on_the_real_resnet18():
-    model = build_bev_model("bev_demo", backend="reference").eval()
+    model = build_bev_model("bev_demo", op_backend="reference").eval()
     img = torch.randn(1, 6, 3, 64, 96)
     with torch.no_grad():
         detections, bev = model.forward_test(img, ring_lidar2img((64, 96))[None])

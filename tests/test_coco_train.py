@@ -30,11 +30,11 @@ def tiny_overrides(root: Path) -> list[str]:
     return [
         f"data.root={root}",
         "data.num_workers=0",
-        "model.hidden_dim=64",
-        "model.enc_layers=1",
-        "model.dec_layers=2",
+        "model.embed_dims=64",
+        "model.encoder_layers=1",
+        "model.decoder_layers=2",
         "model.num_queries=5",
-        "model.dim_feedforward=64",
+        "model.ffn_dims=64",
         "model.dropout=0.1",  # exercises the RNG state on resume
         "augment.scales=[48,64]",
         "augment.max_size=80",

@@ -21,11 +21,11 @@ REFERENCE_FILES = {
 }
 TINY = dict(
     backbone="resnet18",
-    hidden_dim=64,
-    nheads=4,
-    enc_layers=1,
-    dec_layers=2,
-    dim_feedforward=64,
+    embed_dims=64,
+    num_heads=4,
+    encoder_layers=1,
+    decoder_layers=2,
+    ffn_dims=64,
     num_queries=8,
 )
 
@@ -86,7 +86,7 @@ def test_shared_heads_without_refinement(published_models: dict) -> None:
 @pytest.mark.parametrize("name", list(REFERENCE_FILES))
 def test_published_head_init(name: str) -> None:
     """Class bias -log(99); last box layer zero with bias[2:] = -2 on the first head (0 for two-stage)."""
-    model = build_model(name, backbone="resnet18", enc_layers=1)
+    model = build_model(name, backbone="resnet18", encoder_layers=1)
     assert torch.allclose(model.class_embed[0].bias, torch.full((91,), -torch.log(torch.tensor(99.0)).item()))
     for i, head in enumerate(model.bbox_embed):
         last = head.layers[-1]

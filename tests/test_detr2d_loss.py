@@ -104,7 +104,7 @@ def hand_case() -> tuple[dict, list[dict]]:
 
 
 def test_each_loss_term_by_hand() -> None:
-    criterion = build_criterion(num_classes=2, dec_layers=1)
+    criterion = build_criterion(num_classes=2, decoder_layers=1)
     outputs, targets = hand_case()
     losses = criterion(outputs, targets)
     onehot = torch.tensor([[[0.0, 0.0], [0.0, 1.0]]])
@@ -124,7 +124,7 @@ def test_each_loss_term_by_hand() -> None:
 
 def test_aux_and_encoder_losses() -> None:
     """``_{i}`` terms for aux layers; ``_enc`` terms matched class-agnostically (every label 0)."""
-    criterion = build_criterion(num_classes=2, dec_layers=2)
+    criterion = build_criterion(num_classes=2, decoder_layers=2)
     outputs, targets = hand_case()
     enc = {
         "pred_logits": torch.tensor([[[4.0, -4.0], [-4.0, -4.0]]]),  # cell 0 is the proposal
@@ -145,7 +145,7 @@ def test_aux_and_encoder_losses() -> None:
 
 def test_normalization_by_boxes_and_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Terms are divided by the box count averaged over processes (simulated: 2 processes, 3 + 5 boxes)."""
-    criterion = build_criterion(num_classes=3, dec_layers=1)
+    criterion = build_criterion(num_classes=3, decoder_layers=1)
     outputs = random_outputs(1, 6, 3, seed=0)
     targets = random_targets([3], 3, seed=0)
     local = criterion(outputs, targets)
@@ -158,7 +158,7 @@ def test_normalization_by_boxes_and_processes(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_no_targets_gives_pure_negative_loss() -> None:
-    criterion = build_criterion(num_classes=2, dec_layers=1)
+    criterion = build_criterion(num_classes=2, decoder_layers=1)
     outputs, _ = hand_case()
     losses = criterion(outputs, [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}])
     torch.testing.assert_close(
@@ -168,7 +168,7 @@ def test_no_targets_gives_pure_negative_loss() -> None:
 
 
 def test_bad_targets_raise_value_error() -> None:
-    criterion = build_criterion(num_classes=2, dec_layers=1)
+    criterion = build_criterion(num_classes=2, decoder_layers=1)
     outputs, targets = hand_case()
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
         criterion(outputs, [{"labels": torch.tensor([2]), "boxes": targets[0]["boxes"]}])

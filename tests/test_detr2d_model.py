@@ -16,11 +16,11 @@ from detr2d.transformer import DeformableTransformer, FlatLevels
 
 TINY = dict(
     backbone="resnet18",
-    hidden_dim=64,
-    nheads=4,
-    enc_layers=1,
-    dec_layers=2,
-    dim_feedforward=64,
+    embed_dims=64,
+    num_heads=4,
+    encoder_layers=1,
+    decoder_layers=2,
+    ffn_dims=64,
     num_queries=12,
     num_classes=5,
 )
@@ -72,7 +72,7 @@ def test_outputs_and_padding_exact(name: str, models: dict) -> None:
     assert out["pred_logits"].shape == (2, q, c)
     assert out["pred_boxes"].shape == (2, q, 4)
     assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
-    assert len(out["aux_outputs"]) == TINY["dec_layers"] - 1
+    assert len(out["aux_outputs"]) == TINY["decoder_layers"] - 1
     assert out["aux_outputs"][0]["pred_boxes"].shape == (2, q, 4)
     assert ("enc_outputs" in out) == name.endswith("two_stage")
     if "enc_outputs" in out:
@@ -120,8 +120,8 @@ def test_backend_parity_cpu_vs_reference(name: str) -> None:
     if "cpu" not in available_backends():
         pytest.skip("the native 'cpu' backend of ops.ms_deform_attn is not available in this build")
     torch.manual_seed(0)
-    reference = build_model(name, msda_backend="reference", **TINY).eval()
-    native = build_model(name, msda_backend="cpu", **TINY).eval()
+    reference = build_model(name, op_backend="reference", **TINY).eval()
+    native = build_model(name, op_backend="cpu", **TINY).eval()
     native.load_state_dict(reference.state_dict())
     _, batch, mask = padded_batch(SIZES, seed=2)
     with torch.no_grad():
@@ -151,7 +151,7 @@ def test_builder_validates_names_and_overrides() -> None:
     with pytest.raises(ValueError, match=r"unknown overrides \['hiden_dim'\]"):
         build_model("deformable_detr", hiden_dim=64)
     with pytest.raises(ValueError, match="multiple of 32"):
-        build_model("deformable_detr", hidden_dim=48)
+        build_model("deformable_detr", embed_dims=48)
     with pytest.raises(ValueError, match="backbone must be one of"):
         build_model("deformable_detr", backbone="resnet152")
     with pytest.raises(ValueError, match="two_stage requires with_box_refine"):

@@ -12,11 +12,11 @@ SIZE = 64
 CONFIG = dict(
     backbone="resnet18",
     train_backbone=False,  # random frozen features are distinctive enough; saves the backbone backward
-    hidden_dim=64,
-    nheads=4,
-    enc_layers=1,
-    dec_layers=2,
-    dim_feedforward=128,
+    embed_dims=64,
+    num_heads=4,
+    encoder_layers=1,
+    decoder_layers=2,
+    ffn_dims=128,
     num_queries=10,
     num_classes=2,
     dropout=0.0,
@@ -59,7 +59,7 @@ def test_overfit_small_set(name: str) -> None:
     images, targets = synthetic_images()
     mask = torch.zeros(images.shape[0], SIZE, SIZE, dtype=torch.bool)
     model = build_model(name, **CONFIG)
-    criterion = build_criterion(num_classes=CONFIG["num_classes"], dec_layers=CONFIG["dec_layers"])
+    criterion = build_criterion(num_classes=CONFIG["num_classes"], decoder_layers=CONFIG["decoder_layers"])
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=2e-3, weight_decay=1e-4
     )

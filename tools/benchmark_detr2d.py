@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    model = build_model(args.model, msda_backend=args.backend).eval()
+    model = build_model(args.model, op_backend=args.backend).eval()
     images = torch.randn(1, 3, args.height, args.width)
     mask = torch.zeros(1, args.height, args.width, dtype=torch.bool)
     times = []

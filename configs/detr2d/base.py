@@ -10,20 +10,20 @@ model = dict(
     backbone="resnet50",
     num_classes=91,  # COCO category ids are the labels (max id 90)
     num_queries=300,
-    hidden_dim=256,
-    nheads=8,
-    enc_layers=6,
-    dec_layers=6,
-    dim_feedforward=1024,
+    embed_dims=256,
+    num_heads=8,
+    encoder_layers=6,
+    decoder_layers=6,
+    ffn_dims=1024,
     dropout=0.1,
-    enc_n_points=4,
-    dec_n_points=4,
+    encoder_points=4,
+    decoder_points=4,
     train_backbone=True,  # False freezes the whole ResNet
     backbone_norm="frozen_bn",  # "bn" (trainable batch norm) for training from scratch
     backbone_trainable_layers=3,  # layer2-4 learn; 5 adds layer1 and the stem
-    msda_backend=None,  # deformable attention op backend: None = best available
+    op_backend=None,  # deformable attention op backend: None = best available
 )
-criterion = dict(  # Hungarian matching costs and loss weights (num_classes, dec_layers: from the model)
+criterion = dict(  # Hungarian matching costs and loss weights (num_classes, decoder_layers: from the model)
     set_cost_class=2.0,
     set_cost_bbox=5.0,
     set_cost_giou=2.0,

@@ -15,10 +15,10 @@ model = dict(
     backbone_trainable_layers=5,  # stem and layer1 learn too
     num_classes=5,  # category ids 1-4 (circle, square, triangle, cross); 0 unused
     num_queries=20,
-    hidden_dim=64,
-    enc_layers=2,
-    dec_layers=3,
-    dim_feedforward=256,
+    embed_dims=64,
+    encoder_layers=2,
+    decoder_layers=3,
+    ffn_dims=256,
     dropout=0.0,
 )
 data = dict(root="data/synthetic_coco", num_workers=0)  # decoding 96 px JPEGs costs less than a worker
