@@ -6,7 +6,14 @@ Build a model with :func:`build_bev_model`; the input contract (batch keys and s
 
 from .assigner import HungarianAssigner3D
 from .box_coder import NMSFreeDecoder, decode_boxes, encode_boxes
-from .builder import DEFAULTS, NUSCENES_CLASSES, VARIANTS, bev_model_settings, build_bev_model
+from .builder import (
+    DEFAULTS,
+    NUSCENES_CLASSES,
+    VARIANTS,
+    bev_model_settings,
+    build_bev_criterion,
+    build_bev_model,
+)
 from .decoder import BEVDecoderLayer, BEVMemory, DetectionDecoder, HeadOutput
 from .detector import MultiViewDetector3D
 from .detr3d_head import CameraMemory, Detr3DCrossAttention, Detr3DDecoderLayer
@@ -42,6 +49,7 @@ __all__ = [
     "bev_cell_centers",
     "bev_model_settings",
     "bev_pillar_points",
+    "build_bev_criterion",
     "build_bev_model",
     "decode_boxes",
     "ego_motion_between",

@@ -10,7 +10,6 @@ points over a 4-point pillar, pc_range [-51.2, -51.2, -5, 51.2, 51.2, 3].
 - base: ResNet-101-DCN C3-C5 -> 4 FPN levels, BEV 200 x 200, 6 encoder layers; full images, queue 4.
   51.7 / 41.6.
 - detr3d: ResNet-101-DCN C3-C5 -> 4 FPN levels, no BEV, one point per camera and level. 42.2 / 34.7.
-  (Here the ResNets have no DCN: deformable convolutions are not part of this project.)
 - bev_demo: ResNet-18 C4-C5, C = 64, BEV 25 x 25, 2 encoder / 3 decoder layers, 100 queries: trains
   on the synthetic data on a 2-core CPU.
 """
@@ -21,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from detr2d.backbone import ResNetBackbone, load_imagenet_weights
+from detr2d.backbone import ResNetBackbone
 from detr2d.builder import BACKBONES
 
 from .box_coder import NMSFreeDecoder
@@ -50,10 +49,13 @@ DEFAULTS: dict[str, Any] = {
     "backbone": "resnet50",  # resnet18 | resnet34 | resnet50 | resnet101
     "return_layers": ("layer4",),
     "num_levels": 1,
-    "pretrained": None,  # path of a torchvision ImageNet state_dict for the ResNet, or None
+    "pretrained": None,  # backbone weights a fresh training run loads (file, URL, torchvision://resnetN)
     "train_backbone": True,
     "backbone_norm": "frozen_bn",  # "bn": trainable batch norm, for training from scratch
     "backbone_trainable_layers": 3,  # of (layer4, layer3, layer2, layer1, stem); 5 from scratch
+    "backbone_style": "pytorch",  # "caffe": stride on the bottleneck's first 1x1 conv (mmdet caffe style)
+    "backbone_dcn": (False, False, False, False),  # per layer1..4: conv2 is a modulated deformable conv
+    "backbone_norm_eval": False,  # keep BatchNorm statistics fixed in training (mmdet norm_eval)
     "backbone_module": None,  # a ready image backbone (with ``num_channels``) instead of the ResNet
     "embed_dims": 256,
     "ffn_dims": 512,
@@ -79,19 +81,21 @@ DEFAULTS: dict[str, Any] = {
 }
 
 C3_C5 = ("layer2", "layer3", "layer4")
+#: ResNet-101 caffe style with modulated deformable convs in layer3-4 (mmdet ``stage_with_dcn``).
+R101_DCN = {"backbone": "resnet101", "backbone_style": "caffe", "backbone_dcn": (False, False, True, True)}
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "bevformer_tiny": {},
-    "bevformer_small": {"backbone": "resnet101", "bev_h": 150, "bev_w": 150},
+    "bevformer_small": {**R101_DCN, "bev_h": 150, "bev_w": 150},
     "bevformer_base": {
-        "backbone": "resnet101",
+        **R101_DCN,
         "return_layers": C3_C5,
         "num_levels": 4,
         "bev_h": 200,
         "bev_w": 200,
         "encoder_layers": 6,
     },
-    "detr3d": {"head": "detr3d", "backbone": "resnet101", "return_layers": C3_C5, "num_levels": 4},
+    "detr3d": {"head": "detr3d", **R101_DCN, "return_layers": C3_C5, "num_levels": 4},
     "bev_demo": {
         "backbone": "resnet18",
         "return_layers": ("layer3", "layer4"),
@@ -135,9 +139,10 @@ def _image_backbone(s: dict[str, Any]) -> nn.Module:
         train_backbone=s["train_backbone"],
         norm=s["backbone_norm"],
         trainable_layers=s["backbone_trainable_layers"],
+        style=s["backbone_style"],
+        stage_with_dcn=tuple(s["backbone_dcn"]),
+        norm_eval=s["backbone_norm_eval"],
     )
-    if s["pretrained"] is not None:
-        load_imagenet_weights(backbone, s["pretrained"])
     return backbone
 
 
@@ -196,10 +201,15 @@ def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
         backbone,
         neck,
         head,
-        DetectionLoss3D(s["num_classes"], s["decoder_layers"]),
         NMSFreeDecoder(s["num_classes"], max_num=s["max_num"]),
         encoder=encoder,
         num_cams=s["num_cams"],
         size_divisor=s["size_divisor"],
         bev_pos_in_memory=s["bev_pos_in_memory"],
     )
+
+
+def build_bev_criterion(name: str, **overrides: Any) -> DetectionLoss3D:
+    """The training loss of variant ``name`` with ``overrides`` (its class and decoder-layer counts)."""
+    s = bev_model_settings(name, **overrides)
+    return DetectionLoss3D(s["num_classes"], s["decoder_layers"])

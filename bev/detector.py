@@ -10,14 +10,13 @@ oldest first with the current frame last, Ncam cameras in a fixed order):
   frame), mapping lidar-frame points to pixels of the (resized, unpadded) input image.
 - ``ego_motion``: (B, T, 4, 4): frame t-1's lidar frame -> frame t's (entry 0 unused); needed when T > 1.
 - ``history_valid``: (B, T) bool, False for padding frames before a scene's start (default: all True).
-- training only: ``gt_boxes`` B tensors (K_b, 9) [x, y, z, w, l, h, yaw, vx, vy] in the current lidar
-  frame with (x, y, z) the box centre; ``gt_labels`` B tensors (K_b,) int64 class indices.
-  Other keys (``can_bus``, ``img_shape``, tokens, ...) are ignored.
+Other keys (``gt_boxes``, ``can_bus``, tokens, ...) are ignored by the model; the criterion
+(:class:`bev.DetectionLoss3D`) reads ``gt_boxes`` / ``gt_labels``.
 
 With an encoder (BEVFormer) the earlier frames' BEVs are built in sequence without gradient and in
 eval mode; frame t uses frame t-1's BEV for the samples whose frame t-1 is valid. ``model(batch)``
-returns the unweighted loss terms in training mode (minimize ``model.criterion.weighted_total``)
-and the per-sample detections in eval mode.
+returns the raw :class:`HeadOutput` of every decoder layer in training and in eval mode (in training
+with Group DETR, G query groups per sample); ``model.decode(outputs)`` turns it into detections.
 
 Sequential testing: ``detections, bev = model.forward_test(img, lidar2img, prev_bev, ego_motion,
 prev_exists)`` on one frame (B, Ncam, ...) returns B dicts (``boxes`` (K, 9) lidar frame, centre z;
@@ -39,7 +38,6 @@ from .box_coder import NMSFreeDecoder
 from .decoder import BEVMemory, DetectionDecoder, HeadOutput
 from .detr3d_head import CameraMemory
 from .encoder import BEVEncoder
-from .loss import DetectionLoss3D
 from .neck import FPNNeck
 
 
@@ -60,7 +58,6 @@ class MultiViewDetector3D(nn.Module):
         neck: FPN mapping the backbone levels to the ``embed_dims``-wide levels the model uses.
         head: :class:`DetectionDecoder` whose layers read :class:`BEVMemory` (with an encoder) or
             :class:`CameraMemory` (without).
-        criterion: matching + losses on every decoder layer.
         box_decoder: top-k decoding of the last layer into boxes.
         encoder: :class:`BEVEncoder`, or None for the DETR3D-style detector.
         num_cams: cameras per sample.
@@ -74,7 +71,6 @@ class MultiViewDetector3D(nn.Module):
         backbone: nn.Module,
         neck: FPNNeck,
         head: DetectionDecoder,
-        criterion: DetectionLoss3D,
         box_decoder: NMSFreeDecoder,
         encoder: BEVEncoder | None = None,
         num_cams: int = 6,
@@ -89,7 +85,6 @@ class MultiViewDetector3D(nn.Module):
         self.neck = neck
         self.encoder = encoder
         self.head = head
-        self.criterion = criterion
         self.box_decoder = box_decoder
         self.num_cams = num_cams
         self.size_divisor = size_divisor
@@ -236,8 +231,9 @@ class MultiViewDetector3D(nn.Module):
             )
         return img, lidar2img, ego_motion, history_valid.bool()
 
-    def _predict_batch(self, batch: Mapping[str, Any]) -> HeadOutput:
-        """Head outputs for the current (last) frame of a batch, its history folded into ``prev_bev``."""
+    def forward(self, batch: Mapping[str, Any]) -> HeadOutput:
+        """Head outputs of every decoder layer for the current (last) frame of a batch, its history folded
+        into the previous BEV (keys and shapes in the module docstring)."""
         img, lidar2img, ego_motion, history_valid = self._frames(batch)
         history_motion = None if ego_motion is None else ego_motion[:, :-1]
         prev_bev = self.history_bev(img[:, :-1], lidar2img[:, :-1], history_motion, history_valid[:, :-1])
@@ -246,14 +242,9 @@ class MultiViewDetector3D(nn.Module):
         outputs, _ = self.predict(img[:, -1], lidar2img[:, -1], prev_bev, current_motion, prev_exists)
         return outputs
 
-    def forward_train(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Unweighted loss terms of a training batch (keys in the module docstring)."""
-        _require(batch, ("gt_boxes", "gt_labels"), "the training batch")
-        outputs = self._predict_batch(batch)
-        groups = self.head.active_groups  # outputs hold sample b's group g at b * groups + g
-        gt_boxes = [boxes for boxes in batch["gt_boxes"] for _ in range(groups)]
-        gt_labels = [labels for labels in batch["gt_labels"] for _ in range(groups)]
-        return self.criterion(outputs.cls_logits, outputs.box_code, gt_boxes, gt_labels)
+    def decode(self, outputs: HeadOutput) -> list[dict[str, torch.Tensor]]:
+        """Detections of the last decoder layer: B dicts with ``boxes`` (K, 9), ``scores``, ``labels``."""
+        return self.box_decoder.decode(outputs.cls_logits[-1], outputs.box_code[-1])
 
     @torch.no_grad()
     def forward_test(
@@ -273,12 +264,4 @@ class MultiViewDetector3D(nn.Module):
             (B, bev_h * bev_w, C), or None without encoder.
         """
         outputs, bev = self.predict(img, lidar2img, prev_bev, ego_motion, prev_exists)
-        return self.box_decoder.decode(outputs.cls_logits[-1], outputs.box_code[-1]), bev
-
-    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
-        """Training mode: the loss terms; eval mode: the per-sample detections (see the module docstring)."""
-        if self.training:
-            return self.forward_train(batch)
-        with torch.no_grad():
-            outputs = self._predict_batch(batch)
-        return self.box_decoder.decode(outputs.cls_logits[-1], outputs.box_code[-1])
+        return self.decode(outputs), bev

@@ -16,7 +16,6 @@ from detr2d.box_ops import inverse_sigmoid
 from detr2d.encoder import feed_forward
 from ops import ms_deform_attn
 
-from .deformable_common import im2col_step_for
 from .projection import check_pc_range, normalized_to_metric, project_to_cameras
 
 
@@ -51,7 +50,7 @@ class Detr3DCrossAttention(nn.Module):
         num_levels: feature levels per camera.
         pc_range: (x_min, y_min, z_min, x_max, y_max, z_max).
         dropout: dropout of the attention output.
-        im2col_step: preferred im2col step of the op.
+        im2col_step: forwarded to the op (accepted for compatibility, ignored by it).
         backend: op backend (None = automatic).
     """
 
@@ -135,7 +134,7 @@ class Detr3DCrossAttention(nn.Module):
             level_start_index,
             locations.contiguous(),
             weights,
-            im2col_step_for(n, self.im2col_step),
+            self.im2col_step,
             backend=self.backend,
         )  # (B*Ncam, Q, C)
         output = self.output_proj(sampled.view(batch, num_cams, num_query, channels).sum(dim=1))

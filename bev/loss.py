@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
-import torch.distributed as dist
-from torch import nn
 
 from detr2d.criterion import sigmoid_focal_loss
+from detr2d.runtime.losses import Criterion, layer_prefix, mean_box_count
 
 from .assigner import HungarianAssigner3D
 from .box_coder import BOX_SIZE, CODE_SIZE, encode_boxes
+from .decoder import HeadOutput
 
 CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
 
 
-class DetectionLoss3D(nn.Module):
+class DetectionLoss3D(Criterion):
     """Focal classification + weighted L1 box-code loss after Hungarian matching, for every decoder layer.
 
     Per layer and sample the assigner matches queries to ground truths; unmatched queries are
@@ -26,8 +26,10 @@ class DetectionLoss3D(nn.Module):
     (e.g. unknown velocity) get weight 0.
 
     The returned terms are unweighted: ``weight_dict`` holds ``cls_weight`` / ``reg_weight`` for each
-    key and :meth:`weighted_total` is the loss to minimize. Keys: ``loss_cls``, ``loss_bbox`` for the
-    last layer, ``d{i}.loss_cls``, ``d{i}.loss_bbox`` for the earlier layers i = 0 .. L-2.
+    key and :meth:`weighted_total` is the loss to minimize. Keys (:mod:`detr2d.runtime.losses`):
+    ``loss_cls``, ``loss_bbox`` for the last layer, ``d{i}.loss_cls``, ``d{i}.loss_bbox`` for the
+    earlier layers i = 0 .. L-2. With Group DETR the outputs hold G query groups per sample (sample b's
+    group g at b * G + g); each group is matched to the sample's ground truth independently.
 
     Args:
         num_classes: classes C.
@@ -62,26 +64,9 @@ class DetectionLoss3D(nn.Module):
             "code_weights", torch.tensor(code_weights, dtype=torch.float32), persistent=False
         )
         self.weight_dict: dict[str, float] = {}
-        for prefix in [f"d{i}." for i in range(num_layers - 1)] + [""]:
+        for prefix in [layer_prefix(i, num_layers) for i in range(num_layers)]:
             self.weight_dict[f"{prefix}loss_cls"] = cls_weight
             self.weight_dict[f"{prefix}loss_bbox"] = reg_weight
-
-    @staticmethod
-    def num_boxes(gt_labels: Sequence[torch.Tensor], device: torch.device) -> float:
-        """Ground-truth boxes in the batch, averaged over processes under torch.distributed (at least 1)."""
-        count = torch.tensor([float(sum(len(labels) for labels in gt_labels))], device=device)
-        world = 1
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(count)
-            world = dist.get_world_size()
-        return max(count.item() / world, 1.0)
-
-    def weighted_total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``sum(weight_dict[k] * losses[k])``; every term must have a weight."""
-        unweighted = sorted(set(losses) - set(self.weight_dict))
-        if unweighted:
-            raise ValueError(f"no weight for loss terms {unweighted} (does num_layers match the decoder?)")
-        return sum(self.weight_dict[k] * v for k, v in losses.items())
 
     def layer_losses(
         self,
@@ -114,21 +99,19 @@ class DetectionLoss3D(nn.Module):
         return loss_cls, l1 / num_boxes
 
     def forward(
-        self,
-        cls_logits: torch.Tensor,
-        box_code: torch.Tensor,
-        gt_boxes: Sequence[torch.Tensor],
-        gt_labels: Sequence[torch.Tensor],
+        self, outputs: HeadOutput, targets: Mapping[str, Sequence[torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
         """Args:
-            cls_logits: (L, B, Q, C) logits of every decoder layer.
-            box_code: (L, B, Q, 10) box code of every decoder layer.
-            gt_boxes: B tensors (K_b, 9) lidar-frame [x, y, z, w, l, h, yaw, vx, vy] (centre z).
-            gt_labels: B tensors (K_b,) int64 in [0, C).
+            outputs: ``cls_logits`` (L, B * G, Q, C) and ``box_code`` (L, B * G, Q, 10) of every decoder
+                layer, G >= 1 query groups per sample.
+            targets: ``gt_boxes``: B tensors (K_b, 9) lidar-frame [x, y, z, w, l, h, yaw, vx, vy] (centre
+                z); ``gt_labels``: B tensors (K_b,) int64 in [0, C).
 
         Returns:
             the unweighted loss terms (see the class docstring for the keys).
         """
+        cls_logits, box_code = outputs.cls_logits, outputs.box_code
+        gt_boxes, gt_labels = targets["gt_boxes"], targets["gt_labels"]
         if (
             cls_logits.dim() != 4
             or cls_logits.shape[0] != self.num_layers
@@ -142,10 +125,10 @@ class DetectionLoss3D(nn.Module):
             raise ValueError(
                 f"box_code must have shape {(*cls_logits.shape[:3], CODE_SIZE)}, got {tuple(box_code.shape)}"
             )
-        batch = cls_logits.shape[1]
-        if len(gt_boxes) != batch or len(gt_labels) != batch:
+        if len(gt_boxes) != len(gt_labels) or not gt_boxes or cls_logits.shape[1] % len(gt_boxes):
             raise ValueError(
-                f"expected {batch} gt_boxes and gt_labels, got {len(gt_boxes)} and {len(gt_labels)}"
+                f"expected as many gt_boxes as gt_labels, dividing the {cls_logits.shape[1]} predicted "
+                f"samples (B x query groups); got {len(gt_boxes)} and {len(gt_labels)}"
             )
         for b, (boxes, labels) in enumerate(zip(gt_boxes, gt_labels, strict=True)):
             if boxes.dim() != 2 or boxes.shape[1] != BOX_SIZE or labels.shape != (boxes.shape[0],):
@@ -157,11 +140,13 @@ class DetectionLoss3D(nn.Module):
                 raise ValueError(
                     f"sample {b}: gt_labels must be in [0, {self.num_classes}), got {labels.tolist()}"
                 )
-        gt_codes = [encode_boxes(boxes.to(box_code.dtype)) for boxes in gt_boxes]
-        num_boxes = self.num_boxes(gt_labels, box_code.device)
+        groups = cls_logits.shape[1] // len(gt_boxes)
+        gt_codes = [encode_boxes(boxes.to(box_code.dtype)) for boxes in gt_boxes for _ in range(groups)]
+        gt_labels = [labels for labels in gt_labels for _ in range(groups)]
+        num_boxes = mean_box_count(sum(len(labels) for labels in gt_labels), box_code.device)
         losses: dict[str, torch.Tensor] = {}
         for layer in range(self.num_layers):
-            prefix = "" if layer == self.num_layers - 1 else f"d{layer}."
+            prefix = layer_prefix(layer, self.num_layers)
             loss_cls, loss_bbox = self.layer_losses(
                 cls_logits[layer], box_code[layer], gt_codes, gt_labels, num_boxes
             )

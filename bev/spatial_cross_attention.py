@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ops import ms_deform_attn
-
-from .deformable_common import im2col_step_for, init_deformable_attention
+from ops import init_deformable_attention, ms_deform_attn
 
 
 class SpatialCrossAttention(nn.Module):
@@ -29,7 +27,7 @@ class SpatialCrossAttention(nn.Module):
         num_heads: heads M.
         num_points: sampling points P per head and level, a multiple of ``num_z_anchors``.
         num_z_anchors: points Z per pillar.
-        im2col_step: preferred im2col step of the op.
+        im2col_step: forwarded to the op (accepted for compatibility, ignored by it).
         backend: op backend (None = automatic).
     """
 
@@ -64,7 +62,7 @@ class SpatialCrossAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Deformable DETR init (see :func:`bev.deformable_common.init_deformable_attention`)."""
+        """Deformable DETR init (see :func:`ops.init_deformable_attention`)."""
         init_deformable_attention(
             self.sampling_offsets,
             self.attention_weights,
@@ -143,13 +141,13 @@ class SpatialCrossAttention(nn.Module):
             level_start_index,
             locations,
             weights,
-            im2col_step_for(n, self.im2col_step),
+            self.im2col_step,
             backend=self.backend,
         )  # (B*Ncam, max_len, C)
 
         # Scatter back: sum over the cameras that see each query, then average.
         target = (sample_index * num_query + order)[valid]
-        slots = query.new_zeros(batch * num_query, channels).index_add(0, target, sampled[valid])
+        slots = sampled.new_zeros(batch * num_query, channels).index_add(0, target, sampled[valid])
         num_seeing = seen.view(batch, num_cams, num_query).sum(dim=1).clamp(min=1)
         slots = slots.view(batch, num_query, channels) / num_seeing[..., None].to(slots.dtype)
         return self.output_proj(slots)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ops import ms_deform_attn
+from ops import init_deformable_attention, ms_deform_attn
 
-from .deformable_common import im2col_step_for, init_deformable_attention
 from .projection import bev_cell_centers
 
 BEV_QUEUE = 2  # one history BEV and the current queries
@@ -32,7 +31,7 @@ class TemporalSelfAttention(nn.Module):
         embed_dims: channels C.
         num_heads: heads M.
         num_points: sampling points P per head and queue entry.
-        im2col_step: preferred im2col step of the op.
+        im2col_step: forwarded to the op (accepted for compatibility, ignored by it).
         backend: op backend (None = automatic).
     """
 
@@ -59,7 +58,7 @@ class TemporalSelfAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Deformable DETR init (see :func:`bev.deformable_common.init_deformable_attention`)."""
+        """Deformable DETR init (see :func:`ops.init_deformable_attention`)."""
         init_deformable_attention(
             self.sampling_offsets,
             self.attention_weights,
@@ -114,7 +113,7 @@ class TemporalSelfAttention(nn.Module):
             level_start_index,
             locations,
             weights,
-            im2col_step_for(n, self.im2col_step),
+            self.im2col_step,
             backend=self.backend,
         )  # (B*2, Q, C)
         return self.output_proj(output.view(batch, BEV_QUEUE, num_query, channels).mean(dim=1))

@@ -39,7 +39,12 @@ def _read_file(path: Path) -> Config:
     """Settings of one config file, with its ``_base_`` chain resolved."""
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    namespace = runpy.run_path(str(path))
+    try:
+        namespace = runpy.run_path(str(path))
+    except Exception as error:  # noqa: BLE001 (a config file can raise anything; name the file)
+        raise ValueError(
+            f"config file {path} failed to run as Python: {type(error).__name__}: {error}"
+        ) from error
     settings = {
         key: value
         for key, value in namespace.items()
@@ -69,11 +74,11 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     """Apply ``key=value`` overrides (dotted keys) to a copy of ``config``.
 
     Values are Python literals (``true``/``false``/``none`` also in lower case); anything else is a
-    string. A key that holds a bool only takes a bool, so ``progress=flase`` is an error rather than
-    a truthy string.
+    string. Each value must fit the type of the key's value in the config (:func:`_typed_like`), so
+    ``progress=flase`` or ``train.batch_size=8.5`` is an error rather than a silent wrong setting.
 
     Raises:
-        ValueError: an override is not of the form ``key=value``, or gives a bool key a non-bool.
+        ValueError: an override is not of the form ``key=value``, or its value has the wrong type.
         KeyError: a key (or one of its parents) does not exist in the config.
     """
     config = copy.deepcopy(config)
@@ -89,11 +94,41 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
             node = node[part]
         if leaf not in node:
             raise KeyError(f"config override {item!r}: unknown key {key!r}; known here: {sorted(node)}")
-        value = _parse_value(text.strip())
-        if isinstance(node[leaf], bool) and not isinstance(value, bool):
-            raise ValueError(f"config override {item!r}: {key!r} is a bool; use true or false")
-        node[leaf] = value
+        node[leaf] = _typed_like(node[leaf], _parse_value(text.strip()), text.strip(), item)
     return config
+
+
+def _typed_like(default: Any, value: Any, text: str, item: str) -> Any:
+    """``value`` checked against the type of the key's current value ``default``.
+
+    bool takes only a bool; int only an int (``8.5`` is refused); float an int or a float (as float);
+    str any text (``data.root=123`` is the string "123"); list/tuple a list or tuple; dict a dict. A key
+    whose value is None takes anything (its type is not known), and any key takes None.
+    """
+    if default is None or value is None:
+        return value
+    expected: tuple[type, ...]
+    if isinstance(default, bool):
+        expected = (bool,)
+    elif isinstance(default, int):
+        expected = (int,)
+    elif isinstance(default, float):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        expected = (float,)
+    elif isinstance(default, str):
+        return text
+    elif isinstance(default, list | tuple):
+        expected = (list, tuple)
+    elif isinstance(default, dict):
+        expected = (dict,)
+    else:
+        return value
+    if not isinstance(value, expected) or (expected == (int,) and isinstance(value, bool)):
+        kind = " or ".join(t.__name__ for t in expected)
+        hint = "; use true or false" if expected == (bool,) else ""
+        raise ValueError(f"config override {item!r}: the key holds a {kind}, got {value!r}{hint}")
+    return list(value) if isinstance(value, tuple) else value
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:

@@ -8,29 +8,28 @@
       annotations/instances_train2017.json
       annotations/instances_val2017.json
 
-Annotations are read once and checked up front (clear errors naming the file for a missing or malformed
-annotation JSON, annotations that refer to unknown image ids, image files that are missing); images
-are decoded with OpenCV when a sample is requested. Crowd boxes are not training targets and
-zero-area boxes (after clipping to the image) are dropped; both counts are logged. The pycocotools
-``COCO`` index of the full file (crowd boxes included) is kept in :attr:`CocoDetection.coco` for the
-evaluator.
+Annotations are read once and checked up front (clear errors naming the file for a missing, binary or
+malformed annotation JSON, annotations that refer to unknown image ids, image files that are missing;
+``file_name`` may include subfolders); images are decoded when a sample is requested, and a truncated
+or undecodable file raises an error naming it and its image id, or is skipped and counted
+(``on_bad_image="skip"``). Crowd boxes are not training targets and zero-area boxes (after clipping to
+the image) are dropped; both counts are logged. The pycocotools ``COCO`` index of the full file (crowd
+boxes included) is kept in :attr:`CocoDetection.coco` for the evaluator.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from .files import BadImagePolicy, OnBadImage, missing_files, read_json, read_rgb
 from .transforms import Compose
 
 logger = logging.getLogger(__name__)
@@ -47,18 +46,17 @@ def load_coco_index(ann_file: str | Path) -> COCO:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not valid JSON, lacks ``images``/``annotations``/``categories``, or has
-            annotations whose ``image_id`` or ``category_id`` is not declared; the message names the
-            file and a few offending ids.
+        ValueError: the file is empty, binary or not valid JSON (see :func:`datasets.files.read_json`),
+            is not a JSON object with ``images``/``annotations``/``categories``, or has annotations whose
+            ``image_id`` or ``category_id`` is not declared; the message names the file and a few
+            offending ids.
     """
     ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {ann_file}")
-    try:
-        with open(ann_file) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"COCO annotation file {ann_file} is not valid JSON: {err}") from err
+    data = read_json(ann_file, "COCO annotation")
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"COCO annotation file {ann_file} holds a JSON {type(data).__name__}, expected an object"
+        )
     missing = [key for key in ("images", "annotations", "categories") if key not in data]
     if missing:
         raise ValueError(f"COCO annotation file {ann_file} lacks the key(s) {missing}")
@@ -79,6 +77,18 @@ def load_coco_index(ann_file: str | Path) -> COCO:
     return coco
 
 
+def categories_beyond(coco: COCO, num_classes: int) -> list[tuple[int, str]]:
+    """The categories of ``coco`` that a model with ``num_classes`` logits cannot output, as (id, name).
+
+    The detector's labels are the COCO category ids themselves (the published models have 91 logits for
+    ids 0..90), so a category id outside ``[0, num_classes)`` can never be predicted: its AP is 0 however
+    good the model is.
+    """
+    return [
+        (cat_id, cat["name"]) for cat_id, cat in sorted(coco.cats.items()) if not 0 <= cat_id < num_classes
+    ]
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """COCO detection samples.
 
@@ -97,16 +107,25 @@ class CocoDetection(torch.utils.data.Dataset):
         ann_file: COCO ``instances_*.json``.
         transforms: pipeline applied to every sample, or None for the raw arrays.
         seed: augmentation seed.
+        on_bad_image: ``"raise"`` (default): a truncated or undecodable image raises ``ValueError``
+            naming the file and image id. ``"skip"``: the next good sample is returned instead, a
+            warning names the file and :attr:`num_skipped_images` counts it.
     """
 
     def __init__(
-        self, image_dir: str | Path, ann_file: str | Path, transforms: Compose | None = None, seed: int = 0
+        self,
+        image_dir: str | Path,
+        ann_file: str | Path,
+        transforms: Compose | None = None,
+        seed: int = 0,
+        on_bad_image: OnBadImage = "raise",
     ) -> None:
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
         self.transforms = transforms
         self.seed = seed
         self.epoch = 0
+        self.bad_images = BadImagePolicy(on_bad_image, str(self.ann_file))
         self.coco = load_coco_index(ann_file)
         self.ids = sorted(self.coco.imgs)
         self._check_image_files()
@@ -127,6 +146,11 @@ class CocoDetection(torch.utils.data.Dataset):
         """COCO category id → name."""
         return {cat_id: cat["name"] for cat_id, cat in sorted(self.coco.cats.items())}
 
+    @property
+    def num_skipped_images(self) -> int:
+        """Bad images skipped so far (``on_bad_image="skip"``), DataLoader workers included."""
+        return self.bad_images.num_skipped
+
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream of ``epoch``."""
         self.epoch = epoch
@@ -135,6 +159,9 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        return self.bad_images.get(index, len(self), self._sample)
+
+    def _sample(self, index: int) -> tuple[Any, dict[str, Any]]:
         image = self.load_image(index)
         target = dict(self._targets[index])
         if self.transforms is None:
@@ -147,33 +174,25 @@ class CocoDetection(torch.utils.data.Dataset):
 
         Raises:
             FileNotFoundError: the file is missing.
-            ValueError: the file cannot be decoded or its size differs from the annotation JSON.
+            datasets.files.BadImageError (a ValueError): the file is truncated or cannot be decoded.
+            ValueError: its size differs from the annotation JSON.
         """
         info = self.coco.imgs[self.ids[index]]
         path = self.image_dir / info["file_name"]
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"image file not found: {path} (image id {info['id']} in {self.ann_file})"
-            )
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if image is None:
-            raise ValueError(f"cannot decode image file {path} (image id {info['id']} in {self.ann_file})")
+        image = read_rgb(path, f"image id {info['id']} in {self.ann_file}")
         if image.shape[:2] != (info["height"], info["width"]):
             raise ValueError(
                 f"image file {path} is {image.shape[1]}x{image.shape[0]} but {self.ann_file} says "
                 f"{info['width']}x{info['height']}"
             )
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return image
 
     def _check_image_files(self) -> None:
-        present = set(os.listdir(self.image_dir)) if self.image_dir.is_dir() else set()
-        missing = [
-            self.coco.imgs[i]["file_name"] for i in self.ids if self.coco.imgs[i]["file_name"] not in present
-        ]
+        missing = missing_files(self.image_dir / self.coco.imgs[i]["file_name"] for i in self.ids)
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} image file(s) listed in {self.ann_file} not found in {self.image_dir}, "
-                f"e.g. {self.image_dir / missing[0]}"
+                f"e.g. {missing[0]}"
             )
 
     def _build_target(self, image_id: int) -> dict[str, Any]:
@@ -196,8 +215,12 @@ class CocoDetection(torch.utils.data.Dataset):
 
 
 def build_coco_dataset(
-    root: str | Path, split: str, transforms: Compose | None = None, seed: int = 0
+    root: str | Path,
+    split: str,
+    transforms: Compose | None = None,
+    seed: int = 0,
+    on_bad_image: OnBadImage = "raise",
 ) -> CocoDetection:
     """The split ``split`` (e.g. ``"train2017"``) of the COCO-layout dataset under ``root``."""
     image_dir, ann_file = coco_paths(root, split)
-    return CocoDetection(image_dir, ann_file, transforms, seed)
+    return CocoDetection(image_dir, ann_file, transforms, seed, on_bad_image)

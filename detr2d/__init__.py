@@ -1,6 +1,14 @@
 """Deformable DETR (2D): every published variant, loading the official checkpoints unchanged."""
 
-from .backbone import FrozenBatchNorm2d, Joiner, ResNetBackbone, load_imagenet_weights
+from .backbone import (
+    FrozenBatchNorm2d,
+    Joiner,
+    LoadReport,
+    ResNetBackbone,
+    check_initialization,
+    initialize_backbone,
+    load_pretrained,
+)
 from .builder import (
     VARIANTS,
     CriterionConfig,
@@ -24,6 +32,7 @@ __all__ = [
     "FrozenBatchNorm2d",
     "HungarianMatcher",
     "Joiner",
+    "LoadReport",
     "ModelConfig",
     "PositionEmbeddingSine",
     "PostProcess",
@@ -33,7 +42,9 @@ __all__ = [
     "build_model",
     "build_model_from_config",
     "load_checkpoint",
-    "load_imagenet_weights",
+    "check_initialization",
+    "initialize_backbone",
+    "load_pretrained",
     "model_config",
     "read_state_dict",
     "save_model_state",

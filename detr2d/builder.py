@@ -35,6 +35,7 @@ class ModelConfig:
     train_backbone: bool = True
     backbone_norm: str = "frozen_bn"  # "bn": trainable batch norm, for training from scratch
     backbone_trainable_layers: int = 3  # of (layer4, layer3, layer2, layer1, stem); 5 from scratch
+    pretrained: str | None = None  # backbone weights loaded by a fresh training run (see initialize_backbone)
     num_levels: int = 4
     with_box_refine: bool = False
     two_stage: bool = False
@@ -63,7 +64,9 @@ class ModelConfig:
         if self.embed_dims % 32 != 0:
             raise ValueError(f"embed_dims must be a multiple of 32 (GroupNorm groups), got {self.embed_dims}")
         if self.embed_dims % self.num_heads != 0:
-            raise ValueError(f"embed_dims ({self.embed_dims}) must be divisible by num_heads ({self.num_heads})")
+            raise ValueError(
+                f"embed_dims ({self.embed_dims}) must be divisible by num_heads ({self.num_heads})"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.two_stage and not self.with_box_refine:

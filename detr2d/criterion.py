@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .box_ops import aligned_generalized_box_iou, box_cxcywh_to_xyxy
 from .matcher import HungarianMatcher
+from .runtime.losses import Criterion, mean_box_count
 
-LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
+LOSS_NAMES = ("loss_cls", "loss_bbox", "loss_giou")
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -30,13 +30,16 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
 
 
 def make_weight_dict(
-    cls_loss_coef: float = 2.0, bbox_loss_coef: float = 5.0, giou_loss_coef: float = 2.0, dec_layers: int = 6
+    cls_loss_coef: float = 2.0,
+    bbox_loss_coef: float = 5.0,
+    giou_loss_coef: float = 2.0,
+    decoder_layers: int = 6,
 ) -> dict[str, float]:
-    """Weights of every loss key: the last layer, ``_{i}`` for aux layer i < D - 1, ``_enc`` for proposals."""
+    """Weights of every loss key: the last layer, ``d{i}.`` for layer i < D - 1, ``enc.`` for proposals."""
     base = dict(zip(LOSS_NAMES, (cls_loss_coef, bbox_loss_coef, giou_loss_coef), strict=True))
     weights = dict(base)
-    for suffix in [f"_{i}" for i in range(dec_layers - 1)] + ["_enc"]:
-        weights.update({k + suffix: v for k, v in base.items()})
+    for prefix in [f"d{i}." for i in range(decoder_layers - 1)] + ["enc."]:
+        weights.update({prefix + k: v for k, v in base.items()})
     return weights
 
 
@@ -61,15 +64,15 @@ def _check_targets(targets: list[dict], batch: int, num_classes: int) -> None:
             raise ValueError(f"target {i} labels must lie in [0, {num_classes}), got {labels.tolist()}")
 
 
-class SetCriterion(nn.Module):
+class SetCriterion(Criterion):
     """Deformable DETR's training loss.
 
     ``forward`` returns the RAW (unweighted) loss terms; :meth:`weighted_total` applies
-    ``weight_dict``. Keys: ``loss_ce``, ``loss_bbox``, ``loss_giou`` for the last decoder layer, the
-    same with suffix ``_{i}`` for ``aux_outputs[i]`` and ``_enc`` for the two-stage proposals (matched
-    to class-agnostic targets: every label 0), plus ``class_error`` (a 0-100 log of the last layer,
-    no gradient, not weighted). Every term is normalized by the number of target boxes averaged
-    over processes (at least 1).
+    ``weight_dict``. Keys (:mod:`detr2d.runtime.losses`): ``loss_cls``, ``loss_bbox``, ``loss_giou`` for
+    the last decoder layer, the same with prefix ``d{i}.`` for ``aux_outputs[i]`` and ``enc.`` for the
+    two-stage proposals (matched to class-agnostic targets: every label 0), plus ``class_error`` (a
+    0-100 log of the last layer, no gradient, not weighted). Every term is normalized by the number
+    of target boxes averaged over processes (at least 1).
 
     Args:
         num_classes: logits per query.
@@ -94,19 +97,10 @@ class SetCriterion(nn.Module):
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
-    def num_boxes(self, targets: list[dict], device: torch.device) -> float:
-        """Target boxes in the batch, averaged over processes when torch.distributed is initialized."""
-        count = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-        world = 1
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(count)
-            world = dist.get_world_size()
-        return max(count.item() / world, 1.0)
-
     def layer_losses(
         self, outputs: dict, targets: list[dict], indices: list[tuple[Tensor, Tensor]], num_boxes: float
     ) -> dict[str, Tensor]:
-        """``loss_ce``, ``loss_bbox``, ``loss_giou`` of one set of predictions given its matching.
+        """``loss_cls``, ``loss_bbox``, ``loss_giou`` of one set of predictions given its matching.
 
         Args:
             outputs: ``pred_logits`` (B, Q, C), ``pred_boxes`` (B, Q, 4).
@@ -127,14 +121,14 @@ class SetCriterion(nn.Module):
 
         onehot = torch.zeros_like(logits)
         onehot[batch_idx, src_idx, tgt_labels.to(device)] = 1.0
-        loss_ce = sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
+        loss_cls = sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
 
         matched = boxes[batch_idx, src_idx]
         tgt_boxes = tgt_boxes.to(matched)
         loss_bbox = F.l1_loss(matched, tgt_boxes, reduction="none").sum() / num_boxes
         giou = aligned_generalized_box_iou(box_cxcywh_to_xyxy(matched), box_cxcywh_to_xyxy(tgt_boxes))
         loss_giou = (1 - giou).sum() / num_boxes
-        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+        return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         """Raw loss terms of the model outputs (see the class docstring for the keys).
@@ -146,27 +140,20 @@ class SetCriterion(nn.Module):
         """
         logits = outputs["pred_logits"]
         _check_targets(targets, logits.shape[0], self.num_classes)
-        num_boxes = self.num_boxes(targets, logits.device)
+        num_boxes = mean_box_count(sum(len(t["labels"]) for t in targets), logits.device)
 
         indices = self.matcher(outputs, targets)
         losses = self.layer_losses(outputs, targets, indices, num_boxes)
         losses["class_error"] = self._class_error(logits, targets, indices)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             aux_losses = self.layer_losses(aux, targets, self.matcher(aux, targets), num_boxes)
-            losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+            losses.update({f"d{i}.{k}": v for k, v in aux_losses.items()})
         if "enc_outputs" in outputs:
             enc = outputs["enc_outputs"]
             binary = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
             enc_losses = self.layer_losses(enc, binary, self.matcher(enc, binary), num_boxes)
-            losses.update({f"{k}_enc": v for k, v in enc_losses.items()})
+            losses.update({f"enc.{k}": v for k, v in enc_losses.items()})
         return losses
-
-    def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
-        """``sum(weight_dict[k] * losses[k])`` over the ``loss_*`` terms; every one must have a weight."""
-        unweighted = sorted(k for k in losses if k.startswith("loss_") and k not in self.weight_dict)
-        if unweighted:
-            raise ValueError(f"no weight for loss terms {unweighted} (does weight_dict match dec_layers?)")
-        return sum(self.weight_dict[k] * v for k, v in losses.items() if k.startswith("loss_"))
 
     @torch.no_grad()
     def _class_error(

@@ -1,10 +1,12 @@
-"""Exact padding: an image in a padded batch gets the same predictions as that image run alone.
+"""Padding of a batch: exact (each image gets what it gets alone) or official (the original's).
 
-A batch is padded to its largest image, with a mask that is True on padding. In a plain implementation
-padding leaks into valid positions in three ways: spatial convolutions read padded neighbours (which
-hold non-zero activations after the first normalization), GroupNorm takes statistics over padded
-positions, and nearest-interpolated level masks are off by one cell when the padded size is not a
-multiple of the stride. This module removes all three:
+A batch is padded to its largest image, with a mask that is True on padding. Two modes:
+
+``"exact"`` (default). In a plain implementation padding leaks into valid positions in three ways:
+spatial convolutions read padded neighbours (which hold non-zero activations after the first
+normalization), GroupNorm takes statistics over padded positions, and nearest-interpolated level
+masks are off by one cell when the padded size is not a multiple of the stride. This mode removes all
+three, so an image in a padded batch gets the same predictions as that image run alone:
 
 - :func:`level_mask` subsamples the image mask at the level's stride: cell i is valid iff pixel
   i * stride is, which marks exactly the ``ceil(valid / stride)`` cells that exist for the image
@@ -14,13 +16,21 @@ multiple of the stride. This module removes all three:
   the same zeros as the zero padding of the image alone;
 - :class:`MaskedGroupNorm` takes its statistics over valid positions only.
 
-Without padding all of these are identities, so official checkpoints give their usual outputs.
+``"official"``: the original Deformable DETR's behaviour, which the published numbers were measured
+with. The backbone and the input projections (convolutions, GroupNorm) run on the padded batch as it
+is, and every level's mask is the image mask resized by nearest interpolation
+(:func:`nearest_mask`). A padded image's predictions then depend on the batch it is in.
+
+Without padding both modes are identities, so official checkpoints give their usual outputs.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+PADDING_MODES = ("exact", "official")
 
 
 def check_images_and_mask(images: Tensor, mask: Tensor | None) -> Tensor:
@@ -68,6 +78,12 @@ def level_mask(mask: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
     return mask[:, :: _stride(mask.shape[1], h), :: _stride(mask.shape[2], w)]
 
 
+def nearest_mask(mask: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """The original's level mask: (B, H, W) ``mask`` resized to ``size`` (h, w) by nearest interpolation,
+    ``F.interpolate(mask[None].float(), size=size).to(torch.bool)[0]`` -> (B, h, w)."""
+    return F.interpolate(mask[None].float(), size=(int(size[0]), int(size[1]))).to(torch.bool)[0]
+
+
 def valid_ratios(mask: Tensor) -> Tensor:
     """Fraction of valid columns and rows of a top-left-aligned (B, H, W) mask -> (B, 2) as (w, h)."""
     _, h, w = mask.shape
@@ -77,29 +93,41 @@ def valid_ratios(mask: Tensor) -> Tensor:
 
 
 class PaddingMasks:
-    """The padding mask of one batch at any feature resolution (see :func:`level_mask`; cached).
+    """The padding mask of one batch at any feature resolution, and how layers treat padding (cached).
 
     Args:
         mask: (B, H, W) bool, True on padding, for the (padded) input images.
+        mode: ``"exact"`` (padded positions are zeroed and excluded from normalization; level masks by
+            :func:`level_mask`) or ``"official"`` (layers see the padded values; level masks by
+            :func:`nearest_mask`). See the module docstring.
     """
 
-    def __init__(self, mask: Tensor) -> None:
+    def __init__(self, mask: Tensor, mode: str = "exact") -> None:
+        if mode not in PADDING_MODES:
+            raise ValueError(f"padding mode must be one of {PADDING_MODES}, got {mode!r}")
         self.mask = mask
+        self.exact = mode == "exact"
         self.has_padding = bool(mask.any())
+        self._resize = level_mask if self.exact else nearest_mask
         self._cache: dict[tuple[int, int], Tensor] = {tuple(mask.shape[-2:]): mask}
 
     def at(self, size: tuple[int, int] | torch.Size) -> Tensor:
         """(B, h, w) mask for a feature map of spatial size ``size``."""
         key = (int(size[0]), int(size[1]))
         if key not in self._cache:
-            self._cache[key] = level_mask(self.mask, key)
+            self._cache[key] = self._resize(self.mask, key)
         return self._cache[key]
 
     def zero(self, x: Tensor) -> Tensor:
-        """Zero the padded positions of a (B, C, h, w) feature map."""
-        if not self.has_padding:
+        """Zero the padded positions of a (B, C, h, w) feature map (exact mode; else ``x`` itself)."""
+        if not (self.exact and self.has_padding):
             return x
         return x.masked_fill(self.at(x.shape[-2:])[:, None], 0.0)
+
+    def norm_mask(self, size: tuple[int, int] | torch.Size) -> Tensor | None:
+        """The (B, h, w) positions a normalization must ignore at ``size``: None when there are none
+        (no padding, or official mode, where GroupNorm takes statistics over the padding too)."""
+        return self.at(size) if self.exact and self.has_padding else None
 
 
 class MaskedGroupNorm(nn.GroupNorm):

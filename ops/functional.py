@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from .extension import load_native
+from .extension import ensure_cuda_kernels, load_native
 from .native import ms_deform_attn_native
 from .reference import ms_deform_attn_reference
 from .validation import check_inputs
@@ -18,10 +18,11 @@ ENV_BACKEND = "DEFORMBEV_MSDA_BACKEND"
 @torch.compiler.assume_constant_result
 def available_backends() -> tuple[str, ...]:
     """Backends usable in this process (builds the native library on first call; a constant to
-    ``torch.compile``)."""
+    ``torch.compile``). With a GPU visible, a library without CUDA kernels gets them compiled just in
+    time, or a loud warning that CUDA tensors take ``reference`` (``extension.ensure_cuda_kernels``)."""
     status = load_native()
-    native = (("cpu",) if status.cpu else ()) + (("cuda",) if status.cuda else ())
-    return ("reference",) + native
+    cuda = status.cpu and torch.cuda.is_available() and ensure_cuda_kernels()
+    return ("reference",) + (("cpu",) if status.cpu else ()) + (("cuda",) if cuda else ())
 
 
 def resolve_backend(device: torch.device, backend: str | None = None) -> str:
@@ -54,18 +55,25 @@ def ms_deform_attn(
 ) -> torch.Tensor:
     """Multi-scale deformable attention.
 
+    Mixed precision: ``value`` may be float16/bfloat16 while ``sampling_locations`` and
+    ``attention_weights`` are float32 (or lower); every backend then samples at float32 positions,
+    accumulates in float32 and returns the output in ``value``'s dtype; each gradient has the dtype of
+    its input.
+
     Args:
-        value: (N, S, M, D) with S = sum_l H_l * W_l.
+        value: (N, S, M, D) with S = sum_l H_l * W_l; float16, bfloat16, float32 or float64.
         spatial_shapes: (L, 2) int64 rows (H_l, W_l).
         level_start_index: (L,) int64, the exclusive cumsum of H_l * W_l.
-        sampling_locations: (N, Lq, M, L, P, 2) normalized (x, y); outside [0, 1] reads zeros.
+        sampling_locations: (N, Lq, M, L, P, 2) normalized (x, y); outside [0, 1] reads zeros, and a
+            non-finite location (NaN, +-inf) samples nothing, with zero gradients.
         attention_weights: (N, Lq, M, L, P), already normalized over L * P.
-        im2col_step: kept for compatibility with the original op: the batch must be divisible by
-            ``min(N, im2col_step)``; the native kernels process the whole batch at once.
+        im2col_step: a positive int, accepted for compatibility with the original op and ignored (the
+            kernels process the whole batch at once; any batch size works).
         backend: 'reference', 'cpu', 'cuda' or None (``$DEFORMBEV_MSDA_BACKEND``, else automatic).
 
     Returns:
-        (N, Lq, M * D), differentiable in value, sampling_locations and attention_weights.
+        (N, Lq, M * D) in value's dtype, differentiable in value, sampling_locations and
+        attention_weights.
 
     Raises:
         ValueError: on malformed inputs (naming the argument and the expected shape).

@@ -8,6 +8,43 @@ import torch
 from torch import nn
 
 from .functional import ms_deform_attn
+from .validation import compute_dtype
+
+
+def init_deformable_attention(
+    sampling_offsets: nn.Linear,
+    attention_weights: nn.Linear,
+    value_proj: nn.Linear,
+    output_proj: nn.Linear,
+    num_heads: int,
+    num_groups: int,
+    num_points: int,
+) -> None:
+    """Deformable DETR init of the four projections of a deformable attention.
+
+    ``sampling_offsets`` has weight 0 and a bias laid out (heads, groups, points, 2) (groups = levels, or
+    queue x levels): head k points in direction (cos, sin)(2 pi k / M) scaled so max |.| = 1, times
+    (point index + 1). ``attention_weights`` is all zeros; the value and output projections are
+    xavier-uniform with zero bias.
+    """
+    nn.init.zeros_(sampling_offsets.weight)
+    angles = torch.arange(num_heads, dtype=torch.float32) * (2.0 * math.pi / num_heads)
+    directions = torch.stack([angles.cos(), angles.sin()], dim=-1)
+    directions = directions / directions.abs().max(dim=-1, keepdim=True).values
+    grid = directions.view(num_heads, 1, 1, 2).repeat(1, num_groups, num_points, 1)
+    grid = grid * torch.arange(1, num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+    if sampling_offsets.bias.numel() != grid.numel():
+        raise ValueError(
+            f"sampling_offsets has {sampling_offsets.bias.numel()} outputs, expected "
+            f"{num_heads} x {num_groups} x {num_points} x 2"
+        )
+    with torch.no_grad():
+        sampling_offsets.bias.copy_(grid.flatten())
+    nn.init.zeros_(attention_weights.weight)
+    nn.init.zeros_(attention_weights.bias)
+    for proj in (value_proj, output_proj):
+        nn.init.xavier_uniform_(proj.weight)
+        nn.init.zeros_(proj.bias)
 
 
 class MSDeformAttn(nn.Module):
@@ -50,20 +87,16 @@ class MSDeformAttn(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Official init: offsets point in M directions, growing with the point index."""
-        nn.init.zeros_(self.sampling_offsets.weight)
-        angles = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
-        directions = torch.stack([angles.cos(), angles.sin()], dim=-1)
-        directions = directions / directions.abs().max(dim=-1, keepdim=True).values
-        grid = directions.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
-        grid = grid * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.flatten())
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        for proj in (self.value_proj, self.output_proj):
-            nn.init.xavier_uniform_(proj.weight)
-            nn.init.zeros_(proj.bias)
+        """Official init (:func:`init_deformable_attention`, one group per level)."""
+        init_deformable_attention(
+            self.sampling_offsets,
+            self.attention_weights,
+            self.value_proj,
+            self.output_proj,
+            self.n_heads,
+            self.n_levels,
+            self.n_points,
+        )
 
     def forward(
         self,
@@ -86,6 +119,10 @@ class MSDeformAttn(nn.Module):
 
         Returns:
             (N, Lq, C).
+
+        Under ``torch.autocast`` the projections run in the low dtype; the sampling offsets, the
+        attention weights (softmax) and the locations are computed in float32 (the compute dtype of
+        the low-precision ``value``), so sampling positions keep float32 precision.
         """
         n, lq, _ = query.shape
         s = input_flatten.shape[1]
@@ -103,11 +140,12 @@ class MSDeformAttn(nn.Module):
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
         value = value.view(n, s, m, self.d_model // m)
-        offsets = self.sampling_offsets(query).view(n, lq, m, n_levels, n_points, 2)
-        weights = self.attention_weights(query).view(n, lq, m, n_levels * n_points)
+        compute = compute_dtype(value.dtype)
+        offsets = self.sampling_offsets(query).to(compute).view(n, lq, m, n_levels, n_points, 2)
+        weights = self.attention_weights(query).to(compute).view(n, lq, m, n_levels * n_points)
         weights = weights.softmax(-1).view(n, lq, m, n_levels, n_points)
         if reference_points.shape[-1] == 2:
-            normalizer = input_spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
+            normalizer = input_spatial_shapes.flip(-1).to(compute)  # (L, 2) as (W, H)
             locations = (
                 reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
             )

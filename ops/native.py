@@ -3,6 +3,15 @@
 ``deformbev::ms_deform_attn`` wraps the compiled kernels (``torch.ops.deformbev_native.*``) with a fake
 (meta) implementation and an autograd formula, so that ``torch.compile(fullgraph=True)`` traces
 through it without graph breaks. The compiled library is loaded lazily on the first real call.
+
+Dtypes: the output has ``value``'s dtype and each gradient its input's dtype; ``sampling_locations``
+and ``attention_weights`` may be wider than ``value`` (float32 with float16/bfloat16 values).
+
+Autocast: no autocast kernel is registered, so under ``torch.autocast`` the op runs on the dtypes it is
+given (autocast falls through). That is deliberate: an autocast cast (``torch.library.register_autocast``)
+would convert every floating input to the low dtype, and bfloat16 sampling locations are off by up to
+half a pixel on a 134-wide map. Under autocast ``value`` comes out of a linear projection in the low
+dtype, so the op stores and reads the low dtype while positions and sums stay float32.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ def ms_deform_attn_native(
 @ms_deform_attn_native.register_fake
 def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     n, _, m, d = value.shape
-    return value.new_empty((n, sampling_locations.shape[1], m * d))
+    return value.new_empty((n, sampling_locations.shape[1], m * d))  # value's dtype, contiguous
 
 
 @torch.library.custom_op("deformbev::ms_deform_attn_backward", mutates_args=())
@@ -56,7 +65,8 @@ def ms_deform_attn_native_backward(
 
 @ms_deform_attn_native_backward.register_fake
 def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output):
-    return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights)
+    # each gradient contiguous, in its input's dtype
+    return tuple(t.new_empty(t.shape) for t in (value, sampling_locations, attention_weights))
 
 
 def _setup_context(ctx, inputs, output) -> None:

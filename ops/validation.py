@@ -7,6 +7,12 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def compute_dtype(value_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the op computes in for ``value_dtype``: float32 for float16/bfloat16/float32 (the
+    values are stored low, sampling positions, weights and sums stay float32), float64 for float64."""
+    return torch.promote_types(value_dtype, torch.float32)
+
+
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
@@ -19,7 +25,12 @@ def check_inputs(
     attention_weights: torch.Tensor,
     im2col_step: int,
 ) -> None:
-    """Validate the op's inputs against the conventions of ``ms_deform_attn``; raise ``ValueError``."""
+    """Validate the op's inputs against the conventions of ``ms_deform_attn``; raise ``ValueError``.
+
+    ``im2col_step`` must be a positive int and is otherwise ignored (the kernels take the whole batch).
+    ``sampling_locations`` and ``attention_weights`` may have any floating dtype that converts exactly to
+    the compute dtype of ``value`` (e.g. float32 locations with bfloat16 values, as under autocast).
+    """
     named = {
         "value": value,
         "spatial_shapes": spatial_shapes,
@@ -60,9 +71,14 @@ def check_inputs(
     for name in ("value", "sampling_locations", "attention_weights"):
         if named[name].dtype not in FLOAT_DTYPES:
             raise ValueError(f"{name} must be a floating tensor, got {named[name].dtype}")
+    compute = compute_dtype(value.dtype)
     for name in ("sampling_locations", "attention_weights"):
-        if named[name].dtype != value.dtype:
-            raise ValueError(f"{name} has dtype {named[name].dtype} but value has {value.dtype}")
+        dtype = named[name].dtype
+        if torch.promote_types(dtype, compute) != compute:
+            raise ValueError(
+                f"{name} has dtype {dtype} but value has {value.dtype}, which computes in {compute}: "
+                f"pass {name} in {compute} or value in {dtype}"
+            )
     for name in ("spatial_shapes", "level_start_index"):
         if named[name].dtype != torch.int64:
             raise ValueError(f"{name} must be int64, got {named[name].dtype}")
@@ -70,9 +86,6 @@ def check_inputs(
         if t.device != value.device:
             raise ValueError(f"{name} is on {t.device} but value is on {value.device}")
     _check_levels(spatial_shapes, level_start_index, s)
-    step = min(n, im2col_step)
-    if step > 0 and n % step != 0:
-        raise ValueError(f"batch size {n} must be divisible by im2col_step {im2col_step}")
 
 
 def _check_levels(spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, s: int) -> None:

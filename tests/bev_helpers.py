@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from bev import MultiViewDetector3D, build_bev_model
+from bev import DetectionLoss3D, MultiViewDetector3D, build_bev_model
 
 
 @pytest.fixture(autouse=True)
@@ -121,3 +121,14 @@ def translation_motion(dx: float, dy: float = 0.0, yaw: float = 0.0) -> torch.Te
     motion[0, 1], motion[1, 0] = -math.sin(yaw), math.sin(yaw)
     motion[0, 3], motion[1, 3] = dx, dy
     return motion
+
+
+def criterion_of(model: MultiViewDetector3D) -> DetectionLoss3D:
+    """The published loss for ``model``'s classes and decoder layers."""
+    return DetectionLoss3D(model.head.num_classes, len(model.head.layers))
+
+
+def loss_terms(model: MultiViewDetector3D, batch: dict) -> dict[str, torch.Tensor]:
+    """Raw loss terms of ``model`` on ``batch``: ``criterion(model(batch), targets)``."""
+    targets = {key: batch[key] for key in ("gt_boxes", "gt_labels")}
+    return criterion_of(model)(model(batch), targets)

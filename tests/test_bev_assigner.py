@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from bev import DetectionLoss3D, HungarianAssigner3D, encode_boxes
+from bev import DetectionLoss3D, HeadOutput, HungarianAssigner3D, encode_boxes
 from bev.assigner import focal_cost
 
 
@@ -71,7 +71,7 @@ def test_loss_of_a_perfect_match_is_only_background_focal():
     logits = torch.full((1, 1, 4, num_classes), -20.0)
     logits[0, 0, 0, 2] = 20.0
     criterion = DetectionLoss3D(num_classes, num_layers=1)
-    losses = criterion(logits, box_code, [boxes], [labels])
+    losses = criterion(HeadOutput(logits, box_code), {"gt_boxes": [boxes], "gt_labels": [labels]})
     assert set(losses) == {"loss_cls", "loss_bbox"}
     assert float(losses["loss_bbox"]) < 1e-6  # the NaN velocity is ignored
     assert float(losses["loss_cls"]) < 1e-6
@@ -84,7 +84,7 @@ def test_loss_on_every_layer_and_normalized_by_box_count():
     logits, codes = torch.randn(3, 2, 5, 3), torch.randn(3, 2, 5, 10)
     boxes = [torch.rand(2, 9) + 0.5, torch.rand(1, 9) + 0.5]
     labels = [torch.tensor([0, 1]), torch.tensor([2])]
-    losses = criterion(logits, codes, boxes, labels)
+    losses = criterion(HeadOutput(logits, codes), {"gt_boxes": boxes, "gt_labels": labels})
     assert set(losses) == {
         "loss_cls",
         "loss_bbox",
@@ -95,9 +95,13 @@ def test_loss_on_every_layer_and_normalized_by_box_count():
     }
     assert set(criterion.weight_dict) == set(losses)
     doubled = criterion(
-        torch.cat([logits, logits], 1), torch.cat([codes, codes], 1), boxes + boxes, labels + labels
+        HeadOutput(torch.cat([logits, logits], 1), torch.cat([codes, codes], 1)),
+        {"gt_boxes": boxes + boxes, "gt_labels": labels + labels},
     )
     for key, value in losses.items():  # sums double and so does the number of boxes
         torch.testing.assert_close(doubled[key], value)
     with pytest.raises(ValueError, match="gt_labels"):
-        criterion(logits, codes, boxes, [torch.tensor([0, 5]), torch.tensor([2])])
+        criterion(
+            HeadOutput(logits, codes),
+            {"gt_boxes": boxes, "gt_labels": [torch.tensor([0, 5]), torch.tensor([2])]},
+        )

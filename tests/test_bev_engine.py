@@ -12,11 +12,9 @@ import torch
 from torch import nn
 
 from bev import ego_motion_between
-from bev.engine.data import SceneShardSampler, scene_runs
-from bev.engine.schedule import WarmupCosine, build_warmup_cosine
-from bev.engine.sequential import predict_sequential
+from bev.sequential import SceneShardSampler, iterate_sequential, scene_runs
 from configs import load_config
-from detr2d.engine.optim import build_optimizer
+from detr2d.runtime.optim import WarmupCosine, build_lr_scheduler, build_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "bev"
 
@@ -57,7 +55,9 @@ def test_previous_bev_is_carried_within_a_scene_and_reset_at_a_scene_change():
     ]
     prev = {"a0": "", "a1": "a0", "a2": "a1", "b0": "", "b1": "b0", "b3": "b2"}
     model = RecordingDetector()
-    detections = predict_sequential(model, frames, prev, torch.device("cpu"))
+    detections = {
+        b["sample_token"][0]: d for b, d in iterate_sequential(model, frames, prev, torch.device("cpu"))
+    }
     assert list(detections) == ["a0", "a1", "a2", "b0", "b1", "b3"]
     given = [None if bev is None else bev.item() for bev, _ in model.calls]
     assert given == [None, 1.0, 2.0, None, 4.0, None]
@@ -90,9 +90,15 @@ def test_warmup_cosine_schedule():
 
 
 def test_schedule_state_resumes_from_a_weights_only_checkpoint():
-    schedule = {"epochs": 2, "warmup_iters": 3, "warmup_ratio": 0.5, "min_lr_ratio": 0.01}
+    schedule = {
+        "policy": "warmup_cosine",
+        "epochs": 2,
+        "warmup_iters": 3,
+        "warmup_ratio": 0.5,
+        "min_lr_ratio": 0.01,
+    }
     optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = build_warmup_cosine(optimizer, schedule, steps_per_epoch=5)
+    scheduler = build_lr_scheduler(optimizer, schedule, steps_per_epoch=5)
     for _ in range(4):
         optimizer.step()
         scheduler.step()
@@ -100,7 +106,7 @@ def test_schedule_state_resumes_from_a_weights_only_checkpoint():
     torch.save(scheduler.state_dict(), buffer)
     buffer.seek(0)
     fresh_optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1.0)
-    fresh = build_warmup_cosine(fresh_optimizer, schedule, steps_per_epoch=5)
+    fresh = build_lr_scheduler(fresh_optimizer, schedule, steps_per_epoch=5)
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     for _ in range(3):
         for opt, sched in ((optimizer, scheduler), (fresh_optimizer, fresh)):

@@ -17,12 +17,12 @@ import pytest
 import torch
 from bev_helpers import one_thread  # noqa: F401 (autouse fixture)
 
-from bev.engine import trainer
-from bev.engine.data import build_nuscenes_dataset
-from bev.engine.trainer import run_bev_training
+from bev.task import NuScenesDetectionTask
 from configs import load_config
 from datasets.nuscenes import SyntheticSpec, create_nuscenes_infos, generate_synthetic_nuscenes
 from datasets.nuscenes.synthetic import VERSION
+from detr2d.runtime import fit as fit_module
+from detr2d.runtime.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "bev" / "demo.py"
@@ -67,8 +67,9 @@ def run_tool(name: str, args: list[str]) -> None:
 def test_demo_config_trains_with_history_and_tests_without(tiny_root: Path) -> None:
     config = load_config(DEMO, tiny_overrides(tiny_root))
     assert config["task"] == "nuscenes_detection" and config["data"]["num_history"] >= 1
-    train_item = build_nuscenes_dataset(config, train=True)[0]
-    val_item = build_nuscenes_dataset(config, train=False)[0]
+    task = NuScenesDetectionTask(config)
+    train_item = task.build_dataset("train")[0]
+    val_item = task.build_dataset("val")[0]
     assert train_item["img"].shape[:2] == (1 + config["data"]["num_history"], 6)
     assert val_item["img"].shape[:2] == (1, 6)  # the tester carries the previous BEV instead
 
@@ -88,7 +89,9 @@ def test_tools_train_test_predict(tiny_root: Path, tmp_path: Path, capsys: pytes
             "train.eval_every=1",
         ],
     )
-    (record,) = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    (record,) = [r for r in log if "train" in r]
+    assert log[0]["iter"] >= 1 and {"loss", "lr", "grad_norm", "eta_s", "samples_per_s"} <= set(log[0])
     assert math.isfinite(record["train"]["loss"]) and record["train"]["loss"] > 0
     assert set(record["val"]) == {"mAP", "NDS"} and record["val_samples"] == 6
     checkpoint = torch.load(run / "checkpoint.pth", weights_only=True)
@@ -124,7 +127,6 @@ def test_tools_train_test_predict(tiny_root: Path, tmp_path: Path, capsys: pytes
             "2",
             "--score-threshold",
             "0",
-            "--set",
             *overrides,
         ],
     )
@@ -146,22 +148,22 @@ def test_resume_equals_uninterrupted_run(
         "train.deterministic=True",
     ]
     config = load_config(DEMO, overrides)
-    run_bev_training(config, tmp_path / "full")
+    fit(NuScenesDetectionTask(config), tmp_path / "full")
 
-    train_one_epoch = trainer.train_one_epoch_bev
+    train_one_epoch = fit_module.train_one_epoch
 
     def killed_in_epoch_1(*args, **kwargs):
         if args[6] == 1:  # the epoch argument
             raise KeyboardInterrupt
         return train_one_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "train_one_epoch_bev", killed_in_epoch_1)
+    monkeypatch.setattr(fit_module, "train_one_epoch", killed_in_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        run_bev_training(config, tmp_path / "part")
+        fit(NuScenesDetectionTask(config), tmp_path / "part")
     monkeypatch.undo()
     with pytest.raises(FileExistsError, match="--resume"):
-        run_bev_training(config, tmp_path / "part")  # never overwrites an earlier run
-    run_bev_training(config, tmp_path / "part", resume=tmp_path / "part" / "checkpoint.pth")
+        fit(NuScenesDetectionTask(config), tmp_path / "part")  # never overwrites an earlier run
+    fit(NuScenesDetectionTask(config), tmp_path / "part", resume=tmp_path / "part" / "checkpoint.pth")
 
     full = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
     resumed = torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=True)
@@ -170,7 +172,7 @@ def test_resume_equals_uninterrupted_run(
         assert torch.equal(value, resumed["model"][key]), key
     assert full["lr_scheduler"] == resumed["lr_scheduler"]
     log = [json.loads(line) for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [0, 1]
+    assert [r["epoch"] for r in log if "train" in r] == [0, 1]
 
 
 @pytest.mark.slow
@@ -191,7 +193,7 @@ def test_torchrun_two_processes_train_and_test(tiny_root: Path, tmp_path: Path) 
     ):
         proc = subprocess.run(launcher + args, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    (record,) = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    (record,) = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "train" in r]
     assert record["val_samples"] == 6  # two val scenes, one per process, gathered on rank 0
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
     assert len(checkpoint["rng"]) == 2 and not any(k.startswith("module.") for k in checkpoint["model"])

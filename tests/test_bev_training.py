@@ -6,6 +6,8 @@ import pytest
 import torch
 from bev_helpers import (
     IMG_SHAPE,
+    criterion_of,
+    loss_terms,
     one_thread,  # noqa: F401 (autouse fixture)
     ring_lidar2img,
     tiny_model,
@@ -45,13 +47,13 @@ def test_loss_falls_on_a_fixed_batch(head):
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     totals = []
     for _ in range(8):
-        losses = model(batch)
-        total = model.criterion.weighted_total(losses)
+        losses = loss_terms(model, batch)
+        total = criterion_of(model).weighted_total(losses)
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
         totals.append(total.item())
-    assert set(losses) == set(model.criterion.weight_dict)
+    assert set(losses) == set(criterion_of(model).weight_dict)
     assert totals[-1] < 0.8 * totals[0], totals
 
 
@@ -60,13 +62,13 @@ def test_history_is_used_without_gradient():
     with_history, without = _batch(True), _batch(False)
     without["img"] = with_history["img"][:, -1:].clone()  # same current frame, no history
     torch.manual_seed(0)
-    loss_history = model.criterion.weighted_total(model(with_history))
+    loss_history = criterion_of(model).weighted_total(loss_terms(model, with_history))
     torch.manual_seed(0)
-    loss_plain = model.criterion.weighted_total(model(without))
+    loss_plain = criterion_of(model).weighted_total(loss_terms(model, without))
     assert abs(loss_history.item() - loss_plain.item()) > 1e-6
     assert model.training  # history frames run in eval mode, then the mode is restored
     img = with_history["img"].requires_grad_(True)
-    model.criterion.weighted_total(model(with_history)).backward()
+    criterion_of(model).weighted_total(loss_terms(model, with_history)).backward()
     assert float(img.grad[:, :-1].abs().max()) == 0.0  # no gradient into the history frames
     assert float(img.grad[:, -1].abs().max()) > 0.0
 
@@ -83,9 +85,15 @@ def test_images_are_padded_to_the_size_divisor():
     torch.testing.assert_close(outputs.box_code, outputs_padded.box_code)
 
 
-def test_eval_forward_returns_detections():
+def test_forward_returns_raw_outputs_in_both_modes_and_decode_gives_detections():
     model = tiny_model().eval()
-    detections = model(_batch(with_history=True))
+    with torch.no_grad():
+        outputs = model(_batch(with_history=True))
+    layers, queries = len(model.head.layers), model.head.num_query
+    assert outputs.cls_logits.shape == (layers, 2, queries, model.head.num_classes)
+    assert outputs.box_code.shape == (layers, 2, queries, 10)
+    assert model.train()(_batch(with_history=True)).box_code.shape == (layers, 2, queries, 10)
+    detections = model.decode(outputs)
     assert len(detections) == 2
     assert detections[0]["boxes"].shape[1] == 9
     assert detections[0]["scores"].shape == detections[0]["labels"].shape
@@ -129,8 +137,8 @@ def test_query_groups_train_independently_and_evaluation_decodes_group_zero():
 @pytest.mark.parametrize("head", ["bev", "detr3d"])
 def test_query_groups_each_match_the_ground_truth(head):
     model = tiny_model(head=head, num_query_groups=2, dropout=0.0).train()
-    losses = model(_batch(with_history=False))
-    assert set(losses) == set(model.criterion.weight_dict)
+    losses = loss_terms(model, _batch(with_history=False))
+    assert set(losses) == set(criterion_of(model).weight_dict)
     # the loss averages the groups: equal groups give the loss of one group
     with torch.no_grad():
         model.head.query_embedding.weight[model.head.num_query :] = model.head.query_embedding.weight[
@@ -144,9 +152,9 @@ def test_query_groups_each_match_the_ground_truth(head):
         }
     )
     torch.manual_seed(0)
-    grouped_losses = model(_batch(with_history=False))
+    grouped_losses = loss_terms(model, _batch(with_history=False))
     torch.manual_seed(0)
-    single_losses = single(_batch(with_history=False))
+    single_losses = loss_terms(single, _batch(with_history=False))
     for key, value in single_losses.items():
         torch.testing.assert_close(grouped_losses[key], value)
 
@@ -154,8 +162,8 @@ def test_query_groups_each_match_the_ground_truth(head):
 def test_missing_batch_keys_raise_value_errors():
     model = tiny_model().train()
     batch = _batch(False)
-    del batch["gt_labels"]
-    with pytest.raises(ValueError, match="gt_labels"):
+    del batch["lidar2img"]
+    with pytest.raises(ValueError, match="lidar2img"):
         model(batch)
     with pytest.raises(ValueError, match="img"):
         model.predict(torch.zeros(1, 5, 3, *IMG_SHAPE), ring_lidar2img()[None])
@@ -163,9 +171,24 @@ def test_missing_batch_keys_raise_value_errors():
 
 def test_variant_settings_follow_the_published_configs():
     tiny, small, base = (bev_model_settings(f"bevformer_{n}") for n in ("tiny", "small", "base"))
-    assert (tiny["backbone"], tiny["bev_h"], tiny["encoder_layers"], tiny["num_levels"]) == ("resnet50", 50, 3, 1)
-    assert (small["backbone"], small["bev_h"], small["encoder_layers"], small["num_levels"]) == ("resnet101", 150, 3, 1)
-    assert (base["backbone"], base["bev_h"], base["encoder_layers"], base["num_levels"]) == ("resnet101", 200, 6, 4)
+    assert (tiny["backbone"], tiny["bev_h"], tiny["encoder_layers"], tiny["num_levels"]) == (
+        "resnet50",
+        50,
+        3,
+        1,
+    )
+    assert (small["backbone"], small["bev_h"], small["encoder_layers"], small["num_levels"]) == (
+        "resnet101",
+        150,
+        3,
+        1,
+    )
+    assert (base["backbone"], base["bev_h"], base["encoder_layers"], base["num_levels"]) == (
+        "resnet101",
+        200,
+        6,
+        4,
+    )
     assert bev_model_settings("detr3d")["head"] == "detr3d"
     for name in VARIANTS:
         settings = bev_model_settings(name)

@@ -33,8 +33,9 @@ def test_inheritance_chain_and_overrides(tmp_path: Path) -> None:
     )
     (tmp_path / "sub" / "mid.py").write_text("_base_ = '../base.py'\nmodel = dict(depth=18)\n")
     (tmp_path / "sub" / "leaf.py").write_text("_base_ = ['mid.py']\nlr = 2e-4\nname = 'leaf'\n")
-    config = load_config(tmp_path / "sub" / "leaf.py", ["model.width=64", "name=other", "lr=[1, 2]"])
-    assert config == {"model": {"depth": 18, "width": 64}, "lr": [1, 2], "name": "other"}
+    config = load_config(tmp_path / "sub" / "leaf.py", ["model.width=64", "name=other", "lr=1"])
+    assert config == {"model": {"depth": 18, "width": 64}, "lr": 1.0, "name": "other"}
+    assert isinstance(config["lr"], float)  # an int given to a float key becomes a float
 
 
 def test_override_errors() -> None:
@@ -55,8 +56,24 @@ def test_override_errors() -> None:
         "progress": False,
         "amp": None,
     }
-    with pytest.raises(ValueError, match="'train.progress' is a bool; use true or false"):
+    with pytest.raises(ValueError, match="'train.progress=flase': the key holds a bool.*use true or false"):
         apply_overrides(flags, ["train.progress=flase"])
+
+
+def test_overrides_are_type_checked_against_the_config() -> None:
+    config = {"train": {"batch_size": 8, "lr": 1e-4, "root": "data", "scales": [96], "amp": None}}
+    with pytest.raises(ValueError, match="'train.batch_size=8.5': the key holds a int, got 8.5"):
+        apply_overrides(config, ["train.batch_size=8.5"])
+    with pytest.raises(ValueError, match="holds a int, got True"):
+        apply_overrides(config, ["train.batch_size=true"])
+    with pytest.raises(ValueError, match="holds a list or tuple, got 96"):
+        apply_overrides(config, ["train.scales=96"])
+    with pytest.raises(ValueError, match="holds a float, got 'fast'"):
+        apply_overrides(config, ["train.lr=fast"])
+    out = apply_overrides(
+        config, ["train.root=123", "train.scales=(64,96)", "train.amp=bf16", "train.lr=none"]
+    )
+    assert out["train"] == {"batch_size": 8, "lr": None, "root": "123", "scales": [64, 96], "amp": "bf16"}
     with pytest.raises(FileNotFoundError):
         load_config("no/such/config.py")
 
@@ -76,7 +93,7 @@ def test_published_recipe(stem: str) -> None:
     )
     assert optim["lr_linear_proj_mult"] == 0.1
     assert sorted(optim["linear_proj_names"]) == ["reference_points", "sampling_offsets"]
-    assert config["schedule"] == {"epochs": 50, "lr_drop": 40, "lr_gamma": 0.1}
+    assert config["schedule"] == {"policy": "step", "epochs": 50, "lr_drop": 40, "lr_gamma": 0.1}
     assert config["train"]["batch_size"] == 32
     augment = config["augment"]
     assert augment["scales"] == [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]

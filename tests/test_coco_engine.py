@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from datasets.coco import load_coco_index
+from datasets.coco_evaluation import COCO_METRIC_NAMES, coco_metrics
 from datasets.synthetic_coco import SyntheticCocoSpec, generate_synthetic_coco
-from detr2d.engine.checkpoint import atomic_save, capture_rng_state, restore_rng_state
-from detr2d.engine.data import ShardSampler
-from detr2d.engine.evaluate import COCO_METRIC_NAMES, coco_metrics
-from detr2d.engine.optim import build_lr_scheduler, build_optimizer, param_groups
-from detr2d.engine.visualize import draw_detections
+from detr2d.runtime.checkpoint import capture_rng_state, restore_rng_state
+from detr2d.runtime.data import ShardSampler
+from detr2d.runtime.io import atomic_save
+from detr2d.runtime.optim import build_lr_scheduler, build_optimizer, param_groups
+from detr2d.visualize import draw_detections
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +76,7 @@ def test_fused_adamw_equals_the_loop_implementation() -> None:
 
 def test_step_schedule_drops_lr() -> None:
     optimizer = torch.optim.AdamW(nn.Linear(1, 1).parameters(), lr=1.0)
-    scheduler = build_lr_scheduler(optimizer, {"lr_drop": 2, "lr_gamma": 0.1})
+    scheduler = build_lr_scheduler(optimizer, {"policy": "step", "lr_drop": 2, "lr_gamma": 0.1}, 1)
     lrs = []
     for _ in range(5):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -115,7 +116,7 @@ def test_process_killed_while_saving_leaves_no_corrupt_checkpoint(tmp_path: Path
     script = f"""
 import os, signal, sys, torch
 sys.path.insert(0, {str(REPO)!r})
-from detr2d.engine.checkpoint import atomic_save
+from detr2d.runtime.io import atomic_save
 atomic_save({{"epoch": 1, "w": torch.ones(1000)}}, {str(path)!r})
 os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)
 atomic_save({{"epoch": 2, "w": torch.zeros(100000)}}, {str(path)!r})

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from configs import load_config
+from datasets.coco_evaluation import COCO_METRIC_NAMES
 from datasets.synthetic_coco import SyntheticCocoSpec, generate_synthetic_coco
-from detr2d.engine.build import build_detector
-from detr2d.engine.evaluate import COCO_METRIC_NAMES
-from detr2d.engine.predict import run_predict
-from detr2d.engine.trainer import run_training
+from detr2d.runtime.evaluate import run_predict
+from detr2d.runtime.fit import fit
+from detr2d.task import CocoDetectionTask
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "detr2d" / "demo.py"
@@ -67,12 +67,12 @@ def _cli(args: list[str], nproc: int = 1, timeout: int = 300) -> subprocess.Comp
 
 def test_resume_equals_uninterrupted_run(tiny_root: Path, tmp_path: Path) -> None:
     config = load_config(DEMO, [*tiny_overrides(tiny_root), "schedule.epochs=2", "train.eval_every=0"])
-    run_training(config, tmp_path / "full")
+    fit(CocoDetectionTask(config), tmp_path / "full")
     stopped = {**config, "schedule": {**config["schedule"], "epochs": 1}}
-    run_training(stopped, tmp_path / "part")
+    fit(CocoDetectionTask(stopped), tmp_path / "part")
     with pytest.raises(FileExistsError, match="--resume"):
-        run_training(config, tmp_path / "part")  # never overwrites an earlier run
-    run_training(config, tmp_path / "part", resume=tmp_path / "part" / "checkpoint.pth")
+        fit(CocoDetectionTask(config), tmp_path / "part")  # never overwrites an earlier run
+    fit(CocoDetectionTask(config), tmp_path / "part", resume=tmp_path / "part" / "checkpoint.pth")
 
     full = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=False)
     resumed = torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=False)
@@ -85,15 +85,15 @@ def test_resume_equals_uninterrupted_run(tiny_root: Path, tmp_path: Path) -> Non
     assert full["lr_scheduler"] == resumed["lr_scheduler"]
     assert full["optimizer"]["param_groups"][0]["lr"] == pytest.approx(config["optim"]["lr"] * 0.01)
     log = [json.loads(line) for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [0, 1]
+    assert [r["epoch"] for r in log if "train" in r] == [0, 1]
 
 
 def test_torchrun_two_processes_train_and_gather(tiny_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     overrides = [*tiny_overrides(tiny_root), "schedule.epochs=1", "train.eval_every=1"]
     _cli(["tools/train.py", str(DEMO), "--out", str(out), *overrides], nproc=2)
-    (record,) = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert record["val_images"] == NUM_VAL  # each process evaluated 2 images; rank 0 scored all 4
+    (record,) = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "train" in r]
+    assert record["val_samples"] == NUM_VAL  # each process evaluated 2 images; rank 0 scored all 4
     assert set(record["val"]) == set(COCO_METRIC_NAMES)
     assert record["train"]["loss"] > 0
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=False)
@@ -114,7 +114,7 @@ def test_torchrun_two_processes_train_and_gather(tiny_root: Path, tmp_path: Path
 
 def test_tools_test_on_official_format_checkpoint(tiny_root: Path, tmp_path: Path) -> None:
     overrides = tiny_overrides(tiny_root)
-    model, _, _ = build_detector(load_config(DEMO, overrides), torch.device("cpu"))
+    model = CocoDetectionTask(load_config(DEMO, overrides)).build_model()
     official = {"model": model.state_dict(), "args": argparse.Namespace(lr=2e-4), "epoch": 49}
     torch.save(official, tmp_path / "official.pth")
     proc = _cli(
@@ -138,11 +138,12 @@ def test_tools_test_on_official_format_checkpoint(tiny_root: Path, tmp_path: Pat
 
 def test_predict_draws_images_and_writes_json(tiny_root: Path, tmp_path: Path) -> None:
     config = load_config(DEMO, tiny_overrides(tiny_root))
-    model, _, _ = build_detector(config, torch.device("cpu"))
-    torch.save({"model": model.state_dict()}, tmp_path / "weights.pth")
-    records = run_predict(
-        config, tmp_path / "weights.pth", [tiny_root / "val2017"], tmp_path / "pred", 0.0, limit=2
+    task = CocoDetectionTask(config)
+    torch.save({"model": task.build_model().state_dict()}, tmp_path / "weights.pth")
+    records, errors = run_predict(
+        task, tmp_path / "weights.pth", [tiny_root / "val2017"], tmp_path / "pred", 0.0, limit=2
     )
+    assert errors == []
     assert len(records) == 2
     for record in records:
         assert Path(record["output"]).is_file() and Path(record["output"]).suffix == ".png"

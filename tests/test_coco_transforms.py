@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 from datasets.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    RandomResize,
     ToTensor,
     build_transforms,
     crop,
     hflip,
     resize,
+    resize_pixels,
     resized_shape,
 )
 
@@ -142,3 +144,29 @@ def test_eval_pipeline_is_deterministic_resize() -> None:
         99,
     )  # 64 × 1.6 would exceed 100: short side round(62.5) = 62, long int(99.2)
     np.testing.assert_allclose(target["boxes"][0].numpy(), [4 / 80, 2.5 / 50, 8 / 80, 5 / 50], rtol=1e-5)
+
+
+@pytest.mark.parametrize("interpolation", ["pil", "cv2"])
+def test_train_interpolation_choice(interpolation: str) -> None:
+    """``train_interpolation`` picks the training resize filter; the eval pipeline always uses Pillow's."""
+    image = np.random.default_rng(0).integers(0, 256, size=(90, 120, 3), dtype=np.uint8)
+    transform = build_transforms(
+        True,
+        scales=[48],
+        max_size=None,
+        crop_resize_sizes=None,
+        flip_prob=0.0,
+        train_interpolation=interpolation,
+    )
+    tensor, _ = transform(image, _target([[0, 0, 10, 10]]), np.random.default_rng(0))
+    expected, _ = ToTensor()(
+        resize_pixels(image, 48, 64, interpolation), _target([]), np.random.default_rng(0)
+    )
+    torch.testing.assert_close(tensor, expected, rtol=0, atol=0)
+    other = resize_pixels(image, 48, 64, "cv2" if interpolation == "pil" else "pil")
+    assert not np.array_equal(other, resize_pixels(image, 48, 64, interpolation))
+
+
+def test_random_resize_rejects_unknown_interpolation() -> None:
+    with pytest.raises(ValueError, match=r"interpolation must be one of \('pil', 'cv2'\), got 'nearest'"):
+        RandomResize([64], interpolation="nearest")

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from detr2d import HungarianMatcher, PostProcess, build_criterion, sigmoid_focal_loss
-from detr2d import criterion as criterion_module
 from detr2d.box_ops import (
     aligned_generalized_box_iou,
     apply_box_delta,
@@ -19,6 +18,7 @@ from detr2d.box_ops import (
     generalized_box_iou,
     inverse_sigmoid,
 )
+from detr2d.runtime import losses as losses_module
 
 
 def random_outputs(batch: int, queries: int, classes: int, seed: int) -> dict:
@@ -109,7 +109,7 @@ def test_each_loss_term_by_hand() -> None:
     losses = criterion(outputs, targets)
     onehot = torch.tensor([[[0.0, 0.0], [0.0, 1.0]]])
     expected_ce = sigmoid_focal_loss(outputs["pred_logits"], onehot).sum()  # / 1 box
-    torch.testing.assert_close(losses["loss_ce"], expected_ce)
+    torch.testing.assert_close(losses["loss_cls"], expected_ce)
     assert losses["loss_bbox"].item() == pytest.approx(0.1 + 0.0 + 0.0 + 0.2)
     # pred xyxy (0.4, 0.4, 0.6, 0.6), target (0.5, 0.3, 0.7, 0.7): inter 0.1 * 0.2, union 0.04 + 0.08 - 0.02,
     # hull 0.3 * 0.4
@@ -118,12 +118,12 @@ def test_each_loss_term_by_hand() -> None:
     assert losses["loss_giou"].item() == pytest.approx(1 - giou)
     assert losses["class_error"].item() == 0.0
     total = criterion.weighted_total(losses)
-    expected = 2 * losses["loss_ce"] + 5 * losses["loss_bbox"] + 2 * losses["loss_giou"]
+    expected = 2 * losses["loss_cls"] + 5 * losses["loss_bbox"] + 2 * losses["loss_giou"]
     torch.testing.assert_close(total, expected)
 
 
 def test_aux_and_encoder_losses() -> None:
-    """``_{i}`` terms for aux layers; ``_enc`` terms matched class-agnostically (every label 0)."""
+    """``d{i}.`` terms for aux layers; ``enc.`` terms matched class-agnostically (every label 0)."""
     criterion = build_criterion(num_classes=2, decoder_layers=2)
     outputs, targets = hand_case()
     enc = {
@@ -132,15 +132,15 @@ def test_aux_and_encoder_losses() -> None:
     }
     full = {**outputs, "aux_outputs": [dict(outputs)], "enc_outputs": enc}
     losses = criterion(full, targets)
-    for suffix in ("", "_0", "_enc"):
-        assert {f"loss_ce{suffix}", f"loss_bbox{suffix}", f"loss_giou{suffix}"} <= set(losses)
-    torch.testing.assert_close(losses["loss_ce_0"], losses["loss_ce"])
-    assert losses["loss_bbox_enc"].item() == pytest.approx(0.0, abs=1e-6)
+    for prefix in ("", "d0.", "enc."):
+        assert {f"{prefix}loss_cls", f"{prefix}loss_bbox", f"{prefix}loss_giou"} <= set(losses)
+    torch.testing.assert_close(losses["d0.loss_cls"], losses["loss_cls"])
+    assert losses["enc.loss_bbox"].item() == pytest.approx(0.0, abs=1e-6)
     expected_ce = sigmoid_focal_loss(enc["pred_logits"], torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])).sum()
-    torch.testing.assert_close(losses["loss_ce_enc"], expected_ce)
+    torch.testing.assert_close(losses["enc.loss_cls"], expected_ce)
     assert torch.isfinite(criterion.weighted_total(losses))
-    with pytest.raises(ValueError, match=r"no weight for loss terms \['loss_bbox_1'"):
-        criterion.weighted_total({**losses, "loss_bbox_1": losses["loss_bbox"]})
+    with pytest.raises(ValueError, match=r"no weight for loss terms \['d1.loss_bbox'\]"):
+        criterion.weighted_total({**losses, "d1.loss_bbox": losses["loss_bbox"]})
 
 
 def test_normalization_by_boxes_and_processes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,11 +149,11 @@ def test_normalization_by_boxes_and_processes(monkeypatch: pytest.MonkeyPatch) -
     outputs = random_outputs(1, 6, 3, seed=0)
     targets = random_targets([3], 3, seed=0)
     local = criterion(outputs, targets)
-    monkeypatch.setattr(criterion_module.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(criterion_module.dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(criterion_module.dist, "all_reduce", lambda t: t.add_(5.0))
+    monkeypatch.setattr(losses_module.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(losses_module.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(losses_module.dist, "all_reduce", lambda t: t.add_(5.0))
     averaged = criterion(outputs, targets)
-    for key in ("loss_ce", "loss_bbox", "loss_giou"):
+    for key in ("loss_cls", "loss_bbox", "loss_giou"):
         torch.testing.assert_close(averaged[key], local[key] * 3 / 4)
 
 
@@ -162,7 +162,7 @@ def test_no_targets_gives_pure_negative_loss() -> None:
     outputs, _ = hand_case()
     losses = criterion(outputs, [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}])
     torch.testing.assert_close(
-        losses["loss_ce"], sigmoid_focal_loss(outputs["pred_logits"], torch.zeros(1, 2, 2)).sum()
+        losses["loss_cls"], sigmoid_focal_loss(outputs["pred_logits"], torch.zeros(1, 2, 2)).sum()
     )
     assert losses["loss_bbox"].item() == 0.0 and losses["loss_giou"].item() == 0.0
 

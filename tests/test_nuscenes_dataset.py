@@ -112,7 +112,9 @@ def test_boxes_are_filtered_to_range_classes_and_valid_flags(val_infos):  # noqa
 def test_missing_image_and_empty_infos_are_named(val_infos, tmp_path):  # noqa: F811
     broken = copy.deepcopy(val_infos)
     broken["samples"][0]["cameras"]["CAM_BACK"]["path"] = "samples/CAM_BACK/gone.jpg"
-    with pytest.raises(FileNotFoundError, match=r"image file not found: .*gone\.jpg \(CAM_BACK of sample"):
-        NuScenesMultiViewDataset(broken)[0]
+    with pytest.raises(
+        FileNotFoundError, match=r"1 camera image file\(s\) .* not found .*gone\.jpg \(CAM_BACK of sample"
+    ):
+        NuScenesMultiViewDataset(broken)
     with pytest.raises(ValueError, match="hold no samples"):
         NuScenesMultiViewDataset({**val_infos, "samples": []})

@@ -70,3 +70,99 @@ def test_just_in_time_build_matches_reference(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "jit ok" in done.stdout
+
+
+@pytest.fixture
+def cuda_torch_without_gpu(monkeypatch):
+    """A CUDA build of torch, a CUDA toolkit on disk, no GPU visible (a typical build machine)."""
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(extension, "_cuda_home", lambda: "/usr/local/cuda")
+    monkeypatch.delenv("FORCE_CUDA", raising=False)
+    monkeypatch.delenv("DEFORMBEV_MSDA_NO_CUDA", raising=False)
+
+
+def test_cuda_kernels_are_built_without_a_visible_gpu(cuda_torch_without_gpu, monkeypatch):
+    assert extension.build_cuda_kernels()
+    assert not extension._want_cuda()  # a just-in-time build compiles CUDA only where it can run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert extension._want_cuda()
+
+
+def test_cuda_kernels_need_cuda_torch_and_a_toolkit(cuda_torch_without_gpu, monkeypatch):
+    monkeypatch.setattr(extension, "_cuda_home", lambda: None)
+    assert not extension.build_cuda_kernels()
+    monkeypatch.setenv("FORCE_CUDA", "1")
+    assert extension.build_cuda_kernels()
+    monkeypatch.setenv("DEFORMBEV_MSDA_NO_CUDA", "1")
+    assert not extension.build_cuda_kernels()
+    monkeypatch.delenv("FORCE_CUDA")
+    monkeypatch.delenv("DEFORMBEV_MSDA_NO_CUDA")
+    monkeypatch.setattr(extension, "_cuda_home", lambda: "/usr/local/cuda")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert not extension.build_cuda_kernels()
+
+
+def test_setup_builds_cuda_by_the_same_rule():
+    """setup.py asks ops/extension.py (loaded from its file) instead of requiring a visible GPU."""
+    source = (ROOT / "setup.py").read_text()
+    assert "extension.build_cuda_kernels()" in source
+    assert "torch.cuda.is_available" not in source
+
+
+@pytest.fixture
+def library_without_cuda_kernels(monkeypatch):
+    """A loaded CPU-only library in a process that sees a GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(
+        extension, "load_native", lambda: extension.NativeStatus(cpu=True, cuda=False, source="aot")
+    )
+    registered = {"cuda": False}
+    monkeypatch.setattr(extension, "_cuda_registered", lambda: registered["cuda"])
+    extension.ensure_cuda_kernels.cache_clear()
+    yield registered
+    extension.ensure_cuda_kernels.cache_clear()
+
+
+def test_cuda_tensors_without_cuda_kernels_warn_once_naming_the_fix(
+    library_without_cuda_kernels, monkeypatch
+):
+    monkeypatch.setattr(extension, "build_cuda_kernels", lambda: False)
+    with pytest.warns(RuntimeWarning, match="NO CUDA KERNELS") as record:
+        assert functional.available_backends() == ("reference", "cpu")
+    message = str(record[0].message)
+    assert "no CUDA toolkit was found" in message and "CUDA_HOME" in message
+    assert "pip install --no-build-isolation -e ." in message and "DEFORMBEV_MSDA_JIT=1" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        assert functional.available_backends() == ("reference", "cpu")
+    assert functional.resolve_backend(torch.device("cuda")) == "reference"
+
+
+def test_missing_cuda_kernels_are_compiled_just_in_time(library_without_cuda_kernels, monkeypatch):
+    builds = []
+
+    def build() -> None:
+        builds.append("cuda")
+        library_without_cuda_kernels["cuda"] = True
+
+    monkeypatch.setattr(extension, "build_cuda_kernels", lambda: True)
+    monkeypatch.setattr(extension, "_build_jit_cuda_kernels", build)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert functional.available_backends() == ("reference", "cpu", "cuda")
+        assert functional.available_backends() == ("reference", "cpu", "cuda")
+    assert builds == ["cuda"]
+
+
+def test_failed_just_in_time_cuda_build_warns_with_the_compiler_error(
+    library_without_cuda_kernels, monkeypatch
+):
+    def fail() -> None:
+        raise RuntimeError("nvcc fatal: Unsupported gpu architecture 'compute_200'")
+
+    monkeypatch.setattr(extension, "build_cuda_kernels", lambda: True)
+    monkeypatch.setattr(extension, "_build_jit_cuda_kernels", fail)
+    with pytest.warns(RuntimeWarning, match="NO CUDA KERNELS.*Unsupported gpu architecture"):
+        assert not extension.ensure_cuda_kernels()

@@ -33,7 +33,7 @@ stamp "3/4 COCO evaluation of the val split -> $OUT/eval"
 
 stamp "4/4 predictions on 8 val images -> $OUT/predict"
 "$PYTHON" tools/predict.py "$CONFIG" "$OUT/checkpoint.pth" "$DATA/val2017" --limit 8 --score-threshold 0.35 \
-  --out "$OUT/predict" --set "data.root=$DATA"
+  --out "$OUT/predict" "data.root=$DATA"
 
 ap=$("$PYTHON" -c "import json, sys; print(f\"{json.load(open(sys.argv[1]))['AP']:.3f}\")" "$OUT/eval/metrics.json")
 stamp "done in $(($(date +%s) - start)) s: COCO AP (IoU .50:.95) on the synthetic val split = $ap (target >= 0.5)"

@@ -44,7 +44,7 @@ stamp "4/5 official nuScenes evaluation of the val split -> $OUT/eval"
 
 stamp "5/5 BEV and camera pictures of 6 val samples -> $OUT/predict"
 "$PYTHON" tools/predict.py "$CONFIG" "$OUT/checkpoint.pth" "$DATA/infos/nuscenes_infos_synthetic_val.json" \
-  --limit 6 --score-threshold 0.3 --out "$OUT/predict" --set "${DATA_ARGS[@]}"
+  --limit 6 --score-threshold 0.3 --out "$OUT/predict" "${DATA_ARGS[@]}"
 
 read -r nds map < <("$PYTHON" -c "import json, sys; m = json.load(open(sys.argv[1])); print(f\"{m['NDS']:.3f} {m['mAP']:.3f}\")" "$OUT/eval/metrics.json")
 stamp "done in $(($(date +%s) - start)) s: nuScenes NDS = $nds (target >= 0.35), mAP = $map on the synthetic val split"

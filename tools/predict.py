@@ -1,49 +1,43 @@
-"""Detect objects in images: ``python tools/predict.py CONFIG CKPT IMAGE_OR_FOLDER... [--out DIR]``.
+"""Draw detections: ``python tools/predict.py CONFIG CKPT INPUT... [key=value ...] [--out DIR]``.
 
-Writes DIR/<image>.png with boxes, class names and scores drawn, and DIR/predictions.json. For a BEV
-config the inputs are nuScenes infos files: DIR/<token>_bev.png and DIR/<token>_cameras.jpg per sample.
+COCO configs: INPUTs are image files and/or folders of images; writes DIR/<image>.png with boxes, class
+names and scores drawn. BEV configs: INPUTs are nuScenes infos files; writes DIR/<token>_bev.png and
+DIR/<token>_cameras.jpg per sample. Both write DIR/predictions.json (one record per input, and one
+``{"input", "error"}`` entry per input that could not be read: those are skipped, and the exit status
+is 1). Trailing ``key=value`` items override the config, as in tools/train.py (an existing path is
+always an input).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configs import load_config  # noqa: E402
-from detr2d.engine.logs import setup_logging  # noqa: E402
-
-# task → "module:function(config, checkpoint, inputs, out_dir, score_threshold, limit)"
-TASKS = {
-    "coco_detection": "detr2d.engine.predict:run_predict",
-    "nuscenes_detection": "bev.engine.predict:run_bev_predict",
-}
+from detr2d.runtime.cli import load_task, parser_with_config, split_overrides  # noqa: E402
+from detr2d.runtime.evaluate import run_predict  # noqa: E402
+from detr2d.runtime.logs import setup_logging  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("config")
+    parser = parser_with_config(__doc__)
     parser.add_argument("checkpoint")
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images (BEV: infos files)")
+    parser.add_argument("items", nargs="+", help="inputs (files, folders; BEV: infos files) and key=value")
     parser.add_argument("--out", default="work_dirs/predict", help="output folder (default: %(default)s)")
     parser.add_argument(
         "--score-threshold", type=float, default=0.5, help="draw detections scoring at least this"
     )
     parser.add_argument("--limit", type=int, help="process only the first N images (BEV: per infos file)")
-    parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="config overrides key=value")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
+    inputs, overrides = split_overrides(args.items)
+    task = load_task(args, overrides)
+    if not inputs:
+        parser.error("no inputs: pass image files / folders (BEV: infos files)")
     setup_logging(None, is_main=True)
-    config = load_config(args.config, args.overrides)
-    if config["task"] not in TASKS:
-        parser.error(f"config task {config['task']!r} has no prediction; known: {sorted(TASKS)}")
-    module, function = TASKS[config["task"]].split(":")
-    run = getattr(importlib.import_module(module), function)
-    run(config, args.checkpoint, args.inputs, args.out, args.score_threshold, args.limit)
+    _, errors = run_predict(task, args.checkpoint, inputs, args.out, args.score_threshold, args.limit)
+    if errors:
+        sys.exit(f"{len(errors)} input(s) could not be read; see {Path(args.out) / 'predictions.json'}")
 
 
 if __name__ == "__main__":

@@ -1,51 +1,44 @@
-"""Train a config: ``python tools/train.py CONFIG [--resume CKPT] [--seed N] [--out DIR] [key=value ...]``.
+"""Train a config: ``python tools/train.py CONFIG [key=value ...] [--resume CKPT | --init-from CKPT]``.
 
 Runs alone or under ``torchrun --nproc_per_node N`` (DistributedDataParallel: NCCL on GPUs, gloo on the
-CPU). ``key=value`` overrides any config entry (dotted keys, e.g. ``optim.lr=1e-4``). The training run
-is chosen by the config's ``task``.
+CPU). ``key=value`` overrides any config entry (dotted keys, e.g. ``optim.lr=1e-4``; the value must fit
+the entry's type). The config's ``task`` chooses the detector; the loop is the runtime's ``fit``.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configs import load_config  # noqa: E402
-from detr2d.engine.distributed import shutdown_distributed  # noqa: E402
-
-# task → "module:function(config, out_dir, resume)"
-TASKS = {
-    "coco_detection": "detr2d.engine.trainer:run_training",
-    "nuscenes_detection": "bev.engine.trainer:run_bev_training",
-}
+from detr2d.runtime.cli import load_task, parser_with_config  # noqa: E402
+from detr2d.runtime.distributed import shutdown_distributed  # noqa: E402
+from detr2d.runtime.fit import fit  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("config", help="config file, e.g. configs/detr2d/deformable_detr.py")
+    parser = parser_with_config(__doc__)
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
-    parser.add_argument("--resume", help="training checkpoint to continue exactly")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", help="training checkpoint to continue exactly")
+    start.add_argument(
+        "--init-from",
+        help="checkpoint whose matching weights start a new run (fine-tuning; config: init_from)",
+    )
     parser.add_argument("--seed", type=int, help="shortcut for train.seed=N")
     parser.add_argument(
         "--out", help="output folder (default: the resumed checkpoint's, else work_dirs/<config>)"
     )
     args = parser.parse_intermixed_args()
     overrides = args.overrides + ([f"train.seed={args.seed}"] if args.seed is not None else [])
-    config = load_config(args.config, overrides)
-    if config["task"] not in TASKS:
-        parser.error(f"config task {config['task']!r} has no training; known: {sorted(TASKS)}")
-    module, function = TASKS[config["task"]].split(":")
+    task = load_task(args, overrides)
     out = args.out or (
         Path(args.resume).parent if args.resume else Path("work_dirs") / Path(args.config).stem
     )
+    init_from = args.init_from or task.config.get("init_from")
     try:
-        getattr(importlib.import_module(module), function)(config, out, resume=args.resume)
+        fit(task, out, resume=args.resume, init_from=None if args.resume else init_from)
     finally:
         shutdown_distributed()
 

@@ -8,7 +8,7 @@ task = "nuscenes_detection"  # tools/train.py, test.py and predict.py dispatch o
 
 model = dict(
     name="bevformer_base",  # ResNet-101 C3-C5 -> 4 FPN levels, BEV 200 x 200, 6 encoder layers
-    pretrained=None,  # path of a torchvision ImageNet ResNet state_dict (the release starts from FCOS3D)
+    pretrained="ckpts/r101_dcn_fcos3d_pretrain.pth",  # the release starts from this FCOS3D checkpoint
     op_backend=None,  # deformable attention op backend: None = best available
 )
 
@@ -32,7 +32,8 @@ optim = dict(
     linear_proj_names=[],
     clip_max_norm=35.0,  # gradient L2 norm clip
 )
-schedule = dict(
+schedule = dict(  # stepped every iteration
+    policy="warmup_cosine",
     epochs=24,
     warmup_iters=500,  # linear warmup from warmup_ratio x lr, then cosine to min_lr_ratio x lr
     warmup_ratio=1.0 / 3,
@@ -42,8 +43,13 @@ train = dict(
     batch_size=8,  # total over all processes (published: 8 GPUs x 1)
     eval_every=1,  # epochs; 0 = evaluate only through tools/test.py
     keep_every=1,  # besides checkpoint.pth (latest), keep checkpoint{epoch:04}.pth every N epochs (0 = never)
-    amp=None,  # None or "bf16" (GPU only)
+    amp=None,  # None, "bf16" or "fp16" (mixed precision on the CPU or GPU; fp16 with loss scaling)
     seed=0,
     deterministic=False,
     progress=True,  # tqdm progress bar on rank 0
+    log_every=50,  # iterations between {"iter": ...} records in log.jsonl (0: epochs only)
+    tensorboard=True,  # also write TensorBoard events when the optional tensorboard package is installed
+)
+init_from = (
+    None  # checkpoint whose matching weights start a fresh run (fine-tuning; tools/train.py --init-from)
 )

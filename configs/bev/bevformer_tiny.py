@@ -2,5 +2,5 @@
 
 _base_ = "base.py"
 
-model = dict(name="bevformer_tiny")
+model = dict(name="bevformer_tiny", pretrained="torchvision://resnet50")
 data = dict(image_size=[800, 450], num_history=2)

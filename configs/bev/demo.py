@@ -15,6 +15,7 @@ _base_ = "base.py"
 model = dict(  # the bev_demo variant's sizes, spelled out so that they can be overridden
     name="bev_demo",
     return_layers=["layer2"],  # stride 8 only: the stem, layer1 and layer2 of the ResNet run
+    pretrained=None,  # from scratch (trainable batch norm below)
     backbone_norm="bn",  # trainable batch norm: from scratch, frozen identity statistics normalize nothing
     backbone_trainable_layers=5,  # stem and layer1 learn too
     num_levels=1,

@@ -8,6 +8,7 @@ task = "coco_detection"  # tools/test.py dispatches on this
 model = dict(
     name="deformable_detr",  # see detr2d.build_model
     backbone="resnet50",
+    pretrained="torchvision://resnet50",  # ImageNet weights (file, URL or torchvision://); none: scratch
     num_classes=91,  # COCO category ids are the labels (max id 90)
     num_queries=300,
     embed_dims=256,
@@ -58,7 +59,8 @@ optim = dict(
     linear_proj_names=["sampling_offsets", "reference_points"],
     clip_max_norm=0.1,  # gradient L2 norm clip (0 disables)
 )
-schedule = dict(
+schedule = dict(  # stepped every iteration
+    policy="step",
     epochs=50,
     lr_drop=40,  # StepLR: lr × lr_gamma every lr_drop epochs
     lr_gamma=0.1,
@@ -68,8 +70,13 @@ train = dict(
     eval_batch_size=2,  # per process
     eval_every=1,  # epochs; 0 = evaluate only through tools/test.py
     keep_every=5,  # besides checkpoint.pth (latest), keep checkpoint{epoch:04}.pth every N epochs (0 = never)
-    amp=None,  # None, "bf16" or "fp16" (GPU only)
+    amp=None,  # None, "bf16" or "fp16" (mixed precision on the CPU or GPU; fp16 with loss scaling)
     seed=42,
     deterministic=False,  # torch.use_deterministic_algorithms (for exact reproducibility tests)
     progress=True,  # tqdm progress bar on rank 0
+    log_every=50,  # iterations between {"iter": ...} records in log.jsonl (0: epochs only)
+    tensorboard=True,  # also write TensorBoard events when the optional tensorboard package is installed
+)
+init_from = (
+    None  # checkpoint whose matching weights start a fresh run (fine-tuning; tools/train.py --init-from)
 )

@@ -11,6 +11,7 @@ _base_ = "base.py"
 model = dict(
     name="deformable_detr_two_stage",
     backbone="resnet18",
+    pretrained=None,  # from scratch (trainable batch norm below)
     backbone_norm="bn",
     backbone_trainable_layers=5,  # stem and layer1 learn too
     num_classes=5,  # category ids 1-4 (circle, square, triangle, cross); 0 unused

@@ -9,7 +9,6 @@ by mistake).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from nuscenes.eval.common.utils import quaternion_yaw
 from pyquaternion import Quaternion
 
+from datasets.files import read_json
 from datasets.nuscenes.constants import CAN_BUS_DIM
 
 #: Scenes the devkit's ``NuScenesCanBus`` refuses (no CAN data recorded).
@@ -44,7 +44,7 @@ class CanBusReader:
             )
             path = None if self.directory is None else self.directory / f"{scene_name}_pose.json"
             if readable and path is not None and path.is_file():
-                messages = sorted(json.loads(path.read_text()), key=lambda message: message["utime"])
+                messages = sorted(read_json(path, "CAN bus pose"), key=lambda message: message["utime"])
                 if messages:
                     utimes = np.array([message["utime"] for message in messages])
                     self._poses[scene_name] = (utimes, messages)

@@ -1,4 +1,5 @@
-"""Opens a nuScenes database with the devkit after checking the root, version and tables by name."""
+"""Opens a nuScenes database with the devkit after checking the root, version and tables by name; a table the
+devkit cannot read (empty, binary, truncated, not a list of records) is named in the error."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from nuscenes import NuScenes
 from nuscenes.utils.geometry_utils import transform_matrix
 from pyquaternion import Quaternion
 
+from datasets.files import read_json
 from datasets.nuscenes.constants import LIDAR_NAME
 
 #: The 13 tables ``NuScenes()`` reads from ``<root>/<version>/``.
@@ -51,10 +53,40 @@ def check_nuscenes_root(root: str | Path, version: str) -> Path:
     return table_dir
 
 
+def _table_problem(table_dir: Path) -> str | None:
+    """Why one of the tables cannot be read as a JSON list of records (naming its file), or None."""
+    for name in REQUIRED_TABLES:
+        path = table_dir / f"{name}.json"
+        try:
+            records = read_json(path, f"nuScenes {name} table")
+        except ValueError as error:
+            return str(error)
+        if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+            return f"nuScenes {name} table {path} is not a JSON list of records (objects)"
+    return None
+
+
 def open_nuscenes(root: str | Path, version: str, verbose: bool = False) -> NuScenes:
-    """Check ``root``/``version`` (see :func:`check_nuscenes_root`) and load it with the devkit."""
-    check_nuscenes_root(root, version)
-    return NuScenes(version=version, dataroot=str(root), verbose=verbose)
+    """Check ``root``/``version`` (see :func:`check_nuscenes_root`) and load it with the devkit.
+
+    Raises:
+        FileNotFoundError: see :func:`check_nuscenes_root`.
+        ValueError: the devkit failed on a table; the message names the table file that is empty, binary,
+            truncated or not a list of records (or the table folder when every table parses).
+    """
+    table_dir = check_nuscenes_root(root, version)
+    try:
+        return NuScenes(version=version, dataroot=str(root), verbose=verbose)
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+    ) as error:  # JSON/Unicode decode errors are ValueErrors
+        problem = _table_problem(table_dir) or (
+            f"nuscenes-devkit could not load the database {table_dir}: {type(error).__name__}: {error}"
+        )
+        raise ValueError(problem) from error
 
 
 def pose_matrix(record: dict) -> np.ndarray:

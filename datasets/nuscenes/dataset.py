@@ -18,6 +18,10 @@ One item (T = 1 + ``num_history`` frames, oldest first, the current frame last; 
 :func:`collate_nuscenes` stacks a batch: ``img`` (B, T, N, 3, H, W), ``lidar2img`` (B, T, N, 4, 4),
 ``can_bus`` (B, T, 18), ``ego_motion`` (B, T, 4, 4), ``history_valid`` (B, T), ``lidar2global`` (B, 4, 4),
 ``img_shape`` (B, 2); ``gt_boxes``, ``gt_labels``, ``sample_token``, ``scene_token`` stay lists of length B.
+
+Every camera file named by the infos must exist when the dataset is built (one error lists how many are
+missing and names one); a truncated or undecodable camera image raises an error naming the file, the
+camera and the sample token, or is skipped and counted (``on_bad_image="skip"``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datasets.files import BadImagePolicy, OnBadImage, missing_files, read_rgb
 from datasets.nuscenes.constants import CLASS_NAMES, POINT_CLOUD_RANGE
 from datasets.nuscenes.infos import load_infos
 
@@ -52,6 +57,9 @@ class NuScenesMultiViewDataset(Dataset):
         point_cloud_range: [x_min, y_min, z_min, x_max, y_max, z_max]; boxes whose centre is outside are
             dropped.
         use_valid_flag: drop boxes without any lidar or radar point (as BEVFormer trains).
+        on_bad_image: ``"raise"`` (default): a truncated or undecodable camera image raises ``ValueError``
+            naming the file, camera and sample. ``"skip"``: the next sample whose images are all good
+            is returned instead, a warning names the file and :attr:`num_skipped_images` counts it.
     """
 
     def __init__(
@@ -65,8 +73,15 @@ class NuScenesMultiViewDataset(Dataset):
         use_valid_flag: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        on_bad_image: OnBadImage = "raise",
     ) -> None:
         self.infos = infos if isinstance(infos, dict) else load_infos(infos)
+        source = (
+            f"infos of split {self.infos.get('split')!r}"
+            if isinstance(infos, dict)
+            else f"infos file {infos}"
+        )
+        self.bad_images = BadImagePolicy(on_bad_image, source)
         self.samples = self.infos["samples"]
         if not self.samples:
             raise ValueError(f"infos of split {self.infos.get('split')!r} hold no samples")
@@ -84,6 +99,26 @@ class NuScenesMultiViewDataset(Dataset):
         self.std = np.asarray(std, dtype=np.float32) * 255.0
         self.camera_names = list(self.infos["camera_names"])
         self._scene_position = self._index_scenes()
+        self._check_camera_files(source)
+
+    @property
+    def num_skipped_images(self) -> int:
+        """Samples skipped for a bad image so far (``on_bad_image="skip"``), DataLoader workers included."""
+        return self.bad_images.num_skipped
+
+    def _check_camera_files(self, source: str) -> None:
+        entries = {
+            self.data_root / sample["cameras"][channel]["path"]: (channel, sample["token"])
+            for sample in self.samples
+            for channel in self.camera_names
+        }
+        missing = missing_files(entries)
+        if missing:
+            channel, token = entries[missing[0]]
+            raise FileNotFoundError(
+                f"{len(missing)} camera image file(s) named by the {source} not found under data_root "
+                f"{self.data_root}, e.g. {missing[0]} ({channel} of sample {token})"
+            )
 
     def _index_scenes(self) -> list[tuple[list[int], int]]:
         """For each sample index: (sample indices of its scene in time order, its position in that list)."""
@@ -104,14 +139,7 @@ class NuScenesMultiViewDataset(Dataset):
         """Normalized CHW float32 image and the resized lidar2img (4, 4) of one camera."""
         camera = sample["cameras"][channel]
         path = self.data_root / camera["path"]
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"image file not found: {path} ({channel} of sample {sample['token']}; "
-                f"data_root {self.data_root})"
-            )
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise OSError(f"OpenCV could not decode image {path}")
+        image = read_rgb(path, f"{channel} of sample {sample['token']}")
         if image.shape[:2] != (camera["height"], camera["width"]):
             raise ValueError(
                 f"image {path} is {image.shape[1]}x{image.shape[0]} but the database says "
@@ -123,7 +151,7 @@ class NuScenesMultiViewDataset(Dataset):
             scale = np.diag([width / camera["width"], height / camera["height"], 1.0, 1.0])
             lidar2img = scale @ lidar2img
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-        image = (cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) - self.mean) / self.std
+        image = (image.astype(np.float32) - self.mean) / self.std
         return image.transpose(2, 0, 1), lidar2img
 
     def _ground_truth(self, sample: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -141,6 +169,9 @@ class NuScenesMultiViewDataset(Dataset):
         return boxes[keep], labels
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.bad_images.get(index, len(self), self._item)
+
+    def _item(self, index: int) -> dict[str, Any]:
         scene_indices, position = self._scene_position[index]
         positions = [max(position - offset, 0) for offset in range(self.num_history, -1, -1)]
         history_valid = np.array([position - offset >= 0 for offset in range(self.num_history, -1, -1)])

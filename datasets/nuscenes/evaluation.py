@@ -3,19 +3,29 @@
 Predictions are given per sample token as ``{"boxes": (K, 9), "scores": (K,), "labels": (K,)}`` (numpy arrays
 or tensors; box rows as in boxes.py, labels index ``class_names``). They are converted to the devkit's
 results JSON in the global frame and scored by ``DetectionEval`` with ``detection_cvpr_2019``.
+
+A split without a single predicted box (an early model whose boxes all fall outside the range) gets the
+devkit's own metrics for no predictions (mAP 0, NDS 0, every TP error 1): the devkit's box filter, which
+raises ``Invalid box type: None`` on a box set without boxes, is bypassed for that set only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 from nuscenes import NuScenes
 from nuscenes.eval.common.config import config_factory
+from nuscenes.eval.common.data_classes import EvalBoxes
+from nuscenes.eval.common.loaders import filter_eval_boxes
+from nuscenes.eval.detection import evaluate as devkit_evaluate
 from nuscenes.eval.detection.evaluate import DetectionEval
 
 from datasets.nuscenes.boxes import check_boxes, lidar_boxes_to_global
@@ -23,6 +33,7 @@ from datasets.nuscenes.constants import CLASS_NAMES, DEFAULT_ATTRIBUTE, MOVING_S
 from datasets.nuscenes.database import open_nuscenes, sample_lidar2global
 from datasets.nuscenes.splits import sample_tokens_of_split
 
+logger = logging.getLogger(__name__)
 EVAL_CONFIG = "detection_cvpr_2019"
 RESULTS_FILE = "results_nusc.json"
 METRICS_FILE = "metrics.json"
@@ -150,6 +161,15 @@ def _check_coverage(detections: Mapping[str, Any], split_tokens: list[str], spli
         )
 
 
+def _filter_eval_boxes_allowing_none(
+    nusc: NuScenes, eval_boxes: EvalBoxes, max_dist: dict[str, float], verbose: bool = False
+) -> EvalBoxes:
+    """The devkit's ``filter_eval_boxes``, except that a box set without any box passes unchanged."""
+    if not any(eval_boxes.boxes.values()):
+        return eval_boxes
+    return filter_eval_boxes(nusc, eval_boxes, max_dist, verbose=verbose)
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -185,15 +205,29 @@ def evaluate_nuscenes(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result_path = out_dir / RESULTS_FILE
-    result_path.write_text(json.dumps(detections_to_results(detections, nusc, class_names)))
-    evaluator = DetectionEval(
-        nusc,
-        config_factory(EVAL_CONFIG),
-        str(result_path),
-        eval_set=split,
-        output_dir=str(out_dir),
-        verbose=verbose,
-    )
+    results = detections_to_results(detections, nusc, class_names)
+    result_path.write_text(json.dumps(results))
+    no_boxes = not any(results["results"].values())
+    if no_boxes:
+        logger.warning(
+            "no predicted box in any of the %d samples of split %r: scoring them as the devkit scores "
+            "no predictions (mAP 0, NDS 0)",
+            len(split_tokens),
+            split,
+        )
+    with (
+        mock.patch.object(devkit_evaluate, "filter_eval_boxes", _filter_eval_boxes_allowing_none)
+        if no_boxes
+        else contextlib.nullcontext()
+    ):
+        evaluator = DetectionEval(
+            nusc,
+            config_factory(EVAL_CONFIG),
+            str(result_path),
+            eval_set=split,
+            output_dir=str(out_dir),
+            verbose=verbose,
+        )
     summary = evaluator.main(plot_examples=0, render_curves=False)
     metrics: dict[str, Any] = {"mAP": summary["mean_ap"], "NDS": summary["nd_score"]}
     metrics.update({short: summary["tp_errors"][name] for name, short in TP_ERROR_NAMES.items()})

@@ -34,6 +34,7 @@ import numpy as np
 from nuscenes import NuScenes
 from nuscenes.eval.detection.utils import category_to_detection_name
 
+from datasets.files import read_json
 from datasets.nuscenes.boxes import BOX_DIM, global_boxes_to_lidar
 from datasets.nuscenes.can_bus import CanBusReader
 from datasets.nuscenes.constants import CAMERA_NAMES, CLASS_NAMES, LIDAR_NAME
@@ -233,14 +234,10 @@ def create_nuscenes_infos(
 
 
 def load_infos(path: str | Path) -> dict[str, Any]:
-    """Read and check an infos file; ValueError naming the file and the problem on a wrong format."""
+    """Read and check an infos file; ValueError naming the file and the problem on an empty, binary,
+    truncated or otherwise malformed file or a wrong format."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"infos file not found: {path}")
-    try:
-        infos = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"infos file {path} is not valid JSON: {error}") from error
+    infos = read_json(path, "nuScenes infos")
     if not isinstance(infos, dict) or infos.get("format") != INFOS_FORMAT:
         raise ValueError(f"{path} is not a nuScenes infos file of format {INFOS_FORMAT!r}")
     if infos.get("format_version") != INFOS_FORMAT_VERSION:

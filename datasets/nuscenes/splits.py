@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from nuscenes import NuScenes
 from nuscenes.utils.splits import create_splits_scenes
+
+from datasets.files import read_json
 
 #: Which version suffix each predefined split needs (the same rule the devkit's evaluation asserts).
 SPLIT_VERSION_SUFFIX: dict[str, str] = {
@@ -34,7 +35,7 @@ def available_splits(nusc: NuScenes) -> list[str]:
     ]
     path = custom_splits_path(nusc)
     if path.is_file():
-        names += list(json.loads(path.read_text()))
+        names += list(read_json(path, "nuScenes custom splits"))
     return names
 
 
@@ -51,7 +52,7 @@ def scene_names_of_split(nusc: NuScenes, split: str) -> list[str]:
             f"unknown split {split!r}: not a predefined split ({sorted(SPLIT_VERSION_SUFFIX)}) "
             f"and no custom splits file {path}"
         )
-    custom = json.loads(path.read_text())
+    custom = read_json(path, "nuScenes custom splits")
     if split not in custom:
         raise ValueError(f"unknown split {split!r}: not predefined and not in {path} (has {sorted(custom)})")
     if not isinstance(custom[split], list):

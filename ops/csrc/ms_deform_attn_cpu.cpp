@@ -40,11 +40,10 @@ MSDA_MULTIVERSION void forward_items(const Args<scalar_t>& args, scalar_t* out, 
       const scalar_t* base = args.value + args.strides.level(n, m, args.starts[l]);
       for (int64_t p = 0; p < d.points; ++p) {
         const int64_t j = im * lp + l * d.points + p;
-        auto corners = bilinear_corners<acc_t>(static_cast<acc_t>(args.loc[2 * j]),
-                                               static_cast<acc_t>(args.loc[2 * j + 1]), height, width,
-                                               args.strides.position);
+        auto corners =
+            bilinear_corners<acc_t>(args.loc[2 * j], args.loc[2 * j + 1], height, width, args.strides.position);
         if (!corners.any) continue;
-        const acc_t a = static_cast<acc_t>(args.attn[j]);
+        const acc_t a = args.attn[j];
         for (int k = 0; k < 4; ++k) corners.weight[k] *= a;
 #pragma omp simd
         for (int64_t c = 0; c < d.channels; ++c) {
@@ -67,8 +66,8 @@ struct PlainAdd {
 // slice of grad_value, so no two tasks write the same element.
 template <typename scalar_t>
 MSDA_MULTIVERSION void backward_heads(const Args<scalar_t>& args, const scalar_t* grad_out,
-                                      at::opmath_type<scalar_t>* grad_value, scalar_t* grad_loc,
-                                      scalar_t* grad_attn, int64_t begin, int64_t end) {
+                                      at::opmath_type<scalar_t>* grad_value, at::opmath_type<scalar_t>* grad_loc,
+                                      at::opmath_type<scalar_t>* grad_attn, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const Dims& d = args.d;
   const int64_t lp = d.levels * d.points;
@@ -86,11 +85,10 @@ MSDA_MULTIVERSION void backward_heads(const Args<scalar_t>& args, const scalar_t
         PlainAdd<acc_t> add{grad_value + level_offset};
         for (int64_t p = 0; p < d.points; ++p) {
           const int64_t j = im * lp + l * d.points + p;
-          const auto corners = bilinear_corners<acc_t>(static_cast<acc_t>(args.loc[2 * j]),
-                                                       static_cast<acc_t>(args.loc[2 * j + 1]), height,
-                                                       width, args.strides.position);
+          const auto corners =
+              bilinear_corners<acc_t>(args.loc[2 * j], args.loc[2 * j + 1], height, width, args.strides.position);
           if (!corners.any) continue;  // gradients stay zero
-          const acc_t a = static_cast<acc_t>(args.attn[j]);
+          const acc_t a = args.attn[j];
           acc_t grad_a = 0, grad_w = 0, grad_h = 0;
 #pragma omp simd reduction(+ : grad_a, grad_w, grad_h)
           for (int64_t c = 0; c < d.channels; ++c) {
@@ -103,19 +101,30 @@ MSDA_MULTIVERSION void backward_heads(const Args<scalar_t>& args, const scalar_t
           for (int64_t c = 0; c < d.channels; ++c) {
             bilinear_scatter(corners, c, a * g_p[c], add);
           }
-          grad_attn[j] = static_cast<scalar_t>(grad_a);
-          grad_loc[2 * j] = static_cast<scalar_t>(a * grad_w * static_cast<acc_t>(width));
-          grad_loc[2 * j + 1] = static_cast<scalar_t>(a * grad_h * static_cast<acc_t>(height));
+          grad_attn[j] = grad_a;
+          grad_loc[2 * j] = a * grad_w * static_cast<acc_t>(width);
+          grad_loc[2 * j + 1] = a * grad_h * static_cast<acc_t>(height);
         }
       }
     }
   }
 }
 
+// All inputs on the CPU, checked before anything is read.
+Dims check_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+               const at::Tensor& sampling_loc, const at::Tensor& attn_weight) {
+  const Dims d = check_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn: the CPU kernels need CPU tensors, got value on ",
+              value.device());
+  check_levels_on_host(spatial_shapes, level_start_index, d.spatial);
+  return d;
+}
+
 // Inputs of the CPU kernels. When the queries sample value densely (Lq * L * P >= S, e.g. the
 // encoder) value is copied head-major, (N, M, S, D), so that a thread sampling one head reads a
 // contiguous block (3x faster on random locations); sparse samplers (e.g. a 300-query decoder) read
-// the (N, S, M, D) input in place rather than pay for the copy.
+// the (N, S, M, D) input in place rather than pay for the copy. Locations and weights are converted
+// to the compute type (a no-op when they already have it).
 struct CpuInputs {
   Dims d;
   bool head_major;
@@ -123,25 +132,22 @@ struct CpuInputs {
 
   CpuInputs(const at::Tensor& value_in, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
             const at::Tensor& sampling_loc, const at::Tensor& attn_weight)
-      : d(check_dims(value_in, spatial_shapes, level_start_index, sampling_loc, attn_weight)),
+      : d(check_cpu(value_in, spatial_shapes, level_start_index, sampling_loc, attn_weight)),
         head_major(d.queries * d.levels * d.points >= d.spatial),
         value(head_major ? value_in.transpose(1, 2).contiguous() : value_in.contiguous()),
         shapes(spatial_shapes.contiguous()),
         starts(level_start_index.contiguous()),
-        loc(sampling_loc.contiguous()),
-        attn(attn_weight.contiguous()) {
-    for (const auto* t : {&value_in, &spatial_shapes, &level_start_index, &sampling_loc, &attn_weight}) {
-      TORCH_CHECK(t->device().is_cpu(), "the CPU kernels need CPU tensors, got ", t->device());
-    }
-  }
+        loc(sampling_loc.to(at::toOpMathType(value_in.scalar_type())).contiguous()),
+        attn(attn_weight.to(at::toOpMathType(value_in.scalar_type())).contiguous()) {}
 
   template <typename scalar_t>
   Args<scalar_t> args() const {
+    using acc_t = at::opmath_type<scalar_t>;
     return {value.const_data_ptr<scalar_t>(),
             shapes.const_data_ptr<int64_t>(),
             starts.const_data_ptr<int64_t>(),
-            loc.const_data_ptr<scalar_t>(),
-            attn.const_data_ptr<scalar_t>(),
+            loc.const_data_ptr<acc_t>(),
+            attn.const_data_ptr<acc_t>(),
             d,
             head_major ? ValueStrides::head_major(d) : ValueStrides::position_major(d)};
   }
@@ -174,25 +180,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& sampling_loc, const at::Tensor& attn_weight, const at::Tensor& grad_output) {
   const CpuInputs in(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
   const Dims& d = in.d;
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({d.batch, d.queries, d.heads * d.channels}),
-              "grad_output must be (N, Lq, M * D), got ", grad_output.sizes());
-  const auto grad_c = grad_output.contiguous().to(value.scalar_type());
-  // Value gradients accumulate in the layout of in.value, in float for half/bfloat16.
-  auto grad_value_acc =
-      at::zeros(in.value.sizes(), value.options().dtype(at::toOpMathType(value.scalar_type())));
+  check_grad_output(grad_output, value, d);
+  const auto grad_c = grad_output.contiguous();
+  // Gradients accumulate in the compute type (value's in the layout of in.value) and are returned in
+  // the dtype of their input.
+  auto grad_value_acc = at::zeros(in.value.sizes(), in.loc.options());
   auto grad_loc = at::zeros_like(in.loc);
   auto grad_attn = at::zeros_like(in.attn);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_backward_cpu", [&] {
     const auto args = in.args<scalar_t>();
     const scalar_t* grad_p = grad_c.const_data_ptr<scalar_t>();
     auto* grad_value_p = grad_value_acc.mutable_data_ptr<at::opmath_type<scalar_t>>();
-    scalar_t* grad_loc_p = grad_loc.mutable_data_ptr<scalar_t>();
-    scalar_t* grad_attn_p = grad_attn.mutable_data_ptr<scalar_t>();
+    auto* grad_loc_p = grad_loc.mutable_data_ptr<at::opmath_type<scalar_t>>();
+    auto* grad_attn_p = grad_attn.mutable_data_ptr<at::opmath_type<scalar_t>>();
     at::parallel_for(0, d.batch * d.heads, 1, [&](int64_t begin, int64_t end) {
       backward_heads(args, grad_p, grad_value_p, grad_loc_p, grad_attn_p, begin, end);
     });
   });
-  return {in.to_input_layout(grad_value_acc, value.scalar_type()), grad_loc, grad_attn};
+  return {in.to_input_layout(grad_value_acc, value.scalar_type()), grad_loc.to(sampling_loc.scalar_type()),
+          grad_attn.to(attn_weight.scalar_type())};
 }
 
 }  // namespace

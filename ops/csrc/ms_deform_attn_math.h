@@ -17,6 +17,12 @@
 
 namespace msda {
 
+// True when a level of `height` x `width` positions starting at `start` lies inside a value tensor of
+// `spatial` positions (written so that no product can overflow, whatever the int64 inputs).
+MSDA_HOST_DEVICE bool level_in_bounds(int64_t start, int64_t height, int64_t width, int64_t spatial) {
+  return height > 0 && width > 0 && start >= 0 && start <= spatial && height <= (spatial - start) / width;
+}
+
 // The four bilinear corners of one sampling location, in the order
 // (h_low, w_low), (h_low, w_high), (h_high, w_low), (h_high, w_high).
 // For each corner: its element offset, its bilinear weight, and the derivatives of that weight with
@@ -37,8 +43,9 @@ MSDA_HOST_DEVICE Corners<acc_t> bilinear_corners(acc_t x, acc_t y, int64_t heigh
   Corners<acc_t> b;
   const acc_t h = y * static_cast<acc_t>(height) - acc_t(0.5);
   const acc_t w = x * static_cast<acc_t>(width) - acc_t(0.5);
-  // Written as a positive test so that NaN locations sample nothing. At exactly h = -1 (or w = -1)
-  // the value is zero but the slope towards the map is not, as in grid_sample: hence >=.
+  // Written as a positive test so that non-finite locations (NaN, +-inf) sample nothing and get zero
+  // gradients. At exactly h = -1 (or w = -1) the value is zero but the slope towards the map is not,
+  // as in grid_sample: hence >=.
   b.any = h >= acc_t(-1) && w >= acc_t(-1) && h < static_cast<acc_t>(height) &&
           w < static_cast<acc_t>(width);
   if (!b.any) {

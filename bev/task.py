@@ -1,0 +1,217 @@
+"""The multi-camera BEV detector on nuScenes-format data as a runtime task (``nuscenes_detection``)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+from datasets.nuscenes import (
+    NuScenesMultiViewDataset,
+    collate_nuscenes,
+    draw_bev,
+    draw_camera_boxes,
+    evaluate_nuscenes,
+)
+from datasets.nuscenes.constants import CLASS_NAMES
+from datasets.nuscenes.dataset import IMAGENET_MEAN, IMAGENET_STD
+from datasets.nuscenes.evaluation import TP_ERROR_NAMES
+from datasets.nuscenes.infos import infos_path
+from datasets.nuscenes.visualize import denormalize_images
+from detr2d.backbone import initialize_backbone
+from detr2d.runtime.data import build_eval_loader
+from detr2d.runtime.task import EvalResult, Records, Task
+
+from .builder import bev_model_settings, build_bev_criterion, build_bev_model
+from .loss import DetectionLoss3D
+from .sequential import SceneShardSampler, iterate_sequential
+
+logger = logging.getLogger(__name__)
+
+#: Batch keys the model reads (``datasets.nuscenes.collate_nuscenes`` layout); the rest stays on the CPU.
+MODEL_TENSOR_KEYS = ("img", "lidar2img", "ego_motion", "history_valid")
+TARGET_KEYS = ("gt_boxes", "gt_labels")
+SUMMARY_NAMES = ("mAP", *TP_ERROR_NAMES.values(), "NDS")
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    """Devkit-style summary of ``metrics.json``: mAP, TP errors, NDS, then AP and TP errors per class."""
+    lines = [f"{name}: {metrics[name]:.4f}" for name in SUMMARY_NAMES]
+    short = list(TP_ERROR_NAMES.items())
+    lines.append("")
+    lines.append(f"{'Object Class':<22}{'AP':>8}" + "".join(f"{s[1:]:>8}" for _, s in short))
+    for name, ap in metrics["per_class_AP"].items():
+        errors = metrics["per_class_tp_errors"].get(name, {})
+        cells = "".join(
+            f"{errors[key]:>8.3f}" if errors.get(key) is not None else f"{'nan':>8}" for key, _ in short
+        )
+        lines.append(f"{name:<22}{ap:>8.3f}{cells}")
+    return "\n".join(lines)
+
+
+def prev_tokens(dataset: Dataset) -> dict[str, str]:
+    """Sample token -> its scene's previous sample token ("" at a scene start), from the infos of a
+    :class:`NuScenesMultiViewDataset` or of a ``ConcatDataset`` / ``Subset`` of them."""
+    if isinstance(dataset, ConcatDataset):
+        return {k: v for part in dataset.datasets for k, v in prev_tokens(part).items()}
+    if isinstance(dataset, Subset):
+        return prev_tokens(dataset.dataset)
+    return {sample["token"]: sample["prev"] for sample in dataset.samples}
+
+
+class InfosFiles(ConcatDataset):
+    """The samples of several infos files for prediction (the first ``limit`` of each, in time order)."""
+
+    def __init__(self, datasets: Sequence[NuScenesMultiViewDataset], limit: int | None) -> None:
+        parts = [Subset(d, range(min(limit, len(d)))) if limit is not None else d for d in datasets]
+        super().__init__(parts)
+        self.errors: list[dict[str, str]] = []
+
+
+class NuScenesDetectionTask(Task):
+    """BEVFormer-style / DETR3D-style detection on nuScenes-format data.
+
+    Config sections: ``model`` (a variant ``name`` of :data:`bev.VARIANTS` plus :data:`bev.DEFAULTS`
+    keys), ``data`` (``root``, ``version``, ``infos_dir``, ``train_split``, ``val_split``, ``image_size``
+    (W, H), ``num_history``, ``num_workers``). Training samples carry ``num_history`` earlier frames; the
+    val split is run sequentially, scene by scene, with the previous BEV carried forward.
+    """
+
+    name = "nuscenes_detection"
+    unit = "samples"
+
+    def _model_settings(self) -> tuple[str, dict[str, Any]]:
+        settings = dict(self.config["model"])
+        return settings.pop("name"), settings
+
+    def build_model(self, pretrained: bool = False) -> nn.Module:
+        name, settings = self._model_settings()
+        model = build_bev_model(name, **settings)
+        if pretrained and settings.get("backbone_module") is None:
+            report = initialize_backbone(model.backbone, bev_model_settings(name, **settings)["pretrained"])
+            if report is not None:
+                logger.info("%s", report)
+        return model
+
+    def build_criterion(self) -> DetectionLoss3D:
+        name, settings = self._model_settings()
+        return build_bev_criterion(name, **settings)
+
+    def class_names(self) -> dict[int, str]:
+        return dict(enumerate(CLASS_NAMES))
+
+    def build_dataset(self, split: str) -> NuScenesMultiViewDataset:
+        """The train split with ``data.num_history`` history frames per sample (the ground truth limited
+        to the model's ``pc_range``), or the val split with none (the sequential tester carries the
+        previous BEV instead)."""
+        data = self.config["data"]
+        train = split == "train"
+        return NuScenesMultiViewDataset(
+            infos_path(data["infos_dir"], data["train_split"] if train else data["val_split"]),
+            data_root=Path(data["root"]),
+            image_size=tuple(data["image_size"]),
+            num_history=data["num_history"] if train else 0,
+            point_cloud_range=self._pc_range(),
+        )
+
+    def _pc_range(self) -> tuple[float, ...]:
+        name, settings = self._model_settings()
+        return tuple(bev_model_settings(name, **settings)["pc_range"])
+
+    def collate(self, items: list[Any]) -> dict[str, Any]:
+        return collate_nuscenes(items)
+
+    def eval_loader(self, dataset: Dataset, rank: int, world_size: int) -> DataLoader:
+        """Batch size 1 over this process's whole scenes in time order (:class:`SceneShardSampler`)."""
+        scene_tokens = [sample["scene_token"] for sample in dataset.samples]
+        sampler = SceneShardSampler(scene_tokens, rank, world_size)
+        return build_eval_loader(dataset, 1, self.config["data"]["num_workers"], collate_nuscenes, sampler)
+
+    def split_batch(self, batch: dict[str, Any], device: torch.device) -> tuple[tuple[Any, ...], Any]:
+        """The model's part of a collated batch on ``device`` (``img`` (B, T, Ncam, 3, H, W),
+        ``lidar2img``, ``ego_motion``, ``history_valid``) and the targets ``gt_boxes`` / ``gt_labels``."""
+        inputs = {key: batch[key].to(device) for key in MODEL_TENSOR_KEYS}
+        targets = {key: [t.to(device) for t in batch[key]] for key in TARGET_KEYS}
+        return (inputs,), targets
+
+    def batch_size(self, batch: dict[str, Any]) -> int:
+        return batch["img"].shape[0]
+
+    def infer(
+        self, model: nn.Module, loader: DataLoader, device: torch.device, amp: str | None = None
+    ) -> Iterator[tuple[dict[str, Any], list[dict[str, torch.Tensor]]]]:
+        return iterate_sequential(model, loader, prev_tokens(loader.dataset), device, amp)
+
+    def records(self, batch: dict[str, Any], detections: list[dict[str, torch.Tensor]]) -> Records:
+        """One record per sample: ``{"sample_token", "boxes" (K x 9), "scores", "labels"}``."""
+        return [
+            {"sample_token": token, **{key: value.tolist() for key, value in d.items()}}
+            for token, d in zip(batch["sample_token"], detections, strict=True)
+        ]
+
+    def score(self, records: Records, dataset: Dataset, out_dir: Path | None) -> EvalResult:
+        """The official ``DetectionEval`` (``detection_cvpr_2019``) of the val split; ``out_dir`` keeps
+        ``results_nusc.json`` and the devkit's files."""
+        detections = {
+            r["sample_token"]: {
+                "boxes": np.asarray(r["boxes"], np.float32).reshape(-1, 9),
+                "scores": np.asarray(r["scores"], np.float32),
+                "labels": np.asarray(r["labels"], np.int64),
+            }
+            for r in records
+        }
+        data = self.config["data"]
+        with tempfile.TemporaryDirectory(prefix="bev_eval_") as tmp:  # the devkit needs a folder
+            metrics = evaluate_nuscenes(
+                detections, data["root"], data["version"], data["val_split"], out_dir or tmp
+            )
+        summary = {"NDS": metrics["NDS"], "mAP": metrics["mAP"]}
+        return EvalResult(metrics, metrics_table(metrics), len(records), records, summary)
+
+    def predict_loader(self, inputs: Sequence[str | Path], limit: int | None = None) -> DataLoader:
+        """The samples of nuScenes infos files (``tools/create_data.py nuscenes``), each file's scenes in
+        time order, images read from ``data.root`` at the config's image size."""
+        data = self.config["data"]
+        datasets = [
+            NuScenesMultiViewDataset(infos, data_root=data["root"], image_size=tuple(data["image_size"]))
+            for infos in inputs
+        ]
+        return DataLoader(InfosFiles(datasets, limit), batch_size=1, collate_fn=collate_nuscenes)
+
+    def draw(
+        self,
+        batch: dict[str, Any],
+        detections: list[dict[str, torch.Tensor]],
+        score_threshold: float,
+        out_dir: Path,
+    ) -> Records:
+        """``<token>_bev.png`` (ground truth and predictions, with a legend) and ``<token>_cameras.jpg``
+        (the six cameras with the predictions in class colours) of one frame, detections scoring at least
+        ``score_threshold``; its record ``{"sample_token", "bev", "cameras", "boxes" (K x 9 lidar frame),
+        "scores", "labels"}``."""
+        token = batch["sample_token"][0]
+        result = {key: value.numpy() for key, value in detections[0].items()}
+        keep = result["scores"] >= score_threshold
+        boxes, scores, labels = result["boxes"][keep], result["scores"][keep], result["labels"][keep]
+        bev_path, cameras_path = out_dir / f"{token}_bev.png", out_dir / f"{token}_cameras.jpg"
+        draw_bev(batch["gt_boxes"][0].numpy(), boxes, bev_path)
+        images = denormalize_images(batch["img"][0, -1].numpy(), IMAGENET_MEAN, IMAGENET_STD)
+        draw_camera_boxes(images, batch["lidar2img"][0, -1].numpy(), boxes, labels, cameras_path)
+        logger.info("%s: %d detections drawn", token, len(scores))
+        return [
+            {
+                "sample_token": token,
+                "bev": str(bev_path),
+                "cameras": str(cameras_path),
+                "boxes": boxes.tolist(),
+                "scores": scores.tolist(),
+                "labels": labels.tolist(),
+            }
+        ]

@@ -1,0 +1,246 @@
+"""Deployable graphs of the detectors: ONNX (standard operators) and ``torch.export`` programs.
+
+What is exported is the network up to its raw head outputs; post-processing (top-k, box decoding,
+scaling to image size) stays outside the graph:
+
+- Deformable DETR (:class:`Detr2dForExport`): ``images`` (B, 3, H, W), unpadded and normalized as for
+  the eager model -> ``pred_logits`` (B, Q, K) and ``pred_boxes`` (B, Q, 4) normalized (cx, cy, w, h):
+  what :class:`detr2d.PostProcess` takes.
+- BEV detectors (:class:`BevFrameForExport`): one frame of a scene. BEVFormer-style: ``img`` (B, Ncam,
+  3, H, W), ``lidar2img`` (B, Ncam, 4, 4), ``prev_bev`` (B, bev_h * bev_w, C), ``ego_motion`` (B, 4, 4),
+  ``prev_exists`` (B,) bool -> ``cls_logits`` (B, Q, num_classes), ``box_code`` (B, Q, 10) of the last
+  decoder layer (what ``model.box_decoder.decode`` takes) and ``bev`` (B, bev_h * bev_w, C), fed back
+  as ``prev_bev`` with the next frame (zeros with ``prev_exists`` False at a scene's start). DETR3D-style
+  (no BEV): ``img``, ``lidar2img`` -> ``cls_logits``, ``box_code``.
+
+ONNX goes through the TorchScript exporter with the op lowered to ``GridSample`` (:mod:`ops.onnx`)
+and ``torch.linalg.inv`` (the ego-motion inverse of the BEV alignment) lowered by Cramer's rule to
+``Det``. The graph is exported for the size of the example images (the model reads its level sizes as
+Python numbers); export once per deployed input size.
+
+BEV exports must trace the spatial cross-attention with every BEV query gathered for every camera
+(the module gathers as many queries per camera as the most-seen camera sees, a number the tracer
+bakes in); :func:`bev_example_inputs` builds example inputs whose cameras see every pillar, so the
+exported graph is exact for any camera geometry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.onnx import symbolic_helper
+
+from ops.onnx import MIN_OPSET, register_onnx_lowering
+
+from .deformable_detr import DeformableDETR
+
+FORMATS = ("onnx", "export")
+DEFAULT_OPSET = 17
+
+
+class Detr2dForExport(nn.Module):
+    """Deformable DETR as ``images (B, 3, H, W) -> (pred_logits (B, Q, K), pred_boxes (B, Q, 4))``."""
+
+    input_names = ("images",)
+    output_names = ("pred_logits", "pred_boxes")
+
+    def __init__(self, model: DeformableDETR) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw head outputs of the last decoder layer for an unpadded batch."""
+        out = self.model(images)
+        return out["pred_logits"], out["pred_boxes"]
+
+
+class BevFrameForExport(nn.Module):
+    """One frame of a ``bev.MultiViewDetector3D``, with the previous BEV as explicit input and output.
+
+    Inputs and outputs: see the module docstring (``input_names`` / ``output_names`` name them).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.has_bev = model.encoder is not None
+        if self.has_bev:
+            self.input_names = ("img", "lidar2img", "prev_bev", "ego_motion", "prev_exists")
+            self.output_names = ("cls_logits", "box_code", "bev")
+        else:
+            self.input_names = ("img", "lidar2img")
+            self.output_names = ("cls_logits", "box_code")
+
+    def forward(
+        self,
+        img: torch.Tensor,
+        lidar2img: torch.Tensor,
+        prev_bev: torch.Tensor | None = None,
+        ego_motion: torch.Tensor | None = None,
+        prev_exists: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Last-layer ``cls_logits`` (B, Q, K), ``box_code`` (B, Q, 10) and, with a BEV, the BEV."""
+        outputs, bev = self.model.predict(img, lidar2img, prev_bev, ego_motion, prev_exists)
+        head = (outputs.cls_logits[-1], outputs.box_code[-1])
+        return head + (bev,) if self.has_bev else head
+
+
+def bev_example_inputs(
+    model: nn.Module, image_size: tuple[int, int], batch: int = 1
+) -> tuple[torch.Tensor, ...]:
+    """Example inputs of :class:`BevFrameForExport` whose cameras see every BEV pillar.
+
+    Every camera projects every point to the image centre at depth 1, so the traced spatial
+    cross-attention gathers all BEV queries for every camera (see the module docstring).
+
+    Args:
+        model: the ``bev.MultiViewDetector3D``.
+        image_size: (H, W) of the camera images.
+        batch: B.
+
+    Returns:
+        ``(img, lidar2img)`` for DETR3D-style models, plus ``(prev_bev, ego_motion, prev_exists)``
+        (random BEV, identity motion, all True) for BEVFormer-style ones.
+    """
+    height, width = image_size
+    device = next(model.parameters()).device
+    img = torch.randn(batch, model.num_cams, 3, height, width, device=device)
+    centre = torch.zeros(4, 4, device=device)
+    centre[0, 3], centre[1, 3], centre[2, 3], centre[3, 3] = width / 2, height / 2, 1.0, 1.0
+    lidar2img = centre.expand(batch, model.num_cams, 4, 4).clone()
+    if model.encoder is None:
+        return img, lidar2img
+    encoder = model.encoder
+    prev_bev = torch.randn(batch, encoder.bev_h * encoder.bev_w, encoder.embed_dims, device=device)
+    ego_motion = torch.eye(4, device=device).expand(batch, 4, 4).clone()
+    prev_exists = torch.ones(batch, dtype=torch.bool, device=device)
+    return img, lidar2img, prev_bev, ego_motion, prev_exists
+
+
+def linalg_inv_symbolic(g, matrix):
+    """ONNX ``torch.linalg.inv`` of (..., n, n) matrices with static n: cofactors / determinant (``Det``),
+    computed in float32 (ONNX Runtime's ``Det`` kernel) and cast back."""
+    sizes = matrix.type().sizes()
+    if sizes is None or sizes[-1] is None or sizes[-1] != sizes[-2]:
+        raise RuntimeError(f"ONNX lowering of linalg_inv needs square matrices of static size, got {sizes}")
+    n = int(sizes[-1])
+    a = g.op("Cast", matrix, to_i=1)  # float32
+    cofactors = []
+    for col in range(n):  # entry (row, col) of the inverse is the cofactor (col, row) / det
+        for row in range(n):
+            keep_rows = g.op("Constant", value_t=torch.tensor([r for r in range(n) if r != col]))
+            keep_cols = g.op("Constant", value_t=torch.tensor([c for c in range(n) if c != row]))
+            minor = g.op("Gather", g.op("Gather", a, keep_rows, axis_i=-2), keep_cols, axis_i=-1)
+            det = g.op("Unsqueeze", g.op("Det", minor), g.op("Constant", value_t=torch.tensor([-1])))
+            sign = g.op("Constant", value_t=torch.tensor(float((-1) ** (row + col))))
+            cofactors.append(g.op("Mul", det, sign))
+    leading = g.op(
+        "Slice",
+        g.op("Shape", a),
+        g.op("Constant", value_t=torch.tensor([0])),
+        g.op("Constant", value_t=torch.tensor([-2])),
+    )
+    shape = g.op("Concat", leading, g.op("Constant", value_t=torch.tensor([n, n])), axis_i=0)
+    adjugate = g.op("Reshape", g.op("Concat", *cofactors, axis_i=-1), shape)  # row-major over (col, row)
+    adjugate = g.op("Transpose", adjugate, perm_i=[*range(len(sizes) - 2), len(sizes) - 1, len(sizes) - 2])
+    determinant = g.op("Unsqueeze", g.op("Det", a), g.op("Constant", value_t=torch.tensor([-2, -1])))
+    return g.op("CastLike", g.op("Div", adjugate, determinant), matrix)
+
+
+def sort_symbolic(g, values, *args):
+    """ONNX ``torch.sort`` (also the ``stable=True`` overload, which the built-in symbolic rejects) as
+    ``TopK`` over the whole axis: ties keep their index order, so the sort is stable. Integer types
+    below 32 bits are sorted as int32 (ONNX Runtime's ``TopK`` types)."""
+    if len(args) not in (2, 3):
+        raise RuntimeError(f"ONNX lowering of sort: unexpected arguments {args}")
+    dim, descending = args[-2:]  # (dim, descending) or (stable, dim, descending)
+    dim = int(symbolic_helper._get_const(dim, "i", "dim"))
+    descending = bool(symbolic_helper._get_const(descending, "i", "descending"))
+    if values.type().scalarType() in ("Byte", "Char", "Short", "Bool"):
+        values = g.op("Cast", values, to_i=6)  # int32
+    length = g.op("Gather", g.op("Shape", values), g.op("Constant", value_t=torch.tensor([dim])))
+    return g.op("TopK", values, length, axis_i=dim, largest_i=int(descending), sorted_i=1, outputs=2)
+
+
+def index_add_symbolic(g, target, dim, index, source, alpha=None):
+    """ONNX ``Tensor.index_add`` as ``ScatterElements(reduction="add")``: repeated indices accumulate
+    (the built-in lowering keeps only one of them)."""
+    dim = int(symbolic_helper._get_const(dim, "i", "dim"))
+    rank = len(source.type().varyingSizes())
+    dim = dim % rank
+    if alpha is not None and not symbolic_helper._is_none(alpha):
+        factor = float(symbolic_helper._get_const(alpha, "f", "alpha"))
+        if factor != 1.0:
+            source = g.op("Mul", source, g.op("CastLike", g.op("Constant", value_t=torch.tensor(factor)), source))
+    axes = [axis for axis in range(rank) if axis != dim]
+    index = g.op("Unsqueeze", index, g.op("Constant", value_t=torch.tensor(axes))) if axes else index
+    index = g.op("Expand", index, g.op("Shape", source))
+    return g.op("ScatterElements", target, index, source, axis_i=dim, reduction_s="add")
+
+
+def _register_symbolics(opset: int) -> None:
+    register_onnx_lowering(opset)
+    torch.onnx.register_custom_op_symbolic("aten::linalg_inv", linalg_inv_symbolic, opset)
+    torch.onnx.register_custom_op_symbolic("aten::sort", sort_symbolic, opset)
+    torch.onnx.register_custom_op_symbolic("aten::index_add", index_add_symbolic, opset)
+
+
+def export_model(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    fmt: str,
+    out: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+) -> Any:
+    """Export ``model`` (a :class:`Detr2dForExport` or :class:`BevFrameForExport`, or any module with
+    tensor inputs and outputs) traced on ``example_inputs`` to ``out``.
+
+    Args:
+        model: the module; it is put in eval mode.
+        example_inputs: its positional inputs.
+        fmt: ``"onnx"`` (standard operators, checked with ``onnx.checker``) or ``"export"``
+            (``torch.export`` program saved with ``torch.export.save``; keeps ``deformbev::ms_deform_attn``
+            as one node).
+        out: file to write.
+        opset: ONNX opset (>= 16).
+
+    Returns:
+        The loaded ``onnx.ModelProto`` for ``"onnx"``, the ``torch.export.ExportedProgram`` for ``"export"``.
+
+    Raises:
+        ValueError: unknown ``fmt`` or an opset below 16.
+        ImportError: ``fmt="onnx"`` without the ``onnx`` package (``pip install .[export]``).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be >= {MIN_OPSET} (GridSample), got {opset}")
+    model.eval()
+    inputs = tuple(example_inputs)
+    if fmt == "export":
+        with torch.no_grad():
+            program = torch.export.export(model, inputs, strict=False)
+        torch.export.save(program, out)
+        return program
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError("ONNX export needs the optional extra: pip install .[export] (onnx)") from exc
+    _register_symbolics(opset)
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            inputs,
+            str(out),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(getattr(model, "input_names", ())) or None,
+            output_names=list(getattr(model, "output_names", ())) or None,
+        )
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto, full_check=True)
+    return proto

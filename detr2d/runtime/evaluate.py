@@ -1,0 +1,147 @@
+"""The one evaluation and prediction driver: a task's inference over a sharded loader, detections checked
+for non-finite values, gathered from every process and scored (or drawn) by the task."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .distributed import all_gather_object, broadcast_object, init_distributed
+from .io import atomic_write_json
+from .task import EvalResult, Records, Task
+
+logger = logging.getLogger(__name__)
+
+DETECTION_KEYS = ("boxes", "scores")
+
+
+def check_finite(detections: list[dict[str, torch.Tensor]], where: str) -> None:
+    """Refuse detections with a non-finite score or box coordinate: they would reach the evaluator as
+    valid boxes (a NaN model once scored AP 0.27 that way).
+
+    Raises:
+        FloatingPointError: naming ``where`` and how many detections of how many samples are not finite.
+    """
+    bad = total = 0
+    bad_samples = 0
+    for detection in detections:
+        finite = torch.isfinite(detection["scores"])
+        boxes = detection["boxes"]
+        finite &= torch.isfinite(boxes.reshape(boxes.shape[0], -1)).all(dim=1)
+        bad += int((~finite).sum())
+        bad_samples += int(not bool(finite.all()))
+        total += finite.numel()
+    if bad:
+        raise FloatingPointError(
+            f"the model produced non-finite outputs: {bad} of {total} detections in {bad_samples} of "
+            f"{len(detections)} sample(s) of {where} have a NaN/inf score or box; the weights are likely "
+            "corrupt (check the checkpoint, or the training log for a diverging loss)"
+        )
+
+
+def evaluate(
+    task: Task,
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    is_main: bool,
+    amp: str | None = None,
+    out_dir: str | Path | None = None,
+) -> EvalResult:
+    """Run ``task.infer`` over this process's ``loader``, gather every process's records and score them
+    with ``task.score`` on the main process (which writes the evaluator's files into ``out_dir``, when
+    given); metrics and table are shared with every process.
+
+    ``model`` must be the unwrapped model (not DDP): shards may differ in length, and a DDP forward is a
+    collective.
+    """
+    model.eval()
+    records: Records = []
+    for batch, detections in task.infer(model, loader, device, amp):
+        check_finite(detections, f"the {task.name} evaluation")
+        records += task.records(batch, detections)
+    gathered = all_gather_object(records)
+    num_samples = sum(len(part) for part in gathered)
+    result = EvalResult({}, "", num_samples, records)
+    if is_main:
+        merged = [r for part in gathered for r in part]
+        result = task.score(merged, loader.dataset, Path(out_dir) if out_dir else None)
+        if out_dir is not None:
+            atomic_write_json(Path(out_dir) / "metrics.json", result.metrics)
+            logger.info("wrote %s", Path(out_dir) / "metrics.json")
+    result.metrics, result.table, result.summary = broadcast_object(
+        (result.metrics, result.table, result.summary)
+    )
+    result.num_samples = num_samples
+    return result
+
+
+def predict(
+    task: Task,
+    model: nn.Module,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    device: torch.device,
+    score_threshold: float,
+    amp: str | None = None,
+    limit: int | None = None,
+) -> tuple[Records, list[dict[str, Any]]]:
+    """Detect and draw every input with ``task.draw``; write ``out_dir/predictions.json`` (the records,
+    then one ``{"input", "error"}`` entry per input that could not be read) atomically, also when some
+    inputs failed.
+
+    Returns:
+        The drawn records and the failed inputs.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loader = task.predict_loader(inputs, limit)
+    model.eval()
+    records: Records = []
+    try:
+        for batch, detections in task.infer(model, loader, device, amp):
+            check_finite(detections, "the prediction")
+            records += task.draw(batch, detections, score_threshold, out_dir)
+    finally:
+        errors = list(loader.dataset.errors)
+        atomic_write_json(out_dir / "predictions.json", records + errors, indent=1)
+    for error in errors:
+        logger.error("skipped %s: %s", error["input"], error["error"])
+    return records, errors
+
+
+def run_test(task: Task, checkpoint: str | Path, out_dir: str | Path | None = None) -> EvalResult:
+    """Load ``checkpoint`` (``task.load_weights``: ours or an official release file) and evaluate it on
+    the config's val split in this process (one of ``torchrun``'s, or alone).
+
+    With ``out_dir`` the main process writes ``metrics.json`` and the evaluator's files there (COCO:
+    ``detections.json``; nuScenes: ``results_nusc.json`` and the devkit's summaries).
+    """
+    info = init_distributed()
+    model = task.build_model().to(info.device)
+    task.load_weights(model, checkpoint)
+    dataset = task.build_dataset("val")
+    task.check_evaluable(dataset)
+    loader = task.eval_loader(dataset, info.rank, info.world_size)
+    return evaluate(task, model, loader, info.device, info.is_main, task.config["train"]["amp"], out_dir)
+
+
+def run_predict(
+    task: Task,
+    checkpoint: str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    score_threshold: float = 0.5,
+    limit: int | None = None,
+) -> tuple[Records, list[dict[str, Any]]]:
+    """Load ``checkpoint`` and :func:`predict` ``inputs`` on the best device."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = task.build_model().to(device)
+    task.load_weights(model, checkpoint)
+    return predict(task, model, inputs, out_dir, device, score_threshold, task.config["train"]["amp"], limit)

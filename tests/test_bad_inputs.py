@@ -1,0 +1,403 @@
+# ruff: noqa: F811 (pytest fixtures imported from nuscenes_fixtures are parameters here)
+"""Nothing wrong passes silently: truncated images, broken files and evaluation edge cases give errors that
+name the file (or are skipped and counted on request), and interrupted writes leave nothing behind."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from nuscenes.eval.common.config import config_factory
+from nuscenes.eval.detection.evaluate import DetectionEval
+from nuscenes_fixtures import dataset, nusc, val_infos  # noqa: F401
+from torch.utils.data import DataLoader
+
+from configs import load_config
+from datasets.coco import build_coco_dataset, categories_beyond, coco_paths
+from datasets.files import BadImageError, image_file_problem, read_json, read_rgb
+from datasets.nuscenes.database import open_nuscenes
+from datasets.nuscenes.dataset import NuScenesMultiViewDataset
+from datasets.nuscenes.evaluation import EVAL_CONFIG, TP_ERROR_NAMES, detections_to_results, evaluate_nuscenes
+from datasets.nuscenes.infos import load_infos, save_infos
+from datasets.nuscenes.synthetic import VERSION
+from datasets.synthetic_coco import SyntheticCocoSpec, generate_synthetic_coco
+from detr2d.checkpoint import load_checkpoint, load_torch_file, read_state_dict, save_model_state
+from detr2d.runtime.io import remove_stale_temporaries, temporary_path
+
+SPEC = SyntheticCocoSpec(num_train=4, num_val=3, image_size=64, seed=5)
+
+
+class _Foreign:
+    """A class a checkpoint must not make the loader unpickle."""
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_synthetic_coco(tmp_path_factory.mktemp("coco") / "synthetic", SPEC, log=lambda _: None)
+
+
+@pytest.fixture
+def coco_copy(generated: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(generated, tmp_path / "copy"))
+
+
+def _image_id(batch: list[tuple[np.ndarray, dict]]) -> int:
+    return batch[0][1]["image_id"]
+
+
+def _truncate(path: Path, fraction: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+def _jpeg(progressive: bool = False) -> bytes:
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
+    assert ok
+    return data.tobytes()
+
+
+# --- the structural check of image bytes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_every_cut_of_a_jpeg_is_refused(progressive: bool) -> None:
+    data = _jpeg(progressive)
+    assert image_file_problem(data) is None
+    assert image_file_problem(data + b"\x00" * 7) is None  # bytes after the end-of-image marker are allowed
+    for cut in np.linspace(0, len(data) - 1, 40).astype(int):
+        assert image_file_problem(data[:cut]) is not None, f"a JPEG cut to {cut}/{len(data)} bytes passed"
+    assert "no image data" in image_file_problem(data[:100])
+    assert "no end-of-image marker" in image_file_problem(data[:-2])
+
+
+def test_truncated_png_and_undecodable_files(tmp_path: Path) -> None:
+    ok, png = cv2.imencode(".png", np.zeros((8, 8, 3), dtype=np.uint8))
+    assert ok and image_file_problem(png.tobytes()) is None
+    assert "truncated PNG" in image_file_problem(png.tobytes()[:-12])
+    path = tmp_path / "x.png"
+    path.write_bytes(png.tobytes()[:-12])
+    with pytest.raises(BadImageError, match=r"x\.png is a truncated PNG: no IEND chunk \(my entry\)"):
+        read_rgb(path, "my entry")
+    path.write_bytes(b"")
+    with pytest.raises(BadImageError, match=r"x\.png is empty"):
+        read_rgb(path, "my entry")
+    path.write_bytes(b"GIF89a not really")
+    with pytest.raises(BadImageError, match=r"x\.png cannot be decoded as an image \(17 bytes\)"):
+        read_rgb(path, "my entry")
+    with pytest.raises(FileNotFoundError, match=r"image file not found: .*nothing\.jpg \(my entry\)"):
+        read_rgb(tmp_path / "nothing.jpg", "my entry")
+
+
+def test_exif_orientation_only_on_request(tmp_path: Path) -> None:
+    ok, data = cv2.imencode(".jpg", np.zeros((20, 40, 3), dtype=np.uint8))
+    assert ok
+    orientation_6 = struct.pack(">2sHIHHHIII", b"MM", 42, 8, 1, 0x0112, 3, 1, 6 << 16, 0)  # rotate 90°
+    payload = b"Exif\x00\x00" + orientation_6
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(
+        data[:2].tobytes() + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:].tobytes()
+    )
+    assert read_rgb(path, "x").shape == (20, 40, 3)
+    assert read_rgb(path, "x", exif_orientation=True).shape == (40, 20, 3)
+
+
+# --- COCO ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("split", ["train2017", "val2017"])
+def test_truncated_coco_image_names_file_and_image_id(coco_copy: Path, split: str) -> None:
+    dataset_ = build_coco_dataset(coco_copy, split)
+    info = dataset_.coco.imgs[dataset_.ids[1]]
+    victim = coco_paths(coco_copy, split)[0] / info["file_name"]
+    _truncate(victim)
+    dataset_[0]
+    with pytest.raises(
+        ValueError,
+        match=rf"{victim.name} is a truncated JPEG.*\(image id {info['id']} in .*instances_{split}\.json\)",
+    ):
+        dataset_[1]
+
+
+def test_skip_option_returns_the_next_sample_and_counts(
+    coco_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    image_dir, _ = coco_paths(coco_copy, "val2017")
+    dataset_ = build_coco_dataset(coco_copy, "val2017", on_bad_image="skip")
+    victim = image_dir / dataset_.coco.imgs[dataset_.ids[1]]["file_name"]
+    _truncate(victim, 0.3)
+    with caplog.at_level(logging.WARNING, logger="datasets.files"):
+        image, target = dataset_[1]
+    assert target["image_id"] == dataset_.ids[2]
+    np.testing.assert_array_equal(image, dataset_.load_image(2))
+    assert dataset_.num_skipped_images == 1
+    assert f"skipping sample 1: image file {victim} is a truncated JPEG" in caplog.text
+    # DataLoader workers count into the same counter (one skip per epoch)
+    loader = DataLoader(dataset_, batch_size=1, num_workers=2, collate_fn=_image_id)
+    assert sorted(loader) == sorted([dataset_.ids[0], dataset_.ids[2], dataset_.ids[2]])
+    assert dataset_.num_skipped_images == 2
+    for path in image_dir.iterdir():
+        _truncate(path)
+    with pytest.raises(BadImageError, match="all 3 samples have a bad image"):
+        dataset_[0]
+    with pytest.raises(ValueError, match="on_bad_image must be 'raise' or 'skip', got 'ignore'"):
+        build_coco_dataset(coco_copy, "val2017", on_bad_image="ignore")
+
+
+def test_file_name_with_subfolder(coco_copy: Path) -> None:
+    image_dir, ann_file = coco_paths(coco_copy, "val2017")
+    data = json.loads(ann_file.read_text())
+    name = data["images"][0]["file_name"]
+    original = read_rgb(image_dir / name, "original")
+    (image_dir / "sub").mkdir()
+    (image_dir / name).rename(image_dir / "sub" / name)
+    data["images"][0]["file_name"] = f"sub/{name}"
+    ann_file.write_text(json.dumps(data))
+    dataset_ = build_coco_dataset(coco_copy, "val2017")
+    np.testing.assert_array_equal(dataset_[dataset_.ids.index(data["images"][0]["id"])][0], original)
+    (image_dir / "sub" / name).unlink()
+    with pytest.raises(FileNotFoundError, match=rf"1 image file\(s\) .* not found .*sub/{name}"):
+        build_coco_dataset(coco_copy, "val2017")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary", "is not JSON text: byte 0 is not UTF-8"),
+        (b'{"images": [{"id": 1, "file_na', r"is not valid JSON \(truncated\?\)"),
+        (b"[1, 2]", "holds a JSON list, expected an object"),
+    ],
+)
+def test_broken_annotation_file_is_named(coco_copy: Path, content: bytes, message: str) -> None:
+    ann_file = coco_paths(coco_copy, "val2017")[1]
+    ann_file.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"COCO annotation file .*instances_val2017\.json {message}"):
+        build_coco_dataset(coco_copy, "val2017")
+
+
+def test_categories_beyond_the_model_outputs(generated: Path) -> None:
+    coco = build_coco_dataset(generated, "val2017").coco
+    assert categories_beyond(coco, 3) == [(3, "triangle"), (4, "cross")]
+    assert categories_beyond(coco, 5) == []
+    assert categories_beyond(coco, 91) == []
+
+
+# --- nuScenes ----------------------------------------------------------------------------------------
+
+
+def _infos_with_bad_camera(val_infos: dict, tmp_path: Path, index: int, channel: str) -> tuple[dict, Path]:
+    """A copy of ``val_infos`` reading from ``tmp_path`` (the real ``samples`` linked in) whose sample
+    ``index`` has a truncated ``channel`` image."""
+    infos = copy.deepcopy(val_infos)
+    (tmp_path / "samples").symlink_to(Path(val_infos["dataroot"]) / "samples")
+    camera = infos["samples"][index]["cameras"][channel]
+    victim = tmp_path / "bad" / Path(camera["path"]).name
+    victim.parent.mkdir()
+    victim.write_bytes((tmp_path / camera["path"]).read_bytes())
+    _truncate(victim)
+    camera["path"] = f"bad/{victim.name}"
+    infos["dataroot"] = str(tmp_path)
+    return infos, victim
+
+
+def test_truncated_camera_image_names_file_camera_and_sample(val_infos, tmp_path: Path) -> None:
+    infos, victim = _infos_with_bad_camera(val_infos, tmp_path, 2, "CAM_FRONT_LEFT")
+    dataset_ = NuScenesMultiViewDataset(infos, image_size=(160, 90))
+    dataset_[1]
+    token = infos["samples"][2]["token"]
+    with pytest.raises(
+        ValueError,
+        match=rf"{re.escape(victim.name)} is a truncated JPEG.*\(CAM_FRONT_LEFT of sample {token}\)",
+    ):
+        dataset_[2]
+
+
+def test_nuscenes_skip_option(val_infos, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    infos, victim = _infos_with_bad_camera(val_infos, tmp_path, 2, "CAM_BACK")
+    dataset_ = NuScenesMultiViewDataset(infos, image_size=(160, 90), on_bad_image="skip")
+    with caplog.at_level(logging.WARNING, logger="datasets.files"):
+        item = dataset_[2]
+    assert item["sample_token"] == infos["samples"][3]["token"]
+    assert dataset_.num_skipped_images == 1 and str(victim) in caplog.text
+
+
+def test_evaluation_without_any_box_gives_the_devkits_zero_metrics(
+    dataset, nusc, val_infos, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    empty = {
+        sample["token"]: {
+            "boxes": np.zeros((0, 9)),
+            "scores": np.zeros(0),
+            "labels": np.zeros(0, dtype=np.int64),
+        }
+        for sample in val_infos["samples"]
+    }
+    with caplog.at_level(logging.WARNING, logger="datasets.nuscenes.evaluation"):
+        metrics = evaluate_nuscenes(empty, dataset.root, VERSION, "mini_val", tmp_path / "ours", nusc=nusc)
+    assert f"no predicted box in any of the {len(empty)} samples of split 'mini_val'" in caplog.text
+    # Oracle: the devkit itself, on one box per sample placed 1 km away, which its range filter drops.
+    far = {
+        token: {
+            "boxes": np.array([[1000.0, 0, 0, 2, 4, 1.5, 0, 0, 0]]),
+            "scores": np.ones(1),
+            "labels": np.zeros(1, dtype=np.int64),
+        }
+        for token in empty
+    }
+    result_path = tmp_path / "far.json"
+    result_path.write_text(json.dumps(detections_to_results(far, nusc)))
+    oracle = DetectionEval(
+        nusc,
+        config_factory(EVAL_CONFIG),
+        str(result_path),
+        "mini_val",
+        str(tmp_path / "devkit"),
+        verbose=False,
+    ).main(plot_examples=0, render_curves=False)
+    assert metrics["mAP"] == oracle["mean_ap"] == 0.0 and metrics["NDS"] == oracle["nd_score"] == 0.0
+    assert metrics["per_class_AP"] == oracle["mean_dist_aps"]
+    for name, short in TP_ERROR_NAMES.items():
+        assert metrics[short] == oracle["tp_errors"][name] == 1.0
+    assert json.loads((tmp_path / "ours" / "results_nusc.json").read_text())["results"] == {
+        t: [] for t in empty
+    }
+
+
+@pytest.fixture
+def tables_copy(dataset, tmp_path: Path) -> Path:
+    shutil.copytree(dataset.root / VERSION, tmp_path / VERSION)
+    shutil.copytree(dataset.root / "maps", tmp_path / "maps")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("table", "damage", "message"),
+    [
+        ("sample_annotation", lambda p: _truncate(p), r"is not valid JSON \(truncated\?\)"),
+        ("ego_pose", lambda p: p.write_bytes(b""), "is empty"),
+        ("scene", lambda p: p.write_bytes(b"\xff\xd8\xff\xe0 jpeg"), "is not JSON text"),
+        ("sensor", lambda p: p.write_text('{"token": "x"}'), "is not a JSON list of records"),
+    ],
+)
+def test_broken_nuscenes_table_is_named(tables_copy: Path, table: str, damage, message: str) -> None:
+    damage(tables_copy / VERSION / f"{table}.json")
+    with pytest.raises(ValueError, match=rf"nuScenes {table} table .*{VERSION}/{table}\.json {message}"):
+        open_nuscenes(tables_copy, VERSION)
+
+
+def test_broken_infos_file_is_named(val_infos, tmp_path: Path) -> None:
+    path = save_infos(val_infos, tmp_path / "infos.json")
+    _truncate(path, 0.7)
+    with pytest.raises(
+        ValueError, match=r"nuScenes infos file .*infos\.json is not valid JSON \(truncated\?\)"
+    ):
+        load_infos(path)
+    path.write_bytes(b"\x00\x9f\x92\x96")
+    with pytest.raises(ValueError, match=r"infos\.json is not JSON text: byte 1 is not UTF-8"):
+        NuScenesMultiViewDataset(path)
+
+
+def test_read_json_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"splits file not found: .*none\.json"):
+        read_json(tmp_path / "none.json", "splits")
+    with pytest.raises(ValueError, match=r"splits file .* is a directory"):
+        read_json(tmp_path, "splits")
+    (tmp_path / "a.json").write_text('{"a": [1, 2,\n')
+    with pytest.raises(ValueError, match=r"a\.json is not valid JSON \(truncated\?\): .* line 2 column 1"):
+        read_json(tmp_path / "a.json", "splits")
+
+
+# --- checkpoints and configs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", r"is empty \(0 bytes\)"),
+        (b"\x13\x37 garbage" * 9, r"\(90 bytes\): it is truncated, corrupt or not written by torch\.save"),
+        (b'{"model": {}}', "it is truncated, corrupt or not written by torch.save"),
+    ],
+)
+def test_unreadable_checkpoint_is_named(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(
+        ValueError, match=rf"checkpoint file .*weights\.pth {message}|weights\.pth .*{message}"
+    ):
+        load_checkpoint(torch.nn.Linear(2, 2), path)
+    with pytest.raises(ValueError, match=r"training checkpoint file .*weights\.pth"):
+        load_torch_file(path, "training checkpoint")
+
+
+def test_truncated_or_foreign_checkpoint_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "model.pth"
+    save_model_state(torch.nn.Linear(64, 64), path)
+    _truncate(path)
+    with pytest.raises(
+        ValueError, match=r"cannot read checkpoint file .*model\.pth \(\d+ bytes\): it is truncated"
+    ):
+        read_state_dict(path)
+    torch.save({"model": {"weight": torch.zeros(1)}, "extra": _Foreign()}, path)
+    with pytest.raises(
+        ValueError,
+        match=r"model\.pth .*refers to the Python global test_bad_inputs\._Foreign, which is not loaded",
+    ):
+        read_state_dict(path)
+    torch.save({"model": [1, 2]}, path)
+    with pytest.raises(ValueError, match=r"expected a state_dict .* in .*model\.pth, got dict"):
+        read_state_dict(path)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint file not found: .*gone\.pth"):
+        read_state_dict(tmp_path / "gone.pth")
+
+
+def test_config_that_fails_to_run_is_named(tmp_path: Path) -> None:
+    (tmp_path / "base.py").write_text("model = dict(depth=undefined)\n")
+    (tmp_path / "child.py").write_text("_base_ = 'base.py'\nmodel = dict(x=1)\n")
+    with pytest.raises(ValueError, match=r"config file .*base\.py failed to run as Python: NameError"):
+        load_config(tmp_path / "child.py")
+    (tmp_path / "child.py").write_bytes(b"\x00\xff")
+    with pytest.raises(ValueError, match=r"config file .*child\.py failed to run as Python: SyntaxError"):
+        load_config(tmp_path / "child.py")
+
+
+# --- interrupted writes ------------------------------------------------------------------------------------
+
+
+def test_stale_temporaries_removed_live_ones_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+    )
+    dead_pid = int(finished.stdout)
+    dead = tmp_path / f".checkpoint.pth.tmp.{dead_pid}"
+    dead.write_bytes(b"x" * 1000)
+    live = temporary_path(tmp_path / "checkpoint.pth")
+    assert live.name == f".checkpoint.pth.tmp.{os.getpid()}"
+    live.write_bytes(b"y")
+    others = [tmp_path / ".notes.tmp", tmp_path / "checkpoint.pth.tmp.1", tmp_path / f".x.tmp.{dead_pid}.bak"]
+    for path in others:
+        path.write_text("keep")
+    with caplog.at_level(logging.WARNING, logger="detr2d.runtime.io"):
+        assert remove_stale_temporaries(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and all(path.exists() for path in others)
+    assert f"removed {dead} (1000 bytes)" in caplog.text and f"process {dead_pid}" in caplog.text
+    assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+def test_save_model_state_leaves_no_temporary(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    save_model_state(model, tmp_path / "out" / "model.pth")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["model.pth"]
+    torch.testing.assert_close(read_state_dict(tmp_path / "out" / "model.pth")["weight"], model.weight)
