@@ -8,7 +8,6 @@ from .assigner import HungarianAssigner3D
 from .box_coder import NMSFreeDecoder, decode_boxes, encode_boxes
 from .builder import (
     DEFAULTS,
-    NUSCENES_CLASSES,
     VARIANTS,
     bev_model_settings,
     build_bev_criterion,
@@ -27,7 +26,6 @@ from .temporal_self_attention import TemporalSelfAttention
 
 __all__ = [
     "DEFAULTS",
-    "NUSCENES_CLASSES",
     "VARIANTS",
     "BEVDecoderLayer",
     "BEVEncoder",

@@ -31,19 +31,6 @@ from .encoder import BEVEncoder
 from .loss import DetectionLoss3D
 from .neck import FPNNeck
 
-NUSCENES_CLASSES = (
-    "car",
-    "truck",
-    "construction_vehicle",
-    "bus",
-    "trailer",
-    "barrier",
-    "motorcycle",
-    "bicycle",
-    "pedestrian",
-    "traffic_cone",
-)
-
 DEFAULTS: dict[str, Any] = {
     "head": "bev",  # "bev" (BEVFormer) or "detr3d"
     "backbone": "resnet50",  # resnet18 | resnet34 | resnet50 | resnet101
@@ -63,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "dropout": 0.1,
     "num_cams": 6,
     "size_divisor": 32,  # images are zero-padded (bottom/right) to a multiple of this
-    "num_classes": len(NUSCENES_CLASSES),
+    "num_classes": 10,  # the nuScenes detection classes (datasets.nuscenes.constants.CLASS_NAMES)
     "pc_range": (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
     "bev_h": 50,
     "bev_w": 50,

@@ -21,10 +21,10 @@ from datasets.nuscenes import (
     evaluate_nuscenes,
 )
 from datasets.nuscenes.constants import CLASS_NAMES
-from datasets.nuscenes.dataset import IMAGENET_MEAN, IMAGENET_STD
 from datasets.nuscenes.evaluation import TP_ERROR_NAMES
 from datasets.nuscenes.infos import infos_path
 from datasets.nuscenes.visualize import denormalize_images
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from detr2d.backbone import initialize_backbone
 from detr2d.runtime.data import build_eval_loader
 from detr2d.runtime.task import EvalResult, Records, Task
@@ -119,6 +119,7 @@ class NuScenesDetectionTask(Task):
             image_size=tuple(data["image_size"]),
             num_history=data["num_history"] if train else 0,
             point_cloud_range=self._pc_range(),
+            on_bad_image=data["on_bad_image"],
         )
 
     def _pc_range(self) -> tuple[float, ...]:

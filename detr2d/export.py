@@ -27,6 +27,7 @@ exported graph is exact for any camera geometry.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,6 +122,49 @@ def bev_example_inputs(
     return img, lidar2img, prev_bev, ego_motion, prev_exists
 
 
+def prepare_export(
+    model: nn.Module, image_size: tuple[int, int], batch: int = 1
+) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The export wrapper of a detector and example inputs for it.
+
+    Args:
+        model: a :class:`detr2d.DeformableDETR` or a ``bev.MultiViewDetector3D``.
+        image_size: (H, W) of the input images (of every camera for BEV models).
+        batch: B.
+
+    Returns:
+        (:class:`Detr2dForExport` or :class:`BevFrameForExport`, its example inputs: random images and,
+        for BEV models, :func:`bev_example_inputs`).
+
+    Raises:
+        TypeError: for another kind of model.
+    """
+    if isinstance(model, DeformableDETR):
+        device = next(model.parameters()).device
+        return Detr2dForExport(model).eval(), (torch.randn(batch, 3, *image_size, device=device),)
+    if hasattr(model, "encoder") and hasattr(model, "predict") and hasattr(model, "num_cams"):
+        return BevFrameForExport(model).eval(), bev_example_inputs(model, image_size, batch)
+    raise TypeError(f"cannot export a {type(model).__name__}: expected DeformableDETR or MultiViewDetector3D")
+
+
+def onnx_max_errors(model: nn.Module, path: str | os.PathLike, inputs: Sequence[torch.Tensor]) -> list[float]:
+    """Largest absolute difference between every output of ONNX Runtime (CPU) on the ONNX file ``path``
+    and of ``model`` in PyTorch, on the same ``inputs`` (needs ``onnxruntime``)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    fed = {node.name for node in session.get_inputs()}
+    names = getattr(model, "input_names", [node.name for node in session.get_inputs()])
+    feed = {name: x.detach().cpu().numpy() for name, x in zip(names, inputs, strict=True) if name in fed}
+    with torch.no_grad():
+        expected = model.eval()(*inputs)
+    expected = (expected,) if isinstance(expected, torch.Tensor) else tuple(expected)
+    got = session.run(None, feed)
+    if len(got) != len(expected):
+        raise ValueError(f"{path} has {len(got)} outputs, the model returns {len(expected)}")
+    return [float((torch.from_numpy(g) - e.cpu()).abs().max()) for g, e in zip(got, expected, strict=True)]
+
+
 def linalg_inv_symbolic(g, matrix):
     """ONNX ``torch.linalg.inv`` of (..., n, n) matrices with static n: cofactors / determinant (``Det``),
     computed in float32 (ONNX Runtime's ``Det`` kernel) and cast back."""
@@ -195,6 +239,7 @@ def export_model(
     fmt: str,
     out: str | os.PathLike,
     opset: int = DEFAULT_OPSET,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> Any:
     """Export ``model`` (a :class:`Detr2dForExport` or :class:`BevFrameForExport`, or any module with
     tensor inputs and outputs) traced on ``example_inputs`` to ``out``.
@@ -207,6 +252,8 @@ def export_model(
             as one node).
         out: file to write.
         opset: ONNX opset (>= 16).
+        dynamic_axes: ONNX only: input/output name -> {axis: name} of sizes left free in the graph
+            (e.g. the query axis of a single op); the detectors' graphs hold their traced sizes.
 
     Returns:
         The loaded ``onnx.ModelProto`` for ``"onnx"``, the ``torch.export.ExportedProgram`` for ``"export"``.
@@ -231,7 +278,10 @@ def export_model(
     except ImportError as exc:
         raise ImportError("ONNX export needs the optional extra: pip install .[export] (onnx)") from exc
     _register_symbolics(opset)
-    with torch.no_grad():
+    # The tracer warns about every Python number it bakes in; the module docstring says which matter.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript exporter: chosen, see above
         torch.onnx.export(
             model,
             inputs,
@@ -240,6 +290,7 @@ def export_model(
             opset_version=opset,
             input_names=list(getattr(model, "input_names", ())) or None,
             output_names=list(getattr(model, "output_names", ())) or None,
+            dynamic_axes=dynamic_axes,
         )
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto, full_check=True)

@@ -155,7 +155,9 @@ class CocoDetectionTask(Task):
             eval_size=augment["eval_size"],
         )
         folder = data["train_split"] if train else data["val_split"]
-        return build_coco_dataset(data["root"], folder, transforms, seed=self.config["train"]["seed"])
+        return build_coco_dataset(
+            data["root"], folder, transforms, self.config["train"]["seed"], data["on_bad_image"]
+        )
 
     def collate(self, items: list[Any]) -> Batch:
         return collate_detection(items)

@@ -30,21 +30,29 @@ class Result:
     ratio: float  # reference time / this time, same case, dtype and mode
 
 
-def make_inputs(case: str, dtype: torch.dtype, device: str, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Encoder case: Lq = S = 17821; decoder case: Lq = 300. Locations uniform in [-0.1, 1.1]."""
+def make_inputs(
+    case: str,
+    dtype: torch.dtype,
+    device: str,
+    seed: int = 0,
+    batch: int = 1,
+    shapes: tuple[tuple[int, int], ...] = ENCODER_SHAPES,
+) -> tuple[torch.Tensor, ...]:
+    """Encoder case: Lq = S (17821 for the default shapes); decoder case: Lq = 300. Locations uniform in
+    [-0.1, 1.1]. Returns (value (N, S, M, D), spatial_shapes, level_start_index, locations, weights)."""
     g = torch.Generator().manual_seed(seed)
-    shapes = torch.tensor(ENCODER_SHAPES)
-    sizes = shapes.prod(1)
+    spatial_shapes = torch.tensor(shapes)
+    sizes = spatial_shapes.prod(1)
     starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
     s = int(sizes.sum())
     lq = s if case == "encoder" else DECODER_QUERIES
-    n_levels = len(ENCODER_SHAPES)
-    value = torch.randn(1, s, HEADS, CHANNELS, generator=g)
-    loc = torch.rand(1, lq, HEADS, n_levels, POINTS, 2, generator=g) * 1.2 - 0.1
-    weights = torch.rand(1, lq, HEADS, n_levels * POINTS, generator=g).softmax(-1)
-    weights = weights.view(1, lq, HEADS, n_levels, POINTS)
+    n_levels = len(shapes)
+    value = torch.randn(batch, s, HEADS, CHANNELS, generator=g)
+    loc = torch.rand(batch, lq, HEADS, n_levels, POINTS, 2, generator=g) * 1.2 - 0.1
+    weights = torch.rand(batch, lq, HEADS, n_levels * POINTS, generator=g).softmax(-1)
+    weights = weights.view(batch, lq, HEADS, n_levels, POINTS)
     floats = [t.to(device=device, dtype=dtype) for t in (value, loc, weights)]
-    return floats[0], shapes.to(device), starts.to(device), floats[1], floats[2]
+    return floats[0], spatial_shapes.to(device), starts.to(device), floats[1], floats[2]
 
 
 def _proc_status_bytes(key: str) -> int:
@@ -103,8 +111,17 @@ def _time(fn: Callable[[], None], device: str, repeats: int, warmup: int) -> lis
     return times
 
 
-def _step(backend: str, case: str, dtype: torch.dtype, device: str, mode: str) -> Callable[[], None]:
-    value, shapes, starts, loc, weights = make_inputs(case, dtype, device)
+def make_step(
+    backend: str,
+    case: str,
+    dtype: torch.dtype,
+    device: str,
+    mode: str,
+    batch: int = 1,
+    shapes: tuple[tuple[int, int], ...] = ENCODER_SHAPES,
+) -> Callable[[], None]:
+    """One call of the op on :func:`make_inputs` (``mode`` "forward" or "forward+backward")."""
+    value, shapes, starts, loc, weights = make_inputs(case, dtype, device, batch=batch, shapes=shapes)
     backward = mode == "forward+backward"
     for t in (value, loc, weights):
         t.requires_grad_(backward)
@@ -118,6 +135,21 @@ def _step(backend: str, case: str, dtype: torch.dtype, device: str, mode: str) -
             t.grad = None
 
     return step
+
+
+def gpu_time_ms(step: Callable[[], None], repeats: int, warmup: int) -> float:
+    """Median GPU time of ``step`` in ms, between two CUDA events on the current stream."""
+    for _ in range(warmup):
+        step()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
 
 
 def run_benchmark(
@@ -135,7 +167,7 @@ def run_benchmark(
     ]
     medians = {}
     for b, case, dtype, mode in configs:
-        times = _time(_step(b, case, dtype, device, mode), device, repeats, warmup)
+        times = _time(make_step(b, case, dtype, device, mode), device, repeats, warmup)
         medians[b, case, dtype, mode] = 1e3 * statistics.median(times)
     results = []
     for b, case, dtype, mode in configs:
@@ -152,7 +184,7 @@ def _peak_memory_in_child(
     torch.set_num_threads(threads)
     if device == "cpu":
         release_freed_memory_to_os()
-    step = _step(backend, case, dtype, device, mode)
+    step = make_step(backend, case, dtype, device, mode)
     step()  # warm-up: lazy initialisation is not the op's memory
     with PeakMemory(device) as memory:
         step()

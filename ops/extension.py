@@ -22,7 +22,7 @@ import torch
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 CPU_SOURCES = ("register.cpp", "ms_deform_attn_cpu.cpp", "deform_conv_cpu.cpp")
-CUDA_SOURCES = ("ms_deform_attn_cuda.cu",)
+CUDA_SOURCES = ("ms_deform_attn_cuda.cu", "deform_conv_cuda.cu")
 CXX_FLAGS = ("-O3", "-fopenmp")
 LD_FLAGS = ("-fopenmp",)
 NVCC_FLAGS = ("-O3",)

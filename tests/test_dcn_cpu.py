@@ -108,7 +108,8 @@ def test_empty_batch(cpu_backend):
 
 
 def test_result_does_not_depend_on_the_thread_count(cpu_backend):
-    case = random_dcn_case(8, batch=2, channels=16, out_channels=8, size=(12, 10), dtype=torch.float32)
+    # large enough that every kernel splits into several chunks of at::parallel_for
+    case = random_dcn_case(8, batch=2, channels=32, out_channels=8, size=(40, 36), dtype=torch.float32)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -7,7 +7,14 @@ import numpy as np
 from nuscenes_fixtures import dataset, val_infos  # noqa: F401
 
 from datasets.nuscenes.constants import CAMERA_NAMES, CLASS_NAMES
-from datasets.nuscenes.visualize import GT_COLOR, PRED_COLOR, draw_bev, draw_camera_boxes
+from datasets.nuscenes.visualize import (
+    CLASS_COLORS,
+    EGO_COLOR,
+    GT_COLOR,
+    PRED_COLOR,
+    draw_bev,
+    draw_camera_boxes,
+)
 
 
 def _shows(pixel: np.ndarray, color: tuple[int, int, int]) -> bool:
@@ -36,5 +43,18 @@ def test_camera_mosaic_draws_projected_boxes(dataset, val_infos, tmp_path):  # n
     labels = np.array([CLASS_NAMES.index(sample["gt"]["names"][i]) for i in keep])
     mosaic = draw_camera_boxes(images, lidar2img, boxes, labels, tmp_path / "cameras.png")
     height, width = images[0].shape[:2]
-    assert mosaic.shape == (2 * height, 3 * width, 3) and (tmp_path / "cameras.png").is_file()
-    assert (mosaic != np.concatenate([np.concatenate(images[i : i + 3], 1) for i in (0, 3)], 0)).any()
+    assert mosaic.shape[1:] == (3 * width, 3) and (tmp_path / "cameras.png").is_file()
+    cameras, legend = mosaic[: 2 * height], mosaic[2 * height :]
+    assert (cameras != np.concatenate([np.concatenate(images[i : i + 3], 1) for i in (0, 3)], 0)).any()
+    for color in CLASS_COLORS:  # the legend strip shows every class colour
+        assert (legend == np.array(color, np.uint8)).all(-1).any(), color
+    unlabelled = draw_camera_boxes(images, lidar2img, boxes)
+    assert unlabelled.shape == (2 * height, 3 * width, 3)  # one colour (ground truth): no legend
+
+
+def test_bev_picture_explains_itself():
+    image = draw_bev(np.zeros((0, 9)), np.zeros((0, 9)))
+    center = round(51.2 * 8)
+    assert _shows(image[center - 8, center], EGO_COLOR)  # the ego triangle points forward (+x, up)
+    assert (image[:60, :160] == np.array(GT_COLOR, np.uint8)).all(-1).any()  # legend swatches
+    assert (image[:60, :160] == np.array(PRED_COLOR, np.uint8)).all(-1).any()

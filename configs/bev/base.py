@@ -21,6 +21,7 @@ data = dict(
     image_size=[1600, 900],  # (W, H) every camera image is resized to (padded to a multiple of 32)
     num_history=3,  # earlier frames per training sample: queue_length 4
     num_workers=4,  # per process
+    on_bad_image="raise",  # a truncated/corrupt image: "raise" (names the file) or "skip" (logged, counted)
 )
 
 optim = dict(

@@ -40,6 +40,7 @@ data = dict(
     train_split="train2017",
     val_split="val2017",
     num_workers=2,  # per process
+    on_bad_image="raise",  # a truncated/corrupt image: "raise" (names the file) or "skip" (logged, counted)
 )
 augment = dict(
     scales=list(range(480, 801, 32)),  # train short side ∈ {480, 512, ..., 800}

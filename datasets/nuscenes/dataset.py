@@ -38,9 +38,8 @@ from torch.utils.data import Dataset
 from datasets.files import BadImagePolicy, OnBadImage, missing_files, read_rgb
 from datasets.nuscenes.constants import CLASS_NAMES, POINT_CLOUD_RANGE
 from datasets.nuscenes.infos import load_infos
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _STACKED_KEYS = ("img", "lidar2img", "can_bus", "ego_motion", "history_valid", "lidar2global", "img_shape")
 _LISTED_KEYS = ("gt_boxes", "gt_labels", "sample_token", "scene_token")
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from datasets.nuscenes.boxes import box_corners
-from datasets.nuscenes.constants import CAMERA_NAMES, POINT_CLOUD_RANGE
+from datasets.nuscenes.constants import CAMERA_NAMES, CLASS_NAMES, POINT_CLOUD_RANGE
 
 GT_COLOR = (60, 200, 60)
 PRED_COLOR = (60, 60, 230)
@@ -34,6 +34,22 @@ MOSAIC_LAYOUT = (
 )
 _EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7))
 _NEAR = 0.1
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+EGO_COLOR = (240, 240, 240)
+
+
+def draw_legend(
+    image: np.ndarray, entries: Sequence[tuple[str, tuple[int, int, int]]], origin: tuple[int, int]
+) -> None:
+    """A legend box at ``origin`` (x, y, top left): one coloured swatch and its label per entry."""
+    scale, line = 0.45, 18
+    width = 28 + max(cv2.getTextSize(label, _FONT, scale, 1)[0][0] for label, _ in entries)
+    x, y = origin
+    cv2.rectangle(image, (x, y), (x + width, y + 6 + line * len(entries)), (0, 0, 0), -1)
+    for i, (label, color) in enumerate(entries):
+        top = y + 6 + i * line
+        cv2.rectangle(image, (x + 6, top + 2), (x + 18, top + 12), color, -1)
+        cv2.putText(image, label, (x + 24, top + 12), _FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def _write(image: np.ndarray, out_path: str | Path | None) -> np.ndarray:
@@ -54,7 +70,8 @@ def draw_bev(
     point_cloud_range: Sequence[float] = POINT_CLOUD_RANGE,
     pixels_per_meter: float = 8.0,
 ) -> np.ndarray:
-    """Top-down image (lidar +x up, +y left) of GT (green) and predicted (red) boxes with heading lines.
+    """Top-down image (lidar +x up, +y left) of GT (green) and predicted (red) boxes with heading lines,
+    range rings every 10 m (labelled), the ego vehicle (white triangle pointing forward) and a legend.
 
     Args:
         gt_boxes: (K, 9) ground truth. pred_boxes: (M, 9) predictions, drawn if ``pred_scores`` (M,) is None
@@ -71,11 +88,14 @@ def draw_bev(
             [(y_max - xy[..., 1]) * pixels_per_meter, (x_max - xy[..., 0]) * pixels_per_meter], -1
         )
 
+    center = to_pixels(np.zeros(2)).round().astype(int)
     for radius in range(10, int(max(x_max, y_max)) + 1, 10):
-        center = to_pixels(np.zeros(2)).round().astype(int)
-        cv2.circle(
-            image, tuple(center.tolist()), int(radius * pixels_per_meter), (70, 70, 70), 1, cv2.LINE_AA
-        )
+        pixels = int(radius * pixels_per_meter)
+        cv2.circle(image, tuple(center.tolist()), pixels, (70, 70, 70), 1, cv2.LINE_AA)
+        label_at = (int(center[0]) + 3, int(center[1]) - pixels + 14)
+        cv2.putText(image, f"{radius} m", label_at, _FONT, 0.4, (120, 120, 120), 1, cv2.LINE_AA)
+    ego = to_pixels(np.array([[2.5, 0.0], [-1.5, 1.2], [-1.5, -1.2]])).round().astype(np.int32)
+    cv2.fillPoly(image, [ego], EGO_COLOR, cv2.LINE_AA)
     if points is not None:
         pixels = to_pixels(np.asarray(points)[:, :2]).round().astype(int)
         inside = (pixels[:, 0] >= 0) & (pixels[:, 0] < width) & (pixels[:, 1] >= 0) & (pixels[:, 1] < height)
@@ -106,6 +126,11 @@ def draw_bev(
                 cv2.LINE_AA,
                 shift=4,
             )
+    draw_legend(
+        image,
+        [("ground truth", GT_COLOR), ("prediction", PRED_COLOR), ("ego (+x forward)", EGO_COLOR)],
+        (8, 8),
+    )
     return _write(image, out_path)
 
 
@@ -140,7 +165,8 @@ def draw_camera_boxes(
     out_path: str | Path | None = None,
     camera_names: Sequence[str] = CAMERA_NAMES,
 ) -> np.ndarray:
-    """Mosaic (2 rows x 3 cameras) of the six images with the boxes projected into each.
+    """Mosaic (2 rows x 3 cameras) of the six images with the boxes projected into each, and a legend of
+    the class colours (with ``labels``) below it.
 
     Args:
         images: six BGR uint8 images (H, W, 3) in ``camera_names`` order.
@@ -165,6 +191,13 @@ def draw_camera_boxes(
         cv2.putText(image, name, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA)
         drawn[name] = image
     mosaic = np.concatenate([np.concatenate([drawn[name] for name in row], 1) for row in MOSAIC_LAYOUT], 0)
+    if labels is not None:
+        entries = [(name, CLASS_COLORS[i % len(CLASS_COLORS)]) for i, name in enumerate(CLASS_NAMES)]
+        strip = np.zeros((14 + 18 * ((len(entries) + 4) // 5), mosaic.shape[1], 3), np.uint8)
+        column = mosaic.shape[1] // 5
+        for i, entry in enumerate(entries):
+            draw_legend(strip, [entry], (column * (i % 5), 18 * (i // 5)))
+        mosaic = np.concatenate([mosaic, strip], 0)
     return _write(mosaic, out_path)
 
 

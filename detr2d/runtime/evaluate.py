@@ -33,15 +33,15 @@ def check_finite(detections: list[dict[str, torch.Tensor]], where: str) -> None:
     for detection in detections:
         finite = torch.isfinite(detection["scores"])
         boxes = detection["boxes"]
-        finite &= torch.isfinite(boxes.reshape(boxes.shape[0], -1)).all(dim=1)
+        finite &= torch.isfinite(boxes.flatten(1)).all(dim=1)
         bad += int((~finite).sum())
         bad_samples += int(not bool(finite.all()))
         total += finite.numel()
     if bad:
         raise FloatingPointError(
             f"the model produced non-finite outputs: {bad} of {total} detections in {bad_samples} of "
-            f"{len(detections)} sample(s) of {where} have a NaN/inf score or box; the weights are likely "
-            "corrupt (check the checkpoint, or the training log for a diverging loss)"
+            f"{len(detections)} sample(s) of a batch of {where} have a NaN/inf score or box; the weights "
+            "are likely corrupt (check the checkpoint, or the training log for a diverging loss)"
         )
 
 

@@ -314,6 +314,10 @@ def fit(
                 progress=train_cfg["progress"] and info.is_main,
             )
             record: dict[str, Any] = {"epoch": epoch, "train": stats}
+            skipped = getattr(train_set, "num_skipped_images", 0)
+            if skipped:
+                record["skipped_images"] = skipped
+                logger.warning("%d bad image(s) skipped so far (data.on_bad_image=skip)", skipped)
             if evaluation_due(train_cfg["eval_every"], epoch, schedule["epochs"]):
                 result = evaluate(
                     task, model, val_loader, info.device, info.is_main, train_cfg["amp"], out_dir / VAL_DIR

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <optional>
 #include <vector>
 
@@ -31,20 +32,59 @@ constexpr int64_t kBlock = 128;  // output positions per task
 // convolutions run on the calling thread instead of waking the pool.
 int64_t grain(int64_t work_per_item) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, work_per_item)); }
 
-// Rows (g * K + k) x positions of one sample's corners.
-template <typename acc_t, typename scalar_t>
-std::vector<Corners<acc_t>> corner_table(const ConvDims& d, const scalar_t* offset_n) {
-  const int64_t k_points = d.kernel_points(), positions = d.positions();
-  std::vector<Corners<acc_t>> table(d.deform_groups * k_points * positions);
-  at::parallel_for(0, d.deform_groups * k_points, grain(positions), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      for (int64_t l = 0; l < positions; ++l) {
-        table[row * positions + l] = kernel_point_corners<acc_t>(d, offset_n, row / k_points, row % k_points, l);
+// One sample's corners (deform_conv_math.h) as structure-of-arrays: element (row * 4 + j) * L + l of
+// each array is corner j of table row (g * K + k) at output position l. The channel loops below run over
+// positions with unit stride, so they vectorize (AVX2 gathers). A corner outside the image has offset 0
+// and zero coefficients, so every loop is branch-free.
+template <typename acc_t>
+struct CornerTable {
+  int64_t positions;
+  std::vector<int32_t> offset;
+  std::vector<acc_t> weight, d_w, d_h;
+
+  // Pointers to the four corners of one row.
+  struct Row {
+    const int32_t* offset[4];
+    const acc_t *weight[4], *d_w[4], *d_h[4];
+  };
+
+  template <typename scalar_t>
+  CornerTable(const ConvDims& d, const scalar_t* offset_n) : positions(d.positions()) {
+    TORCH_CHECK(d.plane() <= INT32_MAX, "the CPU kernels need H * W < 2^31, got ", d.height, " x ", d.width);
+    const int64_t k_points = d.kernel_points(), rows = d.deform_groups * k_points;
+    const auto size = static_cast<size_t>(rows * 4 * positions);
+    offset.resize(size);
+    weight.resize(size);
+    d_w.resize(size);
+    d_h.resize(size);
+    at::parallel_for(0, rows, grain(positions), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        for (int64_t l = 0; l < positions; ++l) {
+          const auto b = kernel_point_corners<acc_t>(d, offset_n, row / k_points, row % k_points, l);
+          for (int j = 0; j < 4; ++j) {
+            const int64_t e = (row * 4 + j) * positions + l;
+            offset[e] = static_cast<int32_t>(b.offset[j]);
+            weight[e] = b.weight[j];
+            d_w[e] = b.d_w[j];
+            d_h[e] = b.d_h[j];
+          }
+        }
       }
+    });
+  }
+
+  Row row(int64_t r) const {
+    Row view;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t e = (r * 4 + j) * positions;
+      view.offset[j] = offset.data() + e;
+      view.weight[j] = weight.data() + e;
+      view.d_w[j] = d_w.data() + e;
+      view.d_h[j] = d_h.data() + e;
     }
-  });
-  return table;
-}
+    return view;
+  }
+};
 
 // A task is one table row (g * K + k) and one block of positions [l0, l1).
 struct Task {
@@ -61,52 +101,48 @@ struct Task {
 };
 
 template <typename scalar_t, typename acc_t>
-DCN_MULTIVERSION void im2col_tasks(const ConvDims& d, const Corners<acc_t>* table, const scalar_t* input,
+DCN_MULTIVERSION void im2col_tasks(const ConvDims& d, const CornerTable<acc_t>& table, const scalar_t* input,
                                    const scalar_t* mask, scalar_t* columns, int64_t begin, int64_t end) {
   const int64_t k_points = d.kernel_points(), positions = d.positions(), cg = d.channels_per_deform_group();
   for (int64_t index = begin; index < end; ++index) {
     const Task t = Task::at(d, index);
-    const Corners<acc_t>* corners = table + t.row * positions;
+    const auto r = table.row(t.row);
     const scalar_t* m = mask + t.row * positions;
     for (int64_t c = t.g * cg; c < (t.g + 1) * cg; ++c) {
       const scalar_t* plane = input + c * d.plane();
       scalar_t* out = columns + (c * k_points + t.k) * positions;
+#pragma omp simd
       for (int64_t l = t.l0; l < t.l1; ++l) {
-        const acc_t v = corners[l].any ? msda::bilinear_gather(plane, corners[l], 0) : acc_t(0);
+        acc_t v = 0;
+        for (int j = 0; j < 4; ++j) v += r.weight[j][l] * static_cast<acc_t>(plane[r.offset[j][l]]);
         out[l] = static_cast<scalar_t>(static_cast<acc_t>(m[l]) * v);
       }
     }
   }
 }
 
-template <typename acc_t>
-struct PlainAdd {
-  acc_t* target;
-  void operator()(int64_t index, acc_t amount) { target[index] += amount; }
-};
-
 template <typename scalar_t, typename acc_t>
-DCN_MULTIVERSION void col2im_channels(const ConvDims& d, const Corners<acc_t>* table, const scalar_t* mask,
+DCN_MULTIVERSION void col2im_channels(const ConvDims& d, const CornerTable<acc_t>& table, const scalar_t* mask,
                                       const scalar_t* grad_columns, acc_t* grad_input, int64_t begin,
                                       int64_t end) {
   const int64_t k_points = d.kernel_points(), positions = d.positions(), cg = d.channels_per_deform_group();
   for (int64_t c = begin; c < end; ++c) {
-    PlainAdd<acc_t> add{grad_input + c * d.plane()};
+    acc_t* target = grad_input + c * d.plane();
     for (int64_t k = 0; k < k_points; ++k) {
       const int64_t row = (c / cg) * k_points + k;
-      const Corners<acc_t>* corners = table + row * positions;
+      const auto r = table.row(row);
       const scalar_t* m = mask + row * positions;
       const scalar_t* grad = grad_columns + (c * k_points + k) * positions;
       for (int64_t l = 0; l < positions; ++l) {
-        if (!corners[l].any) continue;
-        msda::bilinear_scatter(corners[l], 0, static_cast<acc_t>(m[l]) * static_cast<acc_t>(grad[l]), add);
+        const acc_t v = static_cast<acc_t>(m[l]) * static_cast<acc_t>(grad[l]);
+        for (int j = 0; j < 4; ++j) target[r.offset[j][l]] += r.weight[j][l] * v;
       }
     }
   }
 }
 
 template <typename scalar_t, typename acc_t>
-DCN_MULTIVERSION void offset_mask_tasks(const ConvDims& d, const Corners<acc_t>* table, const scalar_t* input,
+DCN_MULTIVERSION void offset_mask_tasks(const ConvDims& d, const CornerTable<acc_t>& table, const scalar_t* input,
                                         const scalar_t* mask, const scalar_t* grad_columns,
                                         scalar_t* grad_offset, scalar_t* grad_mask, int64_t begin,
                                         int64_t end) {
@@ -114,20 +150,26 @@ DCN_MULTIVERSION void offset_mask_tasks(const ConvDims& d, const Corners<acc_t>*
   acc_t grad_m[kBlock], grad_h[kBlock], grad_w[kBlock];
   for (int64_t index = begin; index < end; ++index) {
     const Task t = Task::at(d, index);
-    const Corners<acc_t>* corners = table + t.row * positions;
+    const auto r = table.row(t.row);
     std::fill(grad_m, grad_m + kBlock, acc_t(0));
     std::fill(grad_h, grad_h + kBlock, acc_t(0));
     std::fill(grad_w, grad_w + kBlock, acc_t(0));
     for (int64_t c = t.g * cg; c < (t.g + 1) * cg; ++c) {
       const scalar_t* plane = input + c * d.plane();
       const scalar_t* grad = grad_columns + (c * k_points + t.k) * positions;
+#pragma omp simd
       for (int64_t l = t.l0; l < t.l1; ++l) {
-        if (!corners[l].any) continue;
-        const auto s = msda::bilinear_gather_with_grad(plane, corners[l], 0);
+        acc_t value = 0, slope_w = 0, slope_h = 0;
+        for (int j = 0; j < 4; ++j) {
+          const acc_t x = static_cast<acc_t>(plane[r.offset[j][l]]);
+          value += r.weight[j][l] * x;
+          slope_w += r.d_w[j][l] * x;
+          slope_h += r.d_h[j][l] * x;
+        }
         const acc_t g = static_cast<acc_t>(grad[l]);
-        grad_m[l - t.l0] += g * s.value;
-        grad_h[l - t.l0] += g * s.d_h;
-        grad_w[l - t.l0] += g * s.d_w;
+        grad_m[l - t.l0] += g * value;
+        grad_w[l - t.l0] += g * slope_w;
+        grad_h[l - t.l0] += g * slope_h;
       }
     }
     const scalar_t* m = mask + t.row * positions;
@@ -144,12 +186,12 @@ void im2col_cpu(const ConvDims& d, const at::Tensor& input_n, const at::Tensor& 
                 const at::Tensor& columns) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_n.scalar_type(), "dcn_im2col_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto table = corner_table<acc_t>(d, offset_n.const_data_ptr<scalar_t>());
+    const CornerTable<acc_t> table(d, offset_n.const_data_ptr<scalar_t>());
     const scalar_t* input = input_n.const_data_ptr<scalar_t>();
     const scalar_t* mask = mask_n.const_data_ptr<scalar_t>();
     scalar_t* out = columns.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, Task::count(d), grain(kBlock * d.channels_per_deform_group()), [&](int64_t begin, int64_t end) {
-      im2col_tasks(d, table.data(), input, mask, out, begin, end);
+      im2col_tasks(d, table, input, mask, out, begin, end);
     });
   });
 }
@@ -158,12 +200,12 @@ void col2im_cpu(const ConvDims& d, const at::Tensor& offset_n, const at::Tensor&
                 const at::Tensor& grad_columns, const at::Tensor& grad_input_n) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, offset_n.scalar_type(), "dcn_col2im_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto table = corner_table<acc_t>(d, offset_n.const_data_ptr<scalar_t>());
+    const CornerTable<acc_t> table(d, offset_n.const_data_ptr<scalar_t>());
     const scalar_t* mask = mask_n.const_data_ptr<scalar_t>();
     const scalar_t* grad = grad_columns.const_data_ptr<scalar_t>();
     acc_t* grad_input = grad_input_n.mutable_data_ptr<acc_t>();
     at::parallel_for(0, d.channels, grain(d.kernel_points() * d.positions()), [&](int64_t begin, int64_t end) {
-      col2im_channels(d, table.data(), mask, grad, grad_input, begin, end);
+      col2im_channels(d, table, mask, grad, grad_input, begin, end);
     });
   });
 }
@@ -173,14 +215,14 @@ void offset_mask_grads_cpu(const ConvDims& d, const at::Tensor& input_n, const a
                            const at::Tensor& grad_mask_n) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_n.scalar_type(), "dcn_offset_mask_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto table = corner_table<acc_t>(d, offset_n.const_data_ptr<scalar_t>());
+    const CornerTable<acc_t> table(d, offset_n.const_data_ptr<scalar_t>());
     const scalar_t* input = input_n.const_data_ptr<scalar_t>();
     const scalar_t* mask = mask_n.const_data_ptr<scalar_t>();
     const scalar_t* grad = grad_columns.const_data_ptr<scalar_t>();
     scalar_t* grad_offset = grad_offset_n.mutable_data_ptr<scalar_t>();
     scalar_t* grad_mask = grad_mask_n.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, Task::count(d), grain(kBlock * d.channels_per_deform_group()), [&](int64_t begin, int64_t end) {
-      offset_mask_tasks(d, table.data(), input, mask, grad, grad_offset, grad_mask, begin, end);
+      offset_mask_tasks(d, table, input, mask, grad, grad_offset, grad_mask, begin, end);
     });
   });
 }

@@ -1,0 +1,205 @@
+"""Export: ONNX (op lowered to GridSample) parity with PyTorch under ONNX Runtime, and torch.export."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bev import build_bev_model
+from detr2d import VARIANTS, build_model
+from detr2d.export import (
+    BevFrameForExport,
+    export_model,
+    onnx_max_errors,
+    prepare_export,
+)
+from ops import MSDeformAttn, ms_deform_attn
+
+EXTRA = "needs the optional extra: pip install .[export]"
+onnx = pytest.importorskip("onnx", reason=f"ONNX export {EXTRA} (onnx)")
+pytest.importorskip("onnxruntime", reason=f"ONNX Runtime parity {EXTRA} (onnxruntime)")
+
+TOL = 1e-4
+NO_DCN = (False, False, False, False)
+
+
+def small_detr2d(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(
+        name,
+        backbone="resnet18",
+        embed_dims=32,
+        num_heads=2,
+        encoder_layers=1,
+        decoder_layers=2,
+        ffn_dims=32,
+        num_queries=10,
+        num_classes=3,
+    ).eval()
+
+
+def small_bev(head: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    common = dict(backbone="resnet18", backbone_dcn=NO_DCN, embed_dims=32, num_heads=2, ffn_dims=32)
+    if head == "bev":
+        model = build_bev_model(
+            "bev_demo", **common, bev_h=6, bev_w=6, encoder_layers=1, decoder_layers=2, num_queries=10
+        )
+    else:
+        model = build_bev_model(
+            "detr3d",
+            **common,
+            return_layers=("layer3", "layer4"),
+            num_levels=2,
+            decoder_layers=2,
+            num_queries=10,
+        )
+    for module in model.modules():  # random offsets, so that sampling leaves the reference points
+        if hasattr(module, "sampling_offsets"):
+            torch.nn.init.normal_(module.sampling_offsets.weight, std=0.5)
+    return model.eval()
+
+
+def ring_of_cameras(num_cams: int, height: int, width: int) -> torch.Tensor:
+    """(1, Ncam, 4, 4) lidar2img of cameras looking outwards around the car: each sees part of the BEV."""
+    lidar2img = torch.zeros(1, num_cams, 4, 4)
+    intrinsics = torch.tensor([[width / 2, 0.0, width / 2], [0.0, width / 2, height / 2], [0.0, 0.0, 1.0]])
+    for cam in range(num_cams):
+        yaw = 2 * math.pi * cam / num_cams
+        rotation = torch.tensor(
+            [[math.sin(yaw), -math.cos(yaw), 0.0], [0.0, 0.0, -1.0], [math.cos(yaw), math.sin(yaw), 0.0]]
+        )
+        lidar2img[0, cam, :3, :3] = intrinsics @ rotation
+        lidar2img[0, cam, 3, 3] = 1.0
+    return lidar2img
+
+
+class Op(torch.nn.Module):
+    input_names = ("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights")
+
+    def __init__(self, backend: str) -> None:
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, value, shapes, starts, locations, weights):
+        return ms_deform_attn(value, shapes, starts, locations, weights, backend=self.backend)
+
+
+def test_op_lowering_equals_reference(tmp_path, cpu_backend):
+    """The custom op becomes GridSample nodes; ONNX Runtime equals the reference on new inputs: another
+    number of queries, locations outside [0, 1], other level sizes (read from the graph input)."""
+
+    def inputs(queries: int, shapes: list[list[int]]) -> tuple[torch.Tensor, ...]:
+        locations = torch.rand(2, queries, 4, 2, 3, 2) * 1.4 - 0.2
+        weights = torch.rand(2, queries, 4, 2, 3).softmax(-1)
+        starts = torch.tensor([0, shapes[0][0] * shapes[0][1]])
+        return torch.randn(2, 39, 4, 8), torch.tensor(shapes), starts, locations, weights
+
+    torch.manual_seed(0)
+    path = tmp_path / "op.onnx"
+    free = {"sampling_locations": {1: "queries"}, "attention_weights": {1: "queries"}}
+    proto = export_model(Op(cpu_backend), inputs(7, [[6, 5], [3, 3]]), "onnx", path, dynamic_axes=free)
+    assert "GridSample" in {node.op_type for node in proto.graph.node}
+    assert all(node.domain in ("", "ai.onnx") for node in proto.graph.node)
+    for queries, shapes in ((7, [[6, 5], [3, 3]]), (11, [[5, 6], [9, 1]])):
+        errors = onnx_max_errors(Op("reference"), path, inputs(queries, shapes))
+        assert max(errors) < 1e-5, (queries, shapes, errors)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_detr2d_onnx_equals_pytorch(tmp_path, name):
+    model = small_detr2d(name)
+    for height, width in ((64, 96), (96, 64)):
+        wrapper, example = prepare_export(model, (height, width))
+        path = tmp_path / f"{name}_{height}x{width}.onnx"
+        proto = export_model(wrapper, example, "onnx", path)
+        assert [i.name for i in proto.graph.input] == ["images"]
+        assert [o.name for o in proto.graph.output] == ["pred_logits", "pred_boxes"]
+        errors = onnx_max_errors(wrapper, path, (torch.randn(1, 3, height, width),))
+        assert max(errors) < TOL, (name, height, width, errors)
+
+
+@pytest.mark.parametrize("image_size", [(64, 96), (96, 128)])
+def test_bevformer_onnx_runs_a_scene(tmp_path, image_size):
+    """Exported on the all-seeing example cameras, the graph equals PyTorch on a real camera ring over
+    two frames, the second reading the first one's BEV back (moved by a turning ego motion)."""
+    model = small_bev("bev")
+    wrapper, example = prepare_export(model, image_size)
+    path = tmp_path / "bev.onnx"
+    proto = export_model(wrapper, example, "onnx", path)
+    assert [i.name for i in proto.graph.input] == list(wrapper.input_names)
+    lidar2img = ring_of_cameras(model.num_cams, *image_size)
+    motion = torch.eye(4)[None].clone()
+    motion[0, :2, :2] = torch.tensor([[math.cos(0.2), -math.sin(0.2)], [math.sin(0.2), math.cos(0.2)]])
+    motion[0, :2, 3] = torch.tensor([3.0, -1.0])
+    bev_cells = model.encoder.bev_h * model.encoder.bev_w
+    first = (
+        torch.randn(1, model.num_cams, 3, *image_size),
+        lidar2img,
+        torch.zeros(1, bev_cells, model.encoder.embed_dims),
+        torch.eye(4)[None],
+        torch.zeros(1, dtype=torch.bool),
+    )
+    assert max(onnx_max_errors(wrapper, path, first)) < TOL
+    with torch.no_grad():
+        bev = wrapper(*first)[2]
+    second = (torch.randn(1, model.num_cams, 3, *image_size), lidar2img, bev, motion, torch.ones(1, dtype=torch.bool))
+    errors = onnx_max_errors(wrapper, path, second)
+    assert max(errors) < TOL, errors
+
+
+def test_detr3d_onnx_equals_pytorch(tmp_path):
+    model = small_bev("detr3d")
+    wrapper, example = prepare_export(model, (64, 96))
+    assert isinstance(wrapper, BevFrameForExport) and wrapper.output_names == ("cls_logits", "box_code")
+    path = tmp_path / "detr3d.onnx"
+    export_model(wrapper, example, "onnx", path)
+    inputs = (torch.randn(1, model.num_cams, 3, 64, 96), ring_of_cameras(model.num_cams, 64, 96))
+    assert max(onnx_max_errors(wrapper, path, inputs)) < TOL
+
+
+def test_export_argument_errors(tmp_path):
+    module = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        export_model(module, (torch.randn(1, 2),), "tflite", tmp_path / "x")
+    with pytest.raises(ValueError, match="opset must be >= 16"):
+        export_model(module, (torch.randn(1, 2),), "onnx", tmp_path / "x.onnx", opset=13)
+    with pytest.raises(TypeError, match="cannot export a Linear"):
+        prepare_export(module, (32, 32))
+
+
+def test_torch_export_keeps_the_op_node(tmp_path, cpu_backend):
+    """torch.export traces the deformable attention as one ``deformbev::ms_deform_attn`` node; the saved
+    program loads back and equals eager."""
+    torch.manual_seed(0)
+    attention = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=2, backend=cpu_backend).eval()
+    torch.nn.init.normal_(attention.sampling_offsets.weight, std=0.5)
+    shapes = torch.tensor([[6, 5], [3, 3]])
+    starts = torch.tensor([0, 30])
+    args = (torch.randn(2, 7, 32), torch.rand(2, 7, 2, 2), torch.randn(2, 39, 32), shapes, starts)
+    path = tmp_path / "attention.pt2"
+    program = export_model(attention, args, "export", path)
+    targets = [node.target for node in program.graph.nodes if node.op == "call_function"]
+    assert torch.ops.deformbev.ms_deform_attn.default in targets
+    loaded = torch.export.load(path)
+    new_args = (torch.randn(2, 7, 32), torch.rand(2, 7, 2, 2), torch.randn(2, 39, 32), shapes, starts)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module()(*new_args), attention(*new_args), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="model code branches on tensor data: PaddingMasks.has_padding = bool(mask.any()) "
+    "(detr2d/padding.py, built in DeformableDETR.forward and again in ResNetBackbone.forward) and "
+    "encoder_reference_points reads spatial_shapes.tolist() (detr2d/encoder.py)",
+)
+def test_torch_export_detr2d_round_trip(tmp_path, cpu_backend):
+    model = small_detr2d("deformable_detr")
+    wrapper, example = prepare_export(model, (64, 96))
+    program = export_model(wrapper, example, "export", tmp_path / "detr.pt2")
+    assert torch.ops.deformbev.ms_deform_attn.default in [n.target for n in program.graph.nodes]
+    with torch.no_grad():
+        for got, expected in zip(program.module()(*example), wrapper(*example), strict=True):
+            torch.testing.assert_close(got, expected)

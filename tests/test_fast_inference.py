@@ -1,0 +1,137 @@
+"""The inference fast path: batch norm folded into convolutions, channels-last, native op; same outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bev import build_bev_model
+from detr2d import FrozenBatchNorm2d, ResNetBackbone, build_model
+from detr2d.fast_inference import fold_batch_norms, fold_conv_bn, optimize_for_inference, use_native_op
+
+
+def randomize_norms(model: nn.Module) -> None:
+    """Non-trivial statistics and affine parameters in every batch norm (fresh ones are identities)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, FrozenBatchNorm2d | nn.BatchNorm2d):
+                c = module.running_mean.shape[0]
+                module.running_mean.copy_(torch.randn(c, generator=generator) * 0.5)
+                module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(c, generator=generator) * 0.2)
+
+
+def count(model: nn.Module, kinds: tuple[type, ...]) -> int:
+    return sum(isinstance(m, kinds) for m in model.modules())
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
+def test_fold_batch_norms_is_exact(norm):
+    torch.manual_seed(0)
+    backbone = ResNetBackbone(18, ("layer2", "layer3", "layer4"), norm=norm).eval()
+    randomize_norms(backbone)
+    norms = count(backbone, (FrozenBatchNorm2d, nn.BatchNorm2d))
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        expected = backbone(x)
+        assert fold_batch_norms(backbone) == norms == 20  # stem + 8 blocks x 2 + 3 downsamples
+        got = backbone(x)
+    assert count(backbone, (FrozenBatchNorm2d, nn.BatchNorm2d)) == 0
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_training_batch_norm_is_not_folded():
+    block = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    assert fold_batch_norms(block) == 0 and isinstance(block[1], nn.BatchNorm2d)
+
+
+def test_fold_conv_bn_checks_channels():
+    with pytest.raises(ValueError, match="batch norm over 5 channels into a convolution with 4 output"):
+        fold_conv_bn(nn.Conv2d(3, 4, 1), FrozenBatchNorm2d(5))
+
+
+def test_detr2d_fast_path_equals_eager_and_leaves_the_model_alone(cpu_backend):
+    torch.manual_seed(0)
+    model = build_model(
+        "deformable_detr_two_stage",
+        backbone="resnet18",
+        embed_dims=32,
+        num_heads=2,
+        encoder_layers=1,
+        decoder_layers=2,
+        ffn_dims=32,
+        num_queries=10,
+        num_classes=3,
+        op_backend="reference",
+    ).eval()
+    randomize_norms(model)
+    fast = optimize_for_inference(model)
+    assert count(fast, (FrozenBatchNorm2d,)) == 0 and count(model, (FrozenBatchNorm2d,)) == 20
+    assert not fast.training and not any(p.requires_grad for p in fast.parameters())
+    assert fast.backbone[0].body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    attention = [m for m in fast.modules() if hasattr(m, "sampling_offsets")]
+    assert attention and all(m.backend == cpu_backend for m in attention)
+    assert all(m.backend == "reference" for m in model.modules() if hasattr(m, "sampling_offsets"))
+    images = torch.randn(2, 3, 96, 128)
+    mask = torch.zeros(2, 96, 128, dtype=torch.bool)
+    mask[1, 70:] = True  # a padded image: the masks and the masked norms still apply
+    mask[1, :, 100:] = True
+    with torch.inference_mode():
+        expected, got = model(images, mask), fast(images, mask)
+    for key in ("pred_logits", "pred_boxes"):
+        torch.testing.assert_close(got[key], expected[key], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        got["enc_outputs"]["pred_logits"], expected["enc_outputs"]["pred_logits"], atol=1e-4, rtol=1e-4
+    )
+
+
+def test_bev_fast_path_equals_eager(cpu_backend):
+    torch.manual_seed(0)
+    model = build_bev_model(
+        "bev_demo", embed_dims=32, num_heads=2, ffn_dims=32, bev_h=6, bev_w=6, num_queries=10
+    ).eval()
+    randomize_norms(model)
+    fast = optimize_for_inference(model)
+    assert count(fast, (FrozenBatchNorm2d, nn.BatchNorm2d)) == 0
+    img = torch.randn(1, model.num_cams, 3, 64, 96)
+    lidar2img = torch.eye(4).expand(1, model.num_cams, 4, 4).clone()
+    lidar2img[..., 0, 3], lidar2img[..., 1, 3] = 48.0, 32.0
+    with torch.inference_mode():
+        (expected, bev), (got, fast_bev) = model.predict(img, lidar2img), fast.predict(img, lidar2img)
+    torch.testing.assert_close(fast_bev, bev, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.cls_logits, expected.cls_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.box_code, expected.box_code, atol=1e-4, rtol=1e-4)
+
+
+def test_use_native_op_switches_every_attention(cpu_backend):
+    model = build_bev_model("bev_demo", bev_h=4, bev_w=4, num_queries=5, op_backend="reference")
+    changed = use_native_op(model, torch.device("cpu"))
+    # 2 encoder layers x (temporal + spatial) + 3 decoder layers' cross-attention
+    assert changed == 7
+    assert {m.backend for m in model.modules() if hasattr(m, "sampling_offsets")} == {cpu_backend}
+
+
+@pytest.mark.slow
+def test_compiled_fast_path_equals_eager(cpu_backend):
+    torch.manual_seed(0)
+    model = build_model(
+        "deformable_detr",
+        backbone="resnet18",
+        embed_dims=32,
+        num_heads=2,
+        encoder_layers=1,
+        decoder_layers=1,
+        ffn_dims=32,
+        num_queries=10,
+        num_classes=3,
+    ).eval()
+    randomize_norms(model)
+    fast = optimize_for_inference(model, compile=True)
+    images = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        expected, got = model(images), fast(images)
+    torch.testing.assert_close(got["pred_logits"], expected["pred_logits"], atol=1e-4, rtol=1e-4)

@@ -1,0 +1,193 @@
+"""The task-neutral runtime: resumed schedules, run start-up, results integrity, the shared command line,
+and the guard against another top-level ``datasets`` package."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_coco_train import DEMO, tiny_overrides, tiny_root  # noqa: F401 (fixture)
+from torch import nn
+
+from configs import load_config
+from detr2d.runtime.cli import split_overrides
+from detr2d.runtime.evaluate import check_finite, run_test
+from detr2d.runtime.fit import fit
+from detr2d.runtime.optim import build_lr_scheduler, resume_lr_scheduler
+from detr2d.runtime.tasks import TASKS, task_class
+from detr2d.task import CocoDetectionTask
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _stepped(schedule: dict, steps: int, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_lr_scheduler(optimizer, schedule, steps_per_epoch)
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+    return scheduler
+
+
+def test_resumed_schedule_takes_the_new_settings() -> None:
+    """The original's --override_resumed_lr_drop, always on: iteration count from the checkpoint,
+    factor from the current config; unchanged settings give the saved lr exactly."""
+    old = {"policy": "step", "lr_drop": 10, "lr_gamma": 0.1}
+    saved = _stepped(old, steps=12, steps_per_epoch=4)  # epoch 3 of a drop every 10: lr 1.0
+    assert saved.get_last_lr() == [1.0]
+    for schedule, expected in ((old, 1.0), ({**old, "lr_drop": 2}, 0.1), ({**old, "lr_drop": 1}, 0.001)):
+        fresh = _stepped(schedule, steps=0, steps_per_epoch=4)
+        resume_lr_scheduler(fresh, saved.state_dict(), schedule, steps_per_epoch=4)
+        assert fresh.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+        assert fresh.last_epoch == 12
+    cosine = {
+        "policy": "warmup_cosine",
+        "epochs": 2,
+        "warmup_iters": 1,
+        "warmup_ratio": 0.5,
+        "min_lr_ratio": 0.0,
+    }
+    fresh = _stepped({**cosine, "epochs": 4}, steps=0, steps_per_epoch=4)
+    resume_lr_scheduler(fresh, _stepped(cosine, 4, 4).state_dict(), {**cosine, "epochs": 4}, 4)
+    assert fresh.optimizer.param_groups[0]["lr"] == pytest.approx(
+        0.5 * (1 + torch.cos(torch.tensor(torch.pi / 4))).item()
+    )
+
+
+def test_resume_with_a_longer_schedule_logs_the_change_and_trains_on(
+    tiny_root: Path,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    overrides = [*tiny_overrides(tiny_root), "train.eval_every=0"]
+    fit(
+        CocoDetectionTask(load_config(DEMO, [*overrides, "schedule.epochs=1", "schedule.lr_drop=5"])),
+        tmp_path,
+    )
+    longer = load_config(DEMO, [*overrides, "schedule.epochs=2", "schedule.lr_drop=1"])
+    with caplog.at_level(logging.WARNING):
+        fit(CocoDetectionTask(longer), tmp_path, resume=tmp_path / "checkpoint.pth")
+    assert "changed schedule settings" in caplog.text and "'lr_drop': (5, 1)" in caplog.text
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(longer["optim"]["lr"] * 0.01)
+    assert checkpoint["task"] == "coco_detection" and set(checkpoint["class_names"].values()) == {
+        "circle",
+        "square",
+        "triangle",
+        "cross",
+    }
+
+
+def test_start_up_removes_stale_temporaries_of_a_killed_write(tiny_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+    )
+    stale = tmp_path / f".checkpoint.pth.tmp.{int(dead.stdout)}"
+    stale.write_bytes(b"\0" * 4096)
+    config = load_config(DEMO, [*tiny_overrides(tiny_root), "schedule.epochs=1", "train.eval_every=0"])
+    fit(CocoDetectionTask(config), tmp_path)
+    assert not stale.exists() and (tmp_path / "checkpoint.pth").is_file()
+
+
+def test_non_finite_loss_stops_training_naming_the_term(
+    tiny_root: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = load_config(DEMO, [*tiny_overrides(tiny_root), "schedule.epochs=1", "train.eval_every=0"])
+    task = CocoDetectionTask(config)
+    criterion = task.build_criterion()
+    forward = criterion.forward
+
+    def poisoned(outputs, targets):
+        losses = forward(outputs, targets)
+        return {**losses, "d0.loss_giou": losses["d0.loss_giou"] * float("nan")}
+
+    monkeypatch.setattr(criterion, "forward", poisoned)
+    monkeypatch.setattr(task, "build_criterion", lambda: criterion)
+    with pytest.raises(FloatingPointError, match=r"non-finite terms \['d0.loss_giou'\]"):
+        fit(task, tmp_path)
+    assert not (tmp_path / "checkpoint.pth").exists()
+
+
+def test_non_finite_detections_never_reach_the_evaluator(tiny_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    task = CocoDetectionTask(load_config(DEMO, tiny_overrides(tiny_root)))
+    model = task.build_model()
+    nan_state = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+        for k, v in model.state_dict().items()
+    }
+    torch.save({"model": nan_state}, tmp_path / "nan.pth")
+    with pytest.raises(
+        FloatingPointError, match=r"non-finite outputs: 50 of 50 detections in 2 of 2 sample\(s\) of a batch"
+    ):
+        run_test(task, tmp_path / "nan.pth", tmp_path / "eval")
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+    detections = [{"boxes": torch.tensor([[0.0, 0, 1, 1], [0, 0, 1, float("inf")]]), "scores": torch.ones(2)}]
+    with pytest.raises(FloatingPointError, match="1 of 2 detections in 1 of 1"):
+        check_finite(detections, "a test")
+    check_finite([{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0)}], "empty")
+
+
+def test_predict_items_split_into_existing_paths_and_overrides(tmp_path: Path) -> None:
+    image = tmp_path / "a=b.jpg"  # an existing file is an input even if it looks like key=value
+    image.write_bytes(b"")
+    paths, overrides = split_overrides(
+        [str(tmp_path), str(image), "data.root=/x", "train.amp=bf16", "missing.jpg"]
+    )
+    assert paths == [str(tmp_path), str(image), "missing.jpg"]
+    assert overrides == ["data.root=/x", "train.amp=bf16"]
+
+
+def _tool(args: list[str], env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or dict(os.environ),
+    )
+
+
+def test_print_config_shows_the_resolved_config_and_overrides_are_type_checked() -> None:
+    proc = _tool(["tools/train.py", str(DEMO), "train.batch_size=6", "--print-config"])
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)
+    assert config["train"]["batch_size"] == 6 and config["task"] == "coco_detection"
+    proc = _tool(
+        ["tools/predict.py", str(DEMO), "ckpt.pth", "images/", "model.num_queries=7", "--print-config"]
+    )
+    assert proc.returncode == 0 and json.loads(proc.stdout)["model"]["num_queries"] == 7
+    proc = _tool(["tools/test.py", str(DEMO), "ckpt.pth", "train.batch_size=8.5", "--print-config"])
+    assert proc.returncode != 0 and "'train.batch_size=8.5': the key holds a int, got 8.5" in proc.stderr
+
+
+def test_another_datasets_package_is_reported_or_avoided(tmp_path: Path) -> None:
+    """A stand-in for Hugging Face's ``datasets`` earlier on sys.path: the tools still find ours (they put
+    the repository first); a library import of a task fails with a message that says what to do."""
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "__init__.py").write_text("HUGGING_FACE = True\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    proc = _tool([str(REPO / "tools" / "train.py"), str(DEMO), "--print-config"], env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["task"] == "coco_detection", proc.stderr
+    code = "from detr2d.runtime.tasks import task_class; task_class('coco_detection')"
+    proc = _tool(["-c", code], env=env, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "not deformbev's datasets package" in proc.stderr and "PYTHONPATH=" in proc.stderr
+
+
+def test_task_table_names_task_classes() -> None:
+    for name in TASKS:
+        assert task_class(name).name == name
+    with pytest.raises(ValueError, match="unknown task 'lidar'"):
+        task_class("lidar")
+    with pytest.raises(ValueError, match="is not a detr2d.runtime.task.Task subclass"):
+        task_class("detr2d.builder:ModelConfig")
