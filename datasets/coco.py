@@ -47,7 +47,8 @@ def load_coco_index(ann_file: str | Path) -> COCO:
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: the file is empty, binary or not valid JSON (see :func:`datasets.files.read_json`),
-            is not a JSON object with ``images``/``annotations``/``categories``, or has annotations whose
+            is not a JSON object with ``images`` and ``categories`` (``annotations`` may be absent: an
+            image-info file such as ``image_info_test-dev2017.json``), or has annotations whose
             ``image_id`` or ``category_id`` is not declared; the message names the file and a few
             offending ids.
     """
@@ -57,9 +58,10 @@ def load_coco_index(ann_file: str | Path) -> COCO:
         raise ValueError(
             f"COCO annotation file {ann_file} holds a JSON {type(data).__name__}, expected an object"
         )
-    missing = [key for key in ("images", "annotations", "categories") if key not in data]
+    missing = [key for key in ("images", "categories") if key not in data]
     if missing:
         raise ValueError(f"COCO annotation file {ann_file} lacks the key(s) {missing}")
+    data.setdefault("annotations", [])  # an image-info file (e.g. image_info_test-dev2017.json)
     for field, declared in (
         ("image_id", {image["id"] for image in data["images"]}),
         ("category_id", {category["id"] for category in data["categories"]}),
@@ -220,7 +222,11 @@ def build_coco_dataset(
     transforms: Compose | None = None,
     seed: int = 0,
     on_bad_image: OnBadImage = "raise",
+    ann_file: str | Path | None = None,
 ) -> CocoDetection:
-    """The split ``split`` (e.g. ``"train2017"``) of the COCO-layout dataset under ``root``."""
-    image_dir, ann_file = coco_paths(root, split)
+    """The split ``split`` (e.g. ``"train2017"``) of the COCO-layout dataset under ``root``; ``ann_file``
+    (relative to ``root``) replaces ``annotations/instances_<split>.json``, e.g. for test-dev
+    ``annotations/image_info_test-dev2017.json``."""
+    image_dir, default_ann_file = coco_paths(root, split)
+    ann_file = default_ann_file if ann_file is None else Path(root) / ann_file
     return CocoDetection(image_dir, ann_file, transforms, seed, on_bad_image)

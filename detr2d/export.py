@@ -219,7 +219,9 @@ def index_add_symbolic(g, target, dim, index, source, alpha=None):
     if alpha is not None and not symbolic_helper._is_none(alpha):
         factor = float(symbolic_helper._get_const(alpha, "f", "alpha"))
         if factor != 1.0:
-            source = g.op("Mul", source, g.op("CastLike", g.op("Constant", value_t=torch.tensor(factor)), source))
+            source = g.op(
+                "Mul", source, g.op("CastLike", g.op("Constant", value_t=torch.tensor(factor)), source)
+            )
     axes = [axis for axis in range(rank) if axis != dim]
     index = g.op("Unsqueeze", index, g.op("Constant", value_t=torch.tensor(axes))) if axes else index
     index = g.op("Expand", index, g.op("Shape", source))
@@ -282,6 +284,7 @@ def export_model(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript exporter: chosen, see above
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         torch.onnx.export(
             model,
             inputs,

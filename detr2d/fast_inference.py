@@ -105,16 +105,14 @@ def fold_batch_norms(model: nn.Module) -> int:
     return folded
 
 
-def use_native_op(model: nn.Module, device: torch.device) -> int:
-    """Point every module that calls the deformable attention op (an ``op_backend``/``backend``
-    attribute next to ``sampling_offsets``) at the fastest backend on ``device``; return how many."""
-    backend = resolve_backend(device, None)
-    changed = 0
-    for module in model.modules():
-        if hasattr(module, "sampling_offsets") and hasattr(module, "backend"):
-            module.backend = backend
-            changed += 1
-    return changed
+def set_op_backend(model: nn.Module, backend: str | None) -> int:
+    """Set the op backend (``"reference"``, ``"cpu"``, ``"cuda"`` or None = automatic) of every module
+    that calls the deformable attention op (a ``backend`` attribute next to ``sampling_offsets``), in
+    place; return how many there are."""
+    modules = [m for m in model.modules() if hasattr(m, "sampling_offsets") and hasattr(m, "backend")]
+    for module in modules:
+        module.backend = backend
+    return len(modules)
 
 
 def optimize_for_inference(model: nn.Module, compile: bool = False) -> nn.Module:
@@ -133,5 +131,5 @@ def optimize_for_inference(model: nn.Module, compile: bool = False) -> nn.Module
     fold_batch_norms(fast)
     fast = fast.to(memory_format=torch.channels_last)
     parameter = next(fast.parameters(), None)
-    use_native_op(fast, parameter.device if parameter is not None else torch.device("cpu"))
+    set_op_backend(fast, resolve_backend(parameter.device if parameter is not None else torch.device("cpu")))
     return torch.compile(fast) if compile else fast

@@ -156,7 +156,12 @@ class CocoDetectionTask(Task):
         )
         folder = data["train_split"] if train else data["val_split"]
         return build_coco_dataset(
-            data["root"], folder, transforms, self.config["train"]["seed"], data["on_bad_image"]
+            data["root"],
+            folder,
+            transforms,
+            self.config["train"]["seed"],
+            data["on_bad_image"],
+            None if train else data["val_ann_file"],
         )
 
     def collate(self, items: list[Any]) -> Batch:
@@ -220,13 +225,29 @@ class CocoDetectionTask(Task):
         """pycocotools ``COCOeval`` (bbox) over the images of ``records``; labels that are not categories
         of the annotation file (unused logits) are left out. Writes ``detections.json`` (COCO results
         format) into ``out_dir``."""
-        categories = set(dataset.coco.cats)
-        detections = [d for r in records for d in r["detections"] if d["category_id"] in categories]
+        if not dataset.coco.dataset["annotations"]:
+            raise ValueError(
+                f"{dataset.ann_file} has no annotations (an image-info file?): nothing to score; "
+                "use tools/test.py --format-only to write the submission file"
+            )
+        detections = self.results(records, dataset)
         metrics, table = coco_metrics(dataset.coco, detections, [r["image_id"] for r in records])
         if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out_dir / "detections.json", detections)
+            self.write_results(records, dataset, out_dir)
         return EvalResult(metrics, table, len(records), detections, metrics)
+
+    @staticmethod
+    def results(records: Records, dataset: CocoDetection) -> list[dict[str, Any]]:
+        """The COCO results entries of ``records`` whose label is a category of the dataset."""
+        categories = set(dataset.coco.cats)
+        return [d for r in records for d in r["detections"] if d["category_id"] in categories]
+
+    def write_results(self, records: Records, dataset: CocoDetection, out_dir: Path) -> list[Path]:
+        """``out_dir/detections.json``: the COCO results format of a test-dev submission (``image_id``,
+        ``category_id``, ``bbox`` xywh, ``score``)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "detections.json", self.results(records, dataset))
+        return [out_dir / "detections.json"]
 
     def check_evaluable(self, dataset: Dataset) -> None:
         beyond = categories_beyond(dataset.coco, self.model_config.num_classes)

@@ -28,6 +28,17 @@ def _dim(g, shape, index: int):
     return g.op("Slice", shape, _const(g, [index]), _const(g, [index + 1]))
 
 
+_DTYPES = {"Float": torch.float32, "Double": torch.float64, "Half": torch.float16, "BFloat16": torch.bfloat16}
+
+
+def _scalar(g, number: float, like):
+    """A constant scalar of ``like``'s float type (``CastLike`` when the tracer does not know it)."""
+    dtype = _DTYPES.get(like.type().scalarType())
+    if dtype is None:
+        return g.op("CastLike", g.op("Constant", value_t=torch.tensor(number)), like)
+    return g.op("Constant", value_t=torch.tensor(number, dtype=dtype))
+
+
 def _num_levels(spatial_shapes, sampling_locations) -> int:
     """L, static: from the traced shape of ``sampling_locations`` (N, Lq, M, L, P, 2) or of
     ``spatial_shapes`` (L, 2)."""
@@ -59,9 +70,10 @@ def ms_deform_attn_symbolic(g, value, spatial_shapes, level_start_index, samplin
     levels = g.op("Split", value_t, sizes, axis_i=3, outputs=n_levels)
     if n_levels == 1:
         levels = [levels]
-    two = g.op("CastLike", g.op("Constant", value_t=torch.tensor(2.0)), sampling_locations)
-    one = g.op("CastLike", g.op("Constant", value_t=torch.tensor(1.0)), sampling_locations)
-    grids = g.op("CastLike", g.op("Sub", g.op("Mul", sampling_locations, two), one), value)
+    two, one = _scalar(g, 2.0, sampling_locations), _scalar(g, 1.0, sampling_locations)
+    grids = g.op("Sub", g.op("Mul", sampling_locations, two), one)
+    if sampling_locations.type().scalarType() != value.type().scalarType():
+        grids = g.op("CastLike", grids, value)
     mode = "linear" if g.opset >= 20 else "bilinear"
     grid_shape = g.op("Concat", minus_one, queries, points, _const(g, [2]), axis_i=0)
     sampled = []

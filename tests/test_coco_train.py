@@ -4,6 +4,8 @@ evaluation, tools/test.py on an official-format checkpoint, predictions drawn.""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -12,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from pycocotools.coco import COCO
 
 from configs import load_config
 from datasets.coco_evaluation import COCO_METRIC_NAMES
 from datasets.synthetic_coco import SyntheticCocoSpec, generate_synthetic_coco
-from detr2d.runtime.evaluate import run_predict
+from detr2d.runtime.evaluate import run_predict, run_test
 from detr2d.runtime.fit import fit
 from detr2d.task import CocoDetectionTask
 
@@ -149,3 +152,23 @@ def test_predict_draws_images_and_writes_json(tiny_root: Path, tmp_path: Path) -
         assert Path(record["output"]).is_file() and Path(record["output"]).suffix == ".png"
         assert all(d["category"] in ("circle", "square", "triangle", "cross") for d in record["detections"])
     assert json.loads((tmp_path / "pred" / "predictions.json").read_text()) == records
+
+
+def test_format_only_writes_a_test_dev_submission(tiny_root: Path, tmp_path: Path) -> None:
+    """An image-info file (images and categories, no annotations), as COCO test-dev ships it."""
+    info = json.loads((tiny_root / "annotations" / "instances_val2017.json").read_text())
+    image_info = {"images": info["images"], "categories": info["categories"]}
+    (tiny_root / "annotations" / "image_info_test-dev.json").write_text(json.dumps(image_info))
+    overrides = [*tiny_overrides(tiny_root), "data.val_ann_file=annotations/image_info_test-dev.json"]
+    task = CocoDetectionTask(load_config(DEMO, overrides))
+    torch.save({"model": task.build_model().state_dict()}, tmp_path / "weights.pth")
+    result = run_test(task, tmp_path / "weights.pth", tmp_path / "submission", format_only=True)
+    assert result.metrics == {} and "not scored" in result.table
+    with contextlib.redirect_stdout(io.StringIO()):
+        submitted = COCO(str(tiny_root / "annotations" / "image_info_test-dev.json")).loadRes(
+            str(tmp_path / "submission" / "detections.json")
+        )
+    assert {a["image_id"] for a in submitted.dataset["annotations"]} <= {i["id"] for i in info["images"]}
+    assert len(submitted.dataset["annotations"]) == 4 * 5 * 4  # per image: 5 queries x the 4 categories
+    with pytest.raises(ValueError, match="has no annotations .*--format-only"):
+        run_test(task, tmp_path / "weights.pth")

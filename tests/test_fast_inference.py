@@ -8,7 +8,7 @@ from torch import nn
 
 from bev import build_bev_model
 from detr2d import FrozenBatchNorm2d, ResNetBackbone, build_model
-from detr2d.fast_inference import fold_batch_norms, fold_conv_bn, optimize_for_inference, use_native_op
+from detr2d.fast_inference import fold_batch_norms, fold_conv_bn, optimize_for_inference, set_op_backend
 
 
 def randomize_norms(model: nn.Module) -> None:
@@ -107,9 +107,9 @@ def test_bev_fast_path_equals_eager(cpu_backend):
     torch.testing.assert_close(got.box_code, expected.box_code, atol=1e-4, rtol=1e-4)
 
 
-def test_use_native_op_switches_every_attention(cpu_backend):
+def test_set_op_backend_switches_every_attention(cpu_backend):
     model = build_bev_model("bev_demo", bev_h=4, bev_w=4, num_queries=5, op_backend="reference")
-    changed = use_native_op(model, torch.device("cpu"))
+    changed = set_op_backend(model, cpu_backend)
     # 2 encoder layers x (temporal + spatial) + 3 decoder layers' cross-attention
     assert changed == 7
     assert {m.backend for m in model.modules() if hasattr(m, "sampling_offsets")} == {cpu_backend}

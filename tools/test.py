@@ -4,7 +4,9 @@ CKPT is a training checkpoint of ours, an official release file (``{'model': sta
 state_dict. COCO configs print the standard AP/AR table; ``--out DIR`` writes ``DIR/metrics.json`` and
 the detections as a COCO results JSON. BEV configs print the official nuScenes summary (mAP, TP errors,
 NDS; sequential test with the previous BEV carried within each scene) and write ``metrics.json`` and
-the devkit's files. Works under ``torchrun`` (detections gathered from every process).
+the devkit's files. ``--format-only`` writes the submission file(s) without scoring: COCO test-dev
+(``data.val_split=test2017 data.val_ann_file=annotations/image_info_test-dev2017.json``) or the
+nuScenes test split. Works under ``torchrun`` (detections gathered from every process).
 """
 
 from __future__ import annotations
@@ -25,12 +27,17 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
     parser.add_argument("--out", help="folder for metrics.json and the evaluator's files")
+    parser.add_argument(
+        "--format-only",
+        action="store_true",
+        help="write the submission file(s) into --out without scoring (e.g. COCO test-dev, nuScenes test)",
+    )
     args = parser.parse_intermixed_args()
     task = load_task(args, args.overrides)
     info = init_distributed()
     setup_logging(None, info.is_main)
     try:
-        result = run_test(task, args.checkpoint, args.out)
+        result = run_test(task, args.checkpoint, args.out, args.format_only)
         if info.is_main:
             print(result.table)
     finally:

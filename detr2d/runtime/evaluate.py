@@ -53,10 +53,12 @@ def evaluate(
     is_main: bool,
     amp: str | None = None,
     out_dir: str | Path | None = None,
+    format_only: bool = False,
 ) -> EvalResult:
     """Run ``task.infer`` over this process's ``loader``, gather every process's records and score them
     with ``task.score`` on the main process (which writes the evaluator's files into ``out_dir``, when
-    given); metrics and table are shared with every process.
+    given); metrics and table are shared with every process. ``format_only``: write the submission
+    files (``task.write_results``) into ``out_dir`` instead of scoring (splits without ground truth).
 
     ``model`` must be the unwrapped model (not DDP): shards may differ in length, and a DDP forward is a
     collective.
@@ -69,7 +71,14 @@ def evaluate(
     gathered = all_gather_object(records)
     num_samples = sum(len(part) for part in gathered)
     result = EvalResult({}, "", num_samples, records)
-    if is_main:
+    if format_only and out_dir is None:
+        raise ValueError("format_only needs an output folder (--out) for the submission files")
+    if is_main and format_only:
+        written = task.write_results([r for part in gathered for r in part], loader.dataset, Path(out_dir))
+        result.table = f"{num_samples} samples; submission files (not scored): " + ", ".join(
+            map(str, written)
+        )
+    elif is_main:
         merged = [r for part in gathered for r in part]
         result = task.score(merged, loader.dataset, Path(out_dir) if out_dir else None)
         if out_dir is not None:
@@ -116,20 +125,25 @@ def predict(
     return records, errors
 
 
-def run_test(task: Task, checkpoint: str | Path, out_dir: str | Path | None = None) -> EvalResult:
+def run_test(
+    task: Task, checkpoint: str | Path, out_dir: str | Path | None = None, format_only: bool = False
+) -> EvalResult:
     """Load ``checkpoint`` (``task.load_weights``: ours or an official release file) and evaluate it on
     the config's val split in this process (one of ``torchrun``'s, or alone).
 
     With ``out_dir`` the main process writes ``metrics.json`` and the evaluator's files there (COCO:
-    ``detections.json``; nuScenes: ``results_nusc.json`` and the devkit's summaries).
+    ``detections.json``; nuScenes: ``results_nusc.json`` and the devkit's summaries). ``format_only``
+    writes the submission files without scoring (see :func:`evaluate`).
     """
     info = init_distributed()
     model = task.build_model().to(info.device)
     task.load_weights(model, checkpoint)
     dataset = task.build_dataset("val")
-    task.check_evaluable(dataset)
+    if not format_only:
+        task.check_evaluable(dataset)
     loader = task.eval_loader(dataset, info.rank, info.world_size)
-    return evaluate(task, model, loader, info.device, info.is_main, task.config["train"]["amp"], out_dir)
+    amp = task.config["train"]["amp"]
+    return evaluate(task, model, loader, info.device, info.is_main, amp, out_dir, format_only)
 
 
 def run_predict(

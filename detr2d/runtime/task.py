@@ -113,6 +113,11 @@ class Task:
         (main process only), writing the evaluator's files into ``out_dir`` when given."""
         raise NotImplementedError
 
+    def write_results(self, records: Records, dataset: Dataset, out_dir: Path) -> list[Path]:
+        """Write every process's records as the benchmark's submission file(s) into ``out_dir``, without
+        scoring (also for splits without ground truth); returns the written paths."""
+        raise NotImplementedError(f"task {self.name!r} writes no submission files")
+
     def check_evaluable(self, dataset: Dataset) -> None:
         """Raise or warn, before inference, about ground truth the model cannot output."""
 

@@ -111,10 +111,12 @@ DCN_MULTIVERSION void im2col_tasks(const ConvDims& d, const CornerTable<acc_t>& 
     for (int64_t c = t.g * cg; c < (t.g + 1) * cg; ++c) {
       const scalar_t* plane = input + c * d.plane();
       scalar_t* out = columns + (c * k_points + t.k) * positions;
+      const int32_t *o0 = r.offset[0], *o1 = r.offset[1], *o2 = r.offset[2], *o3 = r.offset[3];
+      const acc_t *w0 = r.weight[0], *w1 = r.weight[1], *w2 = r.weight[2], *w3 = r.weight[3];
 #pragma omp simd
       for (int64_t l = t.l0; l < t.l1; ++l) {
-        acc_t v = 0;
-        for (int j = 0; j < 4; ++j) v += r.weight[j][l] * static_cast<acc_t>(plane[r.offset[j][l]]);
+        const acc_t v = w0[l] * static_cast<acc_t>(plane[o0[l]]) + w1[l] * static_cast<acc_t>(plane[o1[l]]) +
+                        w2[l] * static_cast<acc_t>(plane[o2[l]]) + w3[l] * static_cast<acc_t>(plane[o3[l]]);
         out[l] = static_cast<scalar_t>(static_cast<acc_t>(m[l]) * v);
       }
     }

@@ -1,0 +1,80 @@
+"""Export a detector of a config to ONNX (standard operators) or a ``torch.export`` program.
+
+Examples::
+
+    python tools/export.py configs/detr2d/deformable_detr.py CKPT --format onnx --out detr.onnx
+    python tools/export.py configs/bev/bevformer_tiny.py CKPT --format onnx --out bev.onnx --check
+    python tools/export.py configs/detr2d/demo.py --format onnx --out demo.onnx model.num_classes=5
+
+Without a checkpoint the weights are random (useful to try the pipeline). The image size defaults to
+the config's evaluation size (COCO: ``augment.eval_size`` x ``augment.max_size``; nuScenes:
+``data.image_size``). What the graphs take and return: :mod:`detr2d.export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from configs import load_config  # noqa: E402
+from detr2d.export import FORMATS, export_model, onnx_max_errors, prepare_export  # noqa: E402
+from detr2d.runtime.tasks import build_task  # noqa: E402
+
+
+def default_image_size(config: dict[str, Any]) -> tuple[int, int]:
+    """(H, W) the config evaluates at: nuScenes ``data.image_size`` is (W, H); COCO resizes the short
+    side to ``augment.eval_size`` with the long side at most ``augment.max_size`` (landscape)."""
+    if "image_size" in config.get("data", {}):
+        width, height = config["data"]["image_size"]
+        return int(height), int(width)
+    augment = config.get("augment", {})
+    return int(augment.get("eval_size", 800)), int(augment.get("max_size", 1333))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="config file (configs/detr2d/*.py or configs/bev/*.py)")
+    parser.add_argument("checkpoint", nargs="?", default=None, help="weights (default: random init)")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="onnx", help="onnx, or export (torch.export .pt2)"
+    )
+    parser.add_argument("--out", required=True, help="file to write")
+    parser.add_argument("--height", type=int, default=None, help="image height (default: the config's)")
+    parser.add_argument("--width", type=int, default=None, help="image width (default: the config's)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16)")
+    parser.add_argument(
+        "--check", action="store_true", help="compare ONNX Runtime with PyTorch on new inputs"
+    )
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
+    args = parser.parse_args(argv)
+
+    config = load_config(args.config, args.overrides)
+    task = build_task(config)
+    model = task.build_model()
+    if args.checkpoint is not None:
+        task.load_weights(model, args.checkpoint)
+    else:
+        print("no checkpoint given: exporting random weights", file=sys.stderr)
+    height, width = default_image_size(config)
+    size = (args.height or height, args.width or width)
+    wrapper, example = prepare_export(model.eval(), size)
+    export_model(wrapper, example, args.format, args.out, opset=args.opset)
+    print(f"wrote {args.out}: {type(model).__name__}, images {size[0]} x {size[1]}, format {args.format}")
+    if args.check and args.format == "onnx":
+        _, fresh = prepare_export(model, size)
+        errors = onnx_max_errors(wrapper, args.out, fresh)
+        names = getattr(wrapper, "output_names", range(len(errors)))
+        print(
+            "ONNX Runtime vs PyTorch, max |diff|: " + ", ".join(f"{n} {e:.2e}" for n, e in zip(names, errors))
+        )
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
