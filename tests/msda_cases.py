@@ -95,3 +95,28 @@ def forward_and_grads(
     upstream = upstream.to(upstream_dtype or out.dtype).to(out)
     grads = torch.autograd.grad(out, (value, loc, weights), upstream)
     return (out.detach(), *grads)
+
+
+def check_non_finite_locations(fn, device: str = "cpu") -> None:
+    """NaN, +-inf (and huge finite) locations contribute zero and get zero gradients: ``fn`` gives the
+    result of the same points with attention weight 0, finite everywhere (float64 inputs on ``device``)."""
+    inputs = random_inputs(4, 2, [(5, 7), (3, 4)], heads=2, channels=6, queries=5, points=3)
+    bad = torch.zeros(inputs.attention_weights.shape, dtype=torch.bool)
+    for index in ((0, 1, 0, 0, 2), (1, 4, 1, 1, 0), (1, 0, 0, 1, 1), (0, 2, 1, 0, 0), (1, 3, 0, 0, 1)):
+        bad[index] = True
+    loc = inputs.sampling_locations.clone()
+    inf, nan = float("inf"), float("nan")
+    loc[bad] = torch.tensor(
+        [[nan, 0.5], [0.5, inf], [-inf, -inf], [1e300, 0.5], [0.3, -1e300]], dtype=loc.dtype
+    )
+    with_bad = OpInputs(*inputs.args()[:3], loc, inputs.attention_weights)
+    silenced = OpInputs(*inputs.args()[:4], inputs.attention_weights.masked_fill(bad, 0.0))
+    got = [t.cpu() for t in forward_and_grads(fn, with_bad.to(device=device))]
+    want = [t.cpu() for t in forward_and_grads(fn, silenced.to(device=device))]
+    out, grad_value, grad_loc, grad_weights = got
+    assert all(torch.isfinite(g).all() for g in got)
+    torch.testing.assert_close(out, want[0], atol=1e-12, rtol=0)
+    torch.testing.assert_close(grad_value, want[1], atol=1e-12, rtol=0)
+    assert torch.count_nonzero(grad_loc[bad]) == 0 and torch.count_nonzero(grad_weights[bad]) == 0
+    torch.testing.assert_close(grad_loc[~bad], want[2][~bad], atol=1e-12, rtol=0)
+    torch.testing.assert_close(grad_weights[~bad], want[3][~bad], atol=1e-12, rtol=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from msda_cases import forward_and_grads, random_case, random_inputs
+from msda_cases import check_non_finite_locations, forward_and_grads, random_case, random_inputs
 
 from ops import MSDeformAttn, ms_deform_attn
 
@@ -60,3 +60,48 @@ def test_cuda_module_matches_cpu(cuda_backend):
     want = module(query, ref, flat, shapes, starts)
     got = module.cuda()(query.cuda(), ref.cuda(), flat.cuda(), shapes.cuda(), starts.cuda())
     torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
+
+
+def test_cuda_non_finite_locations_sample_nothing(cuda_backend):
+    check_non_finite_locations(run(cuda_backend), device="cuda")
+
+
+def test_cuda_backward_refuses_deterministic_mode(cuda_backend):
+    """The value gradient is summed with atomic adds: torch.use_deterministic_algorithms(True) must
+    raise in the CUDA backward (the forward is deterministic)."""
+    inputs = random_inputs(0, 2, [(3, 4)], heads=2, channels=8, queries=4, points=2, dtype=torch.float32)
+    value = inputs.value.cuda().requires_grad_()
+    args = [t.cuda() for t in inputs.args()[1:]]
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = ms_deform_attn(value, *args, backend=cuda_backend)
+        with pytest.raises(
+            RuntimeError, match="ms_deform_attn_backward \\(CUDA\\) does not have a deterministic"
+        ):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_cuda_registered_op_checks_devices(cuda_backend):
+    inputs = random_inputs(0, 2, [(3, 4)], heads=2, channels=8, queries=4, points=2, dtype=torch.float32)
+    args = [t.cuda() for t in inputs.args()]
+    args[3] = args[3].cpu()
+    with pytest.raises(RuntimeError, match="sampling_locations is on cpu but value is on cuda:0"):
+        torch.ops.deformbev.ms_deform_attn(*args)
+
+
+def test_cuda_kernel_skips_a_level_outside_value(cuda_backend):
+    """The CUDA entry cannot read the level table without a device sync: a level that does not fit in
+    value reads zero instead of memory beyond it (the eager Python front end raises first)."""
+    inputs = random_inputs(
+        1, 2, [(4, 5), (2, 3)], heads=2, channels=8, queries=4, points=2, dtype=torch.float32
+    )
+    args = [t.cuda() for t in inputs.args()]
+    bad_starts = torch.tensor([0, 23], device="cuda")  # level 1 would end at 29 > S = 26
+    out = torch.ops.deformbev.ms_deform_attn(args[0], args[1], bad_starts, *args[3:])
+    torch.cuda.synchronize()
+    level0_only = args[4].clone()
+    level0_only[:, :, :, 1] = 0
+    want = torch.ops.deformbev.ms_deform_attn(*args[:4], level0_only)
+    torch.testing.assert_close(out, want)

@@ -17,7 +17,7 @@ from torch import nn
 
 from configs import load_config
 from detr2d.runtime.cli import split_overrides
-from detr2d.runtime.evaluate import check_finite, run_test
+from detr2d.runtime.evaluate import check_finite, run_predict, run_test
 from detr2d.runtime.fit import fit
 from detr2d.runtime.optim import build_lr_scheduler, resume_lr_scheduler
 from detr2d.runtime.tasks import TASKS, task_class
@@ -191,3 +191,46 @@ def test_task_table_names_task_classes() -> None:
         task_class("lidar")
     with pytest.raises(ValueError, match="is not a detr2d.runtime.task.Task subclass"):
         task_class("detr2d.builder:ModelConfig")
+
+
+def test_predict_skips_an_undecodable_file_and_still_writes_the_json(
+    tiny_root: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    good = sorted((tiny_root / "val2017").iterdir())[0]
+    (images / "a_good.jpg").write_bytes(good.read_bytes())
+    (images / "b_bad.jpg").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])  # truncated JPEG
+    task = CocoDetectionTask(load_config(DEMO, tiny_overrides(tiny_root)))
+    torch.save({"model": task.build_model().state_dict()}, tmp_path / "weights.pth")
+    records, errors = run_predict(task, tmp_path / "weights.pth", [images], tmp_path / "out", 0.0)
+    assert [Path(r["file"]).name for r in records] == ["a_good.jpg"]
+    assert len(errors) == 1 and errors[0]["input"].endswith("b_bad.jpg") and "truncated" in errors[0]["error"]
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text()) == records + errors
+    proc = _tool(
+        [
+            "tools/predict.py",
+            str(DEMO),
+            str(tmp_path / "weights.pth"),
+            str(images),
+            "--out",
+            str(tmp_path / "cli"),
+            *tiny_overrides(tiny_root),
+        ]
+    )
+    assert proc.returncode == 1 and "1 input(s) could not be read" in proc.stderr
+    assert len(json.loads((tmp_path / "cli" / "predictions.json").read_text())) == 2
+
+
+def test_categories_the_model_cannot_output_are_reported_before_evaluation(
+    tiny_root: Path,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    task = CocoDetectionTask(load_config(DEMO, [*tiny_overrides(tiny_root), "model.num_classes=3"]))
+    torch.save({"model": task.build_model().state_dict()}, tmp_path / "weights.pth")
+    with caplog.at_level(logging.WARNING):
+        run_test(task, tmp_path / "weights.pth")
+    assert "has 2 categories that a model with num_classes=3 cannot output" in caplog.text
+    assert "(3, 'triangle'), (4, 'cross')" in caplog.text

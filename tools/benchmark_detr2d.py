@@ -1,4 +1,7 @@
-"""CPU inference time of a Deformable DETR variant (random weights) on one image; median of a few runs.
+"""CPU inference time of a Deformable DETR variant (random weights) on one image, every inference path
+in one run: the model on the reference (grid_sample) op, the eager model on the native op, the fast path
+(:func:`detr2d.fast_inference.optimize_for_inference`), optionally compiled, and ONNX Runtime when the
+``export`` extra is installed. Runs alternate between the paths so that they share the machine's load.
 
 Example: ``python tools/benchmark_detr2d.py --model deformable_detr --height 800 --width 1333 --runs 3``
 """
@@ -6,20 +9,25 @@ Example: ``python tools/benchmark_detr2d.py --model deformable_detr --height 800
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ops  # noqa: E402
 from detr2d import VARIANTS, build_model  # noqa: E402
+from detr2d.fast_inference import optimize_for_inference, set_op_backend  # noqa: E402
+
+TimedPath = tuple[str, Callable[[], object]]
 
 
 def cpu_model() -> str:
@@ -37,50 +45,114 @@ def allocator() -> str:
     return "jemalloc" if "jemalloc" in preload else ("tcmalloc" if "tcmalloc" in preload else "glibc malloc")
 
 
+def onnxruntime_path(
+    wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], threads: int
+) -> Callable[[], object] | None:
+    """A call of ONNX Runtime (CPU) on ``wrapper`` exported to ONNX, or None without the extra."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    from detr2d.export import export_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_model(wrapper, example, "onnx", path)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [node.name for node in session.get_inputs()]
+    feed = {name: x.numpy() for name, x in zip(wrapper.input_names, example, strict=True) if name in names}
+    return lambda: session.run(None, feed)
+
+
+def time_paths(paths: list[TimedPath], runs: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of every timed call of every path; calls alternate between paths, warm-up calls first."""
+    times: dict[str, list[float]] = {name: [] for name, _ in paths}
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            for name, call in paths:
+                start = time.perf_counter()
+                call()
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    return times
+
+
+def print_report(title: str, times: dict[str, list[float]], rows: list[tuple[str, str]], warmup: int) -> None:
+    """Markdown tables: the paths (median, runs, speed-up over the first path) and the machine."""
+    base = statistics.median(next(iter(times.values())))
+    print(f"{title}\n\n| path | median s | runs s | x vs {next(iter(times))} |\n|---|---|---|---|")
+    for name, values in times.items():
+        median = statistics.median(values)
+        runs = ", ".join(f"{t:.2f}" for t in values)
+        print(f"| {name} | {median:.2f} | {runs} | {base / median:.2f} |")
+    rows = rows + [
+        ("warm-up calls per path", str(warmup)),
+        ("peak RSS (whole process)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB"),
+        ("machine", f"{cpu_model()}, {os.cpu_count()} cores"),
+        ("torch threads", str(torch.get_num_threads())),
+        ("torch", torch.__version__),
+        ("allocator", allocator()),
+    ]
+    print("\n| what | value |\n|---|---|")
+    for key, value in rows:
+        print(f"| {key} | {value} |")
+
+
+def inference_paths(
+    model: torch.nn.Module,
+    call: Callable[[torch.nn.Module], object],
+    wrapper_and_example: tuple[torch.nn.Module, tuple[torch.Tensor, ...]] | None,
+    compile: bool,
+) -> list[TimedPath]:
+    """The paths to compare for one ``model`` (eval mode); ``call(m)`` runs model ``m`` once."""
+    reference = copy.deepcopy(model)
+    set_op_backend(reference, "reference")
+    paths: list[TimedPath] = [
+        ("reference op (grid_sample)", lambda: call(reference)),
+        ("eager (native op)", lambda: call(model)),
+    ]
+    fast = optimize_for_inference(model)
+    paths.append(("fast path", lambda: call(fast)))
+    if compile:
+        compiled = optimize_for_inference(model, compile=True)
+        paths.append(("fast path + torch.compile", lambda: call(compiled)))
+    if wrapper_and_example is not None:
+        ort_call = onnxruntime_path(*wrapper_and_example, threads=torch.get_num_threads())
+        if ort_call is not None:
+            paths.append(("onnxruntime (GridSample)", ort_call))
+    return paths
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="deformable_detr", choices=sorted(VARIANTS))
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1333)
-    parser.add_argument("--runs", type=int, default=3, help="timed runs (median reported)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per path (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument(
-        "--backend", default=None, choices=["reference", "cpu"], help="MSDA backend (default: auto)"
-    )
+    parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime even when installed")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
+    from detr2d.export import Detr2dForExport
+
     torch.manual_seed(0)
-    model = build_model(args.model, op_backend=args.backend).eval()
+    model = build_model(args.model).eval()
     images = torch.randn(1, 3, args.height, args.width)
-    mask = torch.zeros(1, args.height, args.width, dtype=torch.bool)
-    times = []
-    with torch.inference_mode():
-        for i in range(args.warmup + args.runs):
-            start = time.perf_counter()
-            model(images, mask)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
-    backend = (
-        ops.resolve_backend(torch.device("cpu"), args.backend) if hasattr(ops, "resolve_backend") else "?"
-    )
+    load_before = os.getloadavg()[0]
+    wrapper = None if args.no_onnx else (Detr2dForExport(model), (images,))
+    times = time_paths(inference_paths(model, lambda m: m(images), wrapper, args.compile), args.runs, args.warmup)
     rows = [
         ("model", f"{args.model} (R50, random weights)"),
         ("input", f"1 x 3 x {args.height} x {args.width}"),
-        ("median", f"{statistics.median(times):.2f} s"),
-        ("runs", ", ".join(f"{t:.2f}" for t in times) + f" s (after {args.warmup} warm-up)"),
-        ("peak RSS", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB"),
-        ("MSDA backend", backend),
-        ("machine", f"{cpu_model()}, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}"),
-        ("torch threads", str(torch.get_num_threads())),
-        ("torch", torch.__version__),
-        ("allocator", allocator()),
+        ("load average (1 min) before / after", f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"),
     ]
-    print("| what | value |\n|---|---|")
-    for key, value in rows:
-        print(f"| {key} | {value} |")
+    print_report("Deformable DETR inference, CPU", times, rows, args.warmup)
 
 
 if __name__ == "__main__":
