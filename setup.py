@@ -69,7 +69,10 @@ setup(
     packages=find_packages(include=[f"{p}{s}" for p in PACKAGES for s in ("", ".*")]),
     package_data={"ops": ["csrc/*.h", "csrc/*.cpp", "csrc/*.cu", "_C_build.json"]},
     install_requires=["torch>=2.4", *REQUIREMENTS],
-    extras_require={"dev": ["pytest", "hypothesis", "ruff"]},
+    extras_require={
+        "dev": ["pytest", "hypothesis", "ruff"],
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],  # tools/export.py, tests/test_export.py
+    },
     ext_modules=[native_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

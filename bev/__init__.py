@@ -1,7 +1,7 @@
-"""Multi-camera 3D detection on the shared deformable attention op: BEVFormer-style and DETR3D-style.
+"""Multi-camera 3D detection on the shared deformable attention op: BEVFormer and DETR3D as published.
 
 Build a model with :func:`build_bev_model`; the input contract (batch keys and shapes) is in
-:mod:`bev.detector`.
+:mod:`bev.detector`; released checkpoints load with :func:`load_official_checkpoint`.
 """
 
 from .assigner import HungarianAssigner3D
@@ -19,10 +19,11 @@ from .detr3d_head import CameraMemory, Detr3DCrossAttention, Detr3DDecoderLayer
 from .encoder import BEVEncoder, BEVEncoderLayer
 from .loss import DetectionLoss3D
 from .neck import FPNNeck
+from .official import load_official_checkpoint, official_key_map, official_state_dict
 from .projection import bev_cell_centers, bev_pillar_points, normalized_to_metric, project_to_cameras
 from .spatial_cross_attention import SpatialCrossAttention
-from .temporal_alignment import align_prev_bev, ego_motion_between
-from .temporal_self_attention import TemporalSelfAttention
+from .temporal_alignment import align_prev_bev, bev_shift, ego_motion_between, published_can_bus, rotate_bev
+from .temporal_self_attention import TemporalSelfAttention, tsa_reference_points
 
 __all__ = [
     "DEFAULTS",
@@ -45,6 +46,7 @@ __all__ = [
     "TemporalSelfAttention",
     "align_prev_bev",
     "bev_cell_centers",
+    "bev_shift",
     "bev_model_settings",
     "bev_pillar_points",
     "build_bev_criterion",
@@ -52,6 +54,12 @@ __all__ = [
     "decode_boxes",
     "ego_motion_between",
     "encode_boxes",
+    "load_official_checkpoint",
     "normalized_to_metric",
+    "official_key_map",
+    "official_state_dict",
     "project_to_cameras",
+    "published_can_bus",
+    "rotate_bev",
+    "tsa_reference_points",
 ]

@@ -15,6 +15,8 @@ from .projection import check_pc_range
 
 BOX_SIZE = 9
 CODE_SIZE = 10
+#: The published L1 weights of the code entries (velocity down-weighted).
+CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
 POST_CENTER_RANGE = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0)
 
 

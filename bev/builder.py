@@ -1,4 +1,4 @@
-"""Named model variants: BEVFormer tiny / small / base-like, DETR3D-like and a CPU demo.
+"""Named model variants: BEVFormer tiny / small / base and DETR3D as published, and a CPU demo.
 
 Published settings (BEVFormer ``projects/configs/bevformer/*.py``, DETR3D ``detr3d_res101_gridmask``):
 C = 256, FFN 512, 8 heads, 900 queries, 6 decoder layers (4 points, 1 level), TSA 4 points, SCA 8
@@ -12,6 +12,14 @@ points over a 4-point pillar, pc_range [-51.2, -51.2, -5, 51.2, 51.2, 3].
 - detr3d: ResNet-101-DCN C3-C5 -> 4 FPN levels, no BEV, one point per camera and level. 42.2 / 34.7.
 - bev_demo: ResNet-18 C4-C5, C = 64, BEV 25 x 25, 2 encoder / 3 decoder layers, 100 queries: trains
   on the synthetic data on a 2-core CPU.
+
+The four published variants are the published architectures: BEVFormer's CAN-bus MLP, rotation of the
+previous BEV and shift of the temporal references, with the v1 release quirks its weights were trained
+with (see :class:`bev.encoder.BEVEncoder`), mmdet's batch norm with ``norm_eval``, and state_dicts that
+map one-to-one onto the released checkpoints (:mod:`bev.official`). Per-sample visibility and temporal
+attention (batch > 1 equals batch 1 per sample) are always on. Our options (``num_query_groups``,
+``bev_pos_in_memory``, ``temporal_alignment="planar"``, ``backbone_norm="bn"`` from scratch) are off in
+them and on in ``bev_demo``.
 """
 
 from __future__ import annotations
@@ -22,14 +30,17 @@ from torch import nn
 
 from detr2d.backbone import ResNetBackbone
 from detr2d.builder import BACKBONES
+from ops import MSDeformAttn
 
 from .box_coder import NMSFreeDecoder
 from .decoder import BEVDecoderLayer, DetectionDecoder
 from .detector import MultiViewDetector3D
-from .detr3d_head import Detr3DDecoderLayer
+from .detr3d_head import Detr3DCrossAttention, Detr3DDecoderLayer
 from .encoder import BEVEncoder
 from .loss import DetectionLoss3D
 from .neck import FPNNeck
+from .spatial_cross_attention import SpatialCrossAttention
+from .temporal_self_attention import TemporalSelfAttention
 
 DEFAULTS: dict[str, Any] = {
     "head": "bev",  # "bev" (BEVFormer) or "detr3d"
@@ -65,14 +76,41 @@ DEFAULTS: dict[str, Any] = {
     "max_num": 300,
     "bev_pos_in_memory": False,  # True: the decoder reads BEV + positional embedding (published: bare BEV)
     "op_backend": None,
+    "temporal_alignment": "published",  # or "planar": our warp of the previous BEV by the ego motion
+    "use_can_bus": True,  # BEVFormer's can_bus_mlp output added to the BEV queries
+    "can_bus_norm": True,  # can_bus_mlp ends in a LayerNorm
+    "use_shift": True,  # published alignment: TSA history references shifted by the ego translation
+    "rotate_prev_bev": True,  # published alignment: previous BEV rotated by the yaw change
+    "rotate_center": (100.0, 100.0),  # BEVFormer's default, the grid centre only for 200 x 200
+    "shift_current_refs": True,  # v1 quirk: the current entry's TSA references are shifted too
+    "first_layer_current": True,  # v1 quirk: TSA's current entry is the first layer's input (with history)
+    "level_embeds_rows": 4,  # v1: 4 rows whatever num_levels; None: num_levels
+    "published_init": True,  # the transformer's init_weights: Xavier on every matrix, then the attentions'
 }
 
 C3_C5 = ("layer2", "layer3", "layer4")
+#: mmdet's ``BN`` with ``requires_grad=False, norm_eval=True`` (the released checkpoints' batch norms,
+#: ``num_batches_tracked`` included).
+PUBLISHED_NORM = {"backbone_norm": "bn", "backbone_norm_eval": True}
 #: ResNet-101 caffe style with modulated deformable convs in layer3-4 (mmdet ``stage_with_dcn``).
-R101_DCN = {"backbone": "resnet101", "backbone_style": "caffe", "backbone_dcn": (False, False, True, True)}
+R101_DCN = {
+    **PUBLISHED_NORM,
+    "backbone": "resnet101",
+    "backbone_style": "caffe",
+    "backbone_dcn": (False, False, True, True),
+}
+#: Our temporal alignment and none of the published quirks (the demo's model).
+OURS = {
+    "temporal_alignment": "planar",
+    "use_can_bus": False,
+    "shift_current_refs": False,
+    "first_layer_current": False,
+    "level_embeds_rows": None,
+    "published_init": False,
+}
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "bevformer_tiny": {},
+    "bevformer_tiny": {**PUBLISHED_NORM},
     "bevformer_small": {**R101_DCN, "bev_h": 150, "bev_w": 150},
     "bevformer_base": {
         **R101_DCN,
@@ -84,6 +122,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "detr3d": {"head": "detr3d", **R101_DCN, "return_layers": C3_C5, "num_levels": 4},
     "bev_demo": {
+        **OURS,
         "backbone": "resnet18",
         "return_layers": ("layer3", "layer4"),
         "num_levels": 2,
@@ -133,6 +172,25 @@ def _image_backbone(s: dict[str, Any]) -> nn.Module:
     return backbone
 
 
+def published_transformer_init(encoder: BEVEncoder | None, head: DetectionDecoder) -> None:
+    """BEVFormer's / DETR3D's ``transformer.init_weights()``: Xavier-uniform on every matrix of the encoder
+    and decoder layers (FFNs, attention projections, DETR3D's position encoder), then each deformable
+    attention's own init; the embeddings, ``reference_points`` and ``can_bus_mlp`` are already
+    initialized as published by their modules."""
+    layers = [*head.layers, *([] if encoder is None else encoder.layers)]
+    for layer in layers:
+        for parameter in layer.parameters():
+            if parameter.dim() > 1:
+                nn.init.xavier_uniform_(parameter)
+        for module in layer.modules():
+            if isinstance(module, (TemporalSelfAttention, SpatialCrossAttention, MSDeformAttn)):
+                module.reset_parameters()
+            elif isinstance(module, Detr3DCrossAttention):
+                nn.init.zeros_(module.attention_weights.weight)
+                nn.init.zeros_(module.attention_weights.bias)
+                nn.init.zeros_(module.output_proj.bias)
+
+
 def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
     """Build variant ``name`` (see :data:`VARIANTS`), with any :data:`DEFAULTS` key overridden.
 
@@ -162,6 +220,15 @@ def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
             ffn_dims=s["ffn_dims"],
             dropout=dropout,
             backend=backend,
+            level_embeds_rows=s["level_embeds_rows"],
+            use_can_bus=s["use_can_bus"],
+            can_bus_norm=s["can_bus_norm"],
+            temporal_alignment=s["temporal_alignment"],
+            use_shift=s["use_shift"],
+            rotate_prev_bev=s["rotate_prev_bev"],
+            rotate_center=s["rotate_center"],
+            shift_current_refs=s["shift_current_refs"],
+            first_layer_current=s["first_layer_current"],
         )
         layers: list[nn.Module] = [
             BEVDecoderLayer(c, s["ffn_dims"], dropout, heads, s["decoder_points"], backend=backend)
@@ -184,6 +251,8 @@ def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
     head = DetectionDecoder(
         layers, s["num_classes"], c, s["num_queries"], s["pc_range"], num_groups=s["num_query_groups"]
     )
+    if s["published_init"]:
+        published_transformer_init(encoder, head)
     return MultiViewDetector3D(
         backbone,
         neck,

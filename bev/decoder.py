@@ -18,7 +18,7 @@ from torch import nn
 from detr2d.box_ops import inverse_sigmoid
 from detr2d.decoder import DecoderLayer
 
-from .box_coder import CODE_SIZE
+from .box_coder import CODE_SIZE, CODE_WEIGHTS
 from .projection import check_pc_range, normalized_to_metric
 
 CLS_PRIOR_PROB = 0.01
@@ -125,6 +125,10 @@ class DetectionDecoder(nn.Module):
     matched to the ground truth on its own, so each object trains G queries per step. Evaluation
     decodes group 0 only: the extra groups cost nothing at test time.
 
+    ``code_weights`` (10,) is a state_dict entry, as in the released BEVFormer / DETR3D checkpoints
+    (their head keeps the L1 code weights as a frozen parameter); the loss is
+    :class:`bev.DetectionLoss3D`, which has its own copy.
+
     Args:
         layers: decoder layers called as ``layer(query, query_pos, reference_points, memory)``.
         num_classes: classes C_cls (10 for nuScenes).
@@ -156,6 +160,7 @@ class DetectionDecoder(nn.Module):
         self.embed_dims = embed_dims
         self.num_query = num_query
         self.pc_range = check_pc_range(pc_range)
+        self.register_buffer("code_weights", torch.tensor(CODE_WEIGHTS))
         self.query_embedding = nn.Embedding(num_groups * num_query, 2 * embed_dims)
         self.reference_points = nn.Linear(embed_dims, 3)
         self.cls_branches = nn.ModuleList(

@@ -10,7 +10,11 @@ oldest first with the current frame last, Ncam cameras in a fixed order):
   frame), mapping lidar-frame points to pixels of the (resized, unpadded) input image.
 - ``ego_motion``: (B, T, 4, 4): frame t-1's lidar frame -> frame t's (entry 0 unused); needed when T > 1.
 - ``history_valid``: (B, T) bool, False for padding frames before a scene's start (default: all True).
-Other keys (``gt_boxes``, ``can_bus``, tokens, ...) are ignored by the model; the criterion
+- ``can_bus``: (B, T, 18) absolute CAN-bus vectors (``datasets.nuscenes.can_bus`` layout); required by
+  models with ``use_can_bus`` or the published temporal alignment. The model turns them into
+  BEVFormer's per-frame input (position and yaw differences with the previous valid frame, 0 at a
+  scene start: :func:`bev.temporal_alignment.published_can_bus`).
+Other keys (``gt_boxes``, tokens, ...) are ignored by the model; the criterion
 (:class:`bev.DetectionLoss3D`) reads ``gt_boxes`` / ``gt_labels``.
 
 With an encoder (BEVFormer) the earlier frames' BEVs are built in sequence without gradient and in
@@ -19,10 +23,11 @@ returns the raw :class:`HeadOutput` of every decoder layer in training and in ev
 with Group DETR, G query groups per sample); ``model.decode(outputs)`` turns it into detections.
 
 Sequential testing: ``detections, bev = model.forward_test(img, lidar2img, prev_bev, ego_motion,
-prev_exists)`` on one frame (B, Ncam, ...) returns B dicts (``boxes`` (K, 9) lidar frame, centre z;
-``scores`` (K,); ``labels`` (K,)) and the BEV (B, bev_h * bev_w, C) to pass as ``prev_bev`` with the
-next frame of the same scene (None for DETR3D); ``ego_motion`` (B, 4, 4) maps the previous frame's
-lidar frame to this one (:func:`bev.temporal_alignment.ego_motion_between`).
+prev_exists, can_bus, prev_can_bus)`` on one frame (B, Ncam, ...) returns B dicts (``boxes`` (K, 9)
+lidar frame, centre z; ``scores`` (K,); ``labels`` (K,)) and the BEV (B, bev_h * bev_w, C) to pass as
+``prev_bev`` with the next frame of the same scene (None for DETR3D); ``ego_motion`` (B, 4, 4) maps the
+previous frame's lidar frame to this one (:func:`bev.temporal_alignment.ego_motion_between`);
+``can_bus`` / ``prev_can_bus`` (B, 18) are the absolute CAN-bus vectors of this and the previous frame.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from .decoder import BEVMemory, DetectionDecoder, HeadOutput
 from .detr3d_head import CameraMemory
 from .encoder import BEVEncoder
 from .neck import FPNNeck
+from .temporal_alignment import CAN_BUS_DIM, published_can_bus
 
 
 def _require(batch: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
@@ -50,8 +56,8 @@ def _require(batch: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
 class MultiViewDetector3D(nn.Module):
     """Multi-camera 3D object detector on the shared deformable attention op.
 
-    With an ``encoder`` it is BEVFormer-style: the head reads a BEV built from the cameras (and the
-    previous BEV); without one it is DETR3D-style: the head reads the camera features directly.
+    With an ``encoder`` it is BEVFormer: the head reads a BEV built from the cameras (and the
+    previous BEV); without one it is DETR3D: the head reads the camera features directly.
 
     Args:
         backbone: image backbone, ``backbone(x (N, 3, H, W)) -> list[(N, C_l, H_l, W_l)]``.
@@ -121,14 +127,18 @@ class MultiViewDetector3D(nn.Module):
         prev_bev: torch.Tensor | None = None,
         ego_motion: torch.Tensor | None = None,
         prev_exists: torch.Tensor | None = None,
+        can_bus: torch.Tensor | None = None,
     ) -> tuple[HeadOutput, torch.Tensor | None]:
         """Head outputs of every decoder layer for one frame, and its BEV (None without encoder).
 
         Args:
             img: (B, Ncam, 3, H, W); lidar2img: (B, Ncam, 4, 4).
             prev_bev: (B, bev_h * bev_w, C) the previous frame's BEV, or None.
-            ego_motion: (B, 4, 4) previous lidar frame -> this one; required with ``prev_bev``.
+            ego_motion: (B, 4, 4) previous lidar frame -> this one; required with ``prev_bev`` by the
+                planar alignment.
             prev_exists: (B,) bool, which samples' ``prev_bev`` is real (default: all).
+            can_bus: (B, 18) the frame's published CAN-bus vector (differences already taken,
+                :func:`bev.temporal_alignment.published_can_bus`), or None.
         """
         self._check_frame(img, lidar2img)
         feats, img_shape = self.extract_features(img)
@@ -136,7 +146,7 @@ class MultiViewDetector3D(nn.Module):
             memory: BEVMemory | CameraMemory = CameraMemory(feats, lidar2img, img_shape)
             bev = None
         else:
-            bev = self.encoder(feats, lidar2img, img_shape, prev_bev, ego_motion, prev_exists)
+            bev = self.encoder(feats, lidar2img, img_shape, prev_bev, ego_motion, prev_exists, can_bus)
             read = bev + self.encoder.positional_embedding() if self.bev_pos_in_memory else bev
             memory = BEVMemory(read, self.encoder.bev_h, self.encoder.bev_w)
         return self.head(memory, img.shape[0]), bev
@@ -148,13 +158,14 @@ class MultiViewDetector3D(nn.Module):
         prev_bev: torch.Tensor | None = None,
         ego_motion: torch.Tensor | None = None,
         prev_exists: torch.Tensor | None = None,
+        can_bus: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The BEV (B, bev_h * bev_w, C) of one frame (encoder only); arguments as :meth:`predict`."""
         if self.encoder is None:
             raise ValueError("compute_bev needs a BEV encoder; this detector has none (DETR3D-style)")
         self._check_frame(img, lidar2img)
         feats, img_shape = self.extract_features(img)
-        return self.encoder(feats, lidar2img, img_shape, prev_bev, ego_motion, prev_exists)
+        return self.encoder(feats, lidar2img, img_shape, prev_bev, ego_motion, prev_exists, can_bus)
 
     @torch.no_grad()
     def history_bev(
@@ -163,6 +174,7 @@ class MultiViewDetector3D(nn.Module):
         lidar2img: torch.Tensor,
         ego_motion: torch.Tensor | None,
         history_valid: torch.Tensor,
+        can_bus: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """BEV of the last of T frames, built frame by frame in eval mode without gradient.
 
@@ -171,7 +183,8 @@ class MultiViewDetector3D(nn.Module):
 
         Args:
             img: (B, T, Ncam, 3, H, W); lidar2img: (B, T, Ncam, 4, 4); ego_motion: (B, T, 4, 4) (frame
-                t-1 -> t), may be None when T <= 1; history_valid: (B, T) bool.
+                t-1 -> t), may be None when T <= 1; history_valid: (B, T) bool; can_bus: (B, T, 18)
+                published per-frame vectors (:meth:`published_can_bus_sequence`), or None.
 
         Returns:
             (B, bev_h * bev_w, C), or None for T = 0, no encoder, or an invalid last frame everywhere.
@@ -179,7 +192,7 @@ class MultiViewDetector3D(nn.Module):
         num_frames = img.shape[1]
         if self.encoder is None or num_frames == 0:
             return None
-        if num_frames > 1 and ego_motion is None:
+        if num_frames > 1 and ego_motion is None and self.encoder.temporal_alignment == "planar":
             raise ValueError("ego_motion (B, T, 4, 4) is required with more than one frame")
         was_training = self.training
         self.eval()
@@ -194,17 +207,36 @@ class MultiViewDetector3D(nn.Module):
                     img[:, t],
                     lidar2img[:, t],
                     bev,
-                    ego_motion[:, t] if with_prev else None,
+                    ego_motion[:, t] if with_prev and ego_motion is not None else None,
                     history_valid[:, t - 1] if with_prev else None,
+                    None if can_bus is None else can_bus[:, t],
                 )
         finally:
             self.train(was_training)
         return bev
 
+    @staticmethod
+    def published_can_bus_sequence(can_bus: torch.Tensor, history_valid: torch.Tensor) -> torch.Tensor:
+        """BEVFormer's per-frame CAN-bus inputs of a frame sequence.
+
+        Args:
+            can_bus: (B, T, 18) absolute vectors, oldest frame first.
+            history_valid: (B, T) bool; frame t differs from frame t-1 where ``history_valid[:, t - 1]``
+                (and has zero position / yaw differences elsewhere, and at t = 0).
+
+        Returns:
+            (B, T, 18).
+        """
+        frames = [published_can_bus(can_bus[:, 0])]
+        for t in range(1, can_bus.shape[1]):
+            frames.append(published_can_bus(can_bus[:, t], can_bus[:, t - 1], history_valid[:, t - 1]))
+        return torch.stack(frames, dim=1)
+
     def _frames(
         self, batch: Mapping[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """``img``, ``lidar2img``, ``ego_motion``, ``history_valid`` of a batch with an explicit T axis."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """``img``, ``lidar2img``, ``ego_motion``, ``history_valid`` and the published ``can_bus`` inputs
+        of a batch with an explicit T axis."""
         _require(batch, ("img", "lidar2img"), "the batch")
         img, lidar2img = batch["img"], batch["lidar2img"]
         if img.dim() == 5:
@@ -229,17 +261,37 @@ class MultiViewDetector3D(nn.Module):
             raise ValueError(
                 f"history_valid must have shape {(batch_size, num_frames)}, got {tuple(history_valid.shape)}"
             )
-        return img, lidar2img, ego_motion, history_valid.bool()
+        history_valid = history_valid.bool()
+        can_bus = batch.get("can_bus")
+        if can_bus is not None:
+            if can_bus.dim() == 2:
+                can_bus = can_bus[:, None]
+            if can_bus.shape != (batch_size, num_frames, CAN_BUS_DIM):
+                raise ValueError(
+                    f"can_bus must have shape {(batch_size, num_frames, CAN_BUS_DIM)}, "
+                    f"got {tuple(can_bus.shape)}"
+                )
+            can_bus = self.published_can_bus_sequence(can_bus, history_valid)
+        return img, lidar2img, ego_motion, history_valid, can_bus
 
     def forward(self, batch: Mapping[str, Any]) -> HeadOutput:
         """Head outputs of every decoder layer for the current (last) frame of a batch, its history folded
         into the previous BEV (keys and shapes in the module docstring)."""
-        img, lidar2img, ego_motion, history_valid = self._frames(batch)
+        img, lidar2img, ego_motion, history_valid, can_bus = self._frames(batch)
         history_motion = None if ego_motion is None else ego_motion[:, :-1]
-        prev_bev = self.history_bev(img[:, :-1], lidar2img[:, :-1], history_motion, history_valid[:, :-1])
+        prev_bev = self.history_bev(
+            img[:, :-1],
+            lidar2img[:, :-1],
+            history_motion,
+            history_valid[:, :-1],
+            None if can_bus is None else can_bus[:, :-1],
+        )
         current_motion = ego_motion[:, -1] if prev_bev is not None and ego_motion is not None else None
         prev_exists = history_valid[:, -2] if prev_bev is not None else None
-        outputs, _ = self.predict(img[:, -1], lidar2img[:, -1], prev_bev, current_motion, prev_exists)
+        current_can_bus = None if can_bus is None else can_bus[:, -1]
+        outputs, _ = self.predict(
+            img[:, -1], lidar2img[:, -1], prev_bev, current_motion, prev_exists, current_can_bus
+        )
         return outputs
 
     def decode(self, outputs: HeadOutput) -> list[dict[str, torch.Tensor]]:
@@ -254,14 +306,27 @@ class MultiViewDetector3D(nn.Module):
         prev_bev: torch.Tensor | None = None,
         ego_motion: torch.Tensor | None = None,
         prev_exists: torch.Tensor | None = None,
+        can_bus: torch.Tensor | None = None,
+        prev_can_bus: torch.Tensor | None = None,
     ) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor | None]:
         """Decoded detections of one frame and its BEV (to carry to the next frame of the scene).
 
-        Args: as :meth:`predict`.
+        Args:
+            img, lidar2img, prev_bev, ego_motion, prev_exists: as :meth:`predict`.
+            can_bus: (B, 18) this frame's absolute CAN-bus vectors, or None; required by models that read
+                it (:attr:`bev.encoder.BEVEncoder.reads_can_bus`), ignored by the others.
+            prev_can_bus: (B, 18) the previous frame's; required with ``can_bus`` and ``prev_bev``.
 
         Returns:
             B dicts with ``boxes`` (K, 9), ``scores`` (K,), ``labels`` (K,); the BEV
             (B, bev_h * bev_w, C), or None without encoder.
         """
-        outputs, bev = self.predict(img, lidar2img, prev_bev, ego_motion, prev_exists)
+        if self.encoder is None or not self.encoder.reads_can_bus:
+            can_bus = None  # DETR3D and our planar alignment without the CAN-bus MLP ignore it
+        if can_bus is not None:
+            if prev_bev is not None and prev_can_bus is None:
+                raise ValueError("prev_can_bus (B, 18) is required with can_bus and prev_bev")
+            previous = prev_can_bus if prev_bev is not None else None
+            can_bus = published_can_bus(can_bus, previous, prev_exists if previous is not None else None)
+        outputs, bev = self.predict(img, lidar2img, prev_bev, ego_motion, prev_exists, can_bus)
         return self.decode(outputs), bev

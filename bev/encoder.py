@@ -11,8 +11,10 @@ from detr2d.encoder import feed_forward
 
 from .projection import bev_pillar_points, check_pc_range, project_to_cameras
 from .spatial_cross_attention import SpatialCrossAttention
-from .temporal_alignment import align_prev_bev
-from .temporal_self_attention import TemporalSelfAttention
+from .temporal_alignment import CAN_BUS_DIM, YAW_DELTA_DEGREES, align_prev_bev, bev_shift, rotate_bev
+from .temporal_self_attention import TemporalSelfAttention, tsa_reference_points
+
+TEMPORAL_ALIGNMENTS = ("published", "planar")
 
 
 class BEVEncoderLayer(nn.Module):
@@ -58,6 +60,8 @@ class BEVEncoderLayer(nn.Module):
         query_pos: torch.Tensor,
         prev_bev: torch.Tensor | None,
         prev_exists: torch.Tensor | None,
+        current: torch.Tensor | None,
+        reference_points_2d: torch.Tensor,
         value: torch.Tensor,
         reference_points_cam: torch.Tensor,
         visible: torch.Tensor,
@@ -71,6 +75,9 @@ class BEVEncoderLayer(nn.Module):
             prev_bev: (B, Q, C) previous BEV aligned to this frame, or None when no sample has one.
             prev_exists: (B,) bool, which samples have a previous BEV (the others attend to
                 themselves); ignored when ``prev_bev`` is None.
+            current: (B, Q, C) TSA's current value entry for the samples with a previous BEV (the
+                published encoder's first-layer queries), or None for ``query``.
+            reference_points_2d: (B, 2, Q, 2) TSA reference points (history, current).
             value, reference_points_cam, visible, spatial_shapes, level_start_index: as in
                 :class:`SpatialCrossAttention`.
             bev_h, bev_w: BEV grid size.
@@ -78,8 +85,12 @@ class BEVEncoderLayer(nn.Module):
         Returns:
             (B, Q, C).
         """
-        history = query if prev_bev is None else torch.where(prev_exists[:, None, None], prev_bev, query)
-        attn = self.temporal_self_attention(query, query_pos, history, bev_h, bev_w)
+        history, now = query, query
+        if prev_bev is not None:
+            keep = prev_exists[:, None, None]
+            history = torch.where(keep, prev_bev, query)
+            now = query if current is None else torch.where(keep, current, query)
+        attn = self.temporal_self_attention(query, query_pos, history, bev_h, bev_w, now, reference_points_2d)
         x = self.norm1(query + self.dropout1(attn))
         attn = self.spatial_cross_attention(
             x, value, reference_points_cam, visible, spatial_shapes, level_start_index
@@ -96,10 +107,18 @@ class BEVEncoder(nn.Module):
     features get ``cams_embeds`` and ``level_embeds``. Every BEV cell carries a pillar of Z points over
     the z range, projected into every camera of its own sample; the layers then run TSA -> SCA -> FFN.
 
-    Temporal alignment differs from the original in form, not intent: the previous BEV is warped by
-    the full planar ego motion (:func:`bev.temporal_alignment.align_prev_bev`) instead of rotating it
-    about the grid centre and shifting TSA's reference points, and there is no CAN-bus MLP added to
-    the queries (the ego motion enters geometrically only).
+    Temporal alignment (see :mod:`bev.temporal_alignment`): ``"published"`` rotates the previous BEV
+    by the yaw change about ``rotate_center`` and shifts TSA's history reference points by the ego
+    translation, both read from the frame's CAN-bus vector; ``"planar"`` (ours) warps the previous BEV
+    by the planar ego motion between the lidar frames. With ``use_can_bus`` the CAN-bus vector goes
+    through ``can_bus_mlp`` (18 -> C/2 -> C, ReLUs, LayerNorm ``norm``) and is added to every BEV query.
+
+    Release quirks of BEVFormer v1 that its released weights were trained with (each a switch):
+    ``shift_current_refs`` (the current entry's TSA references are shifted too), ``first_layer_current``
+    (with a previous BEV, every layer's TSA reads the first layer's input queries as its current
+    entry), ``rotate_center`` (100, 100) whatever the grid size, ``level_embeds_rows`` 4 whatever
+    the number of levels (only the first ``num_levels`` rows are used), and the ``can_bus_mlp`` biases
+    keep PyTorch's default init (only its weights are Xavier-initialized).
 
     Args:
         bev_h, bev_w: BEV grid size (rows along y, columns along x).
@@ -115,6 +134,15 @@ class BEVEncoder(nn.Module):
         ffn_dims: FFN hidden channels.
         dropout: dropout of attention outputs and FFN.
         backend: op backend (None = automatic).
+        level_embeds_rows: rows of ``level_embeds`` (None: ``num_levels``; published: 4).
+        use_can_bus: add ``can_bus_mlp(can_bus)`` to the BEV queries (published: True).
+        can_bus_norm: end ``can_bus_mlp`` with a LayerNorm (published: True).
+        temporal_alignment: ``"published"`` or ``"planar"``.
+        use_shift: published alignment: shift the history references by the ego translation.
+        rotate_prev_bev: published alignment: rotate the previous BEV by the yaw change.
+        rotate_center: (x, y) pixel centre of that rotation (published: (100, 100)).
+        shift_current_refs: v1 quirk, see above.
+        first_layer_current: v1 quirk, see above.
     """
 
     def __init__(
@@ -133,8 +161,23 @@ class BEVEncoder(nn.Module):
         ffn_dims: int = 512,
         dropout: float = 0.1,
         backend: str | None = None,
+        level_embeds_rows: int | None = 4,
+        use_can_bus: bool = True,
+        can_bus_norm: bool = True,
+        temporal_alignment: str = "published",
+        use_shift: bool = True,
+        rotate_prev_bev: bool = True,
+        rotate_center: Sequence[float] = (100.0, 100.0),
+        shift_current_refs: bool = True,
+        first_layer_current: bool = True,
     ) -> None:
         super().__init__()
+        if temporal_alignment not in TEMPORAL_ALIGNMENTS:
+            raise ValueError(
+                f"temporal_alignment must be one of {TEMPORAL_ALIGNMENTS}, got {temporal_alignment!r}"
+            )
+        if len(rotate_center) != 2:
+            raise ValueError(f"rotate_center must be (x, y) in BEV pixels, got {tuple(rotate_center)}")
         if embed_dims % 2 != 0:
             raise ValueError(f"embed_dims must be even (half row, half column embedding), got {embed_dims}")
         self.bev_h = bev_h
@@ -144,11 +187,31 @@ class BEVEncoder(nn.Module):
         self.num_cams = num_cams
         self.num_levels = num_levels
         self.num_points_in_pillar = num_points_in_pillar
+        self.use_can_bus = use_can_bus
+        self.temporal_alignment = temporal_alignment
+        self.use_shift = use_shift
+        self.rotate_prev_bev = rotate_prev_bev
+        self.rotate_center = tuple(float(v) for v in rotate_center)
+        self.shift_current_refs = shift_current_refs
+        self.first_layer_current = first_layer_current
         self.bev_embedding = nn.Embedding(bev_h * bev_w, embed_dims)
         self.row_embed = nn.Embedding(bev_h, embed_dims // 2)
         self.col_embed = nn.Embedding(bev_w, embed_dims // 2)
         self.cams_embeds = nn.Parameter(torch.empty(num_cams, embed_dims))
-        self.level_embeds = nn.Parameter(torch.empty(num_levels, embed_dims))
+        self.level_embeds = nn.Parameter(torch.empty(max(num_levels, level_embeds_rows or 0), embed_dims))
+        self.can_bus_mlp: nn.Sequential | None = None
+        if use_can_bus:
+            self.can_bus_mlp = nn.Sequential(
+                nn.Linear(CAN_BUS_DIM, embed_dims // 2),
+                nn.ReLU(inplace=True),
+                nn.Linear(embed_dims // 2, embed_dims),
+                nn.ReLU(inplace=True),
+            )
+            if can_bus_norm:
+                self.can_bus_mlp.add_module("norm", nn.LayerNorm(embed_dims))
+            for module in self.can_bus_mlp:
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_uniform_(module.weight)
         self.layers = nn.ModuleList(
             BEVEncoderLayer(
                 embed_dims,
@@ -167,6 +230,11 @@ class BEVEncoder(nn.Module):
         nn.init.uniform_(self.col_embed.weight)
         nn.init.normal_(self.cams_embeds)
         nn.init.normal_(self.level_embeds)
+
+    @property
+    def reads_can_bus(self) -> bool:
+        """Whether the encoder reads the CAN-bus vector (the MLP, or the published alignment)."""
+        return self.use_can_bus or self.temporal_alignment == "published"
 
     def positional_embedding(self) -> torch.Tensor:
         """(bev_h * bev_w, C): [col_embed(x), row_embed(y)] per cell, row-major over (y, x)."""
@@ -216,29 +284,52 @@ class BEVEncoder(nn.Module):
         prev_bev: torch.Tensor | None = None,
         ego_motion: torch.Tensor | None = None,
         prev_exists: torch.Tensor | None = None,
+        can_bus: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Args:
             mlvl_feats: ``num_levels`` tensors (B, Ncam, C, H_l, W_l) from the neck.
             lidar2img: (B, Ncam, 4, 4) in pixels of the padded input image.
             img_shape: (H, W) of the padded input image.
             prev_bev: (B, bev_h * bev_w, C) BEV of the previous frame (in its own lidar frame), or None.
-            ego_motion: (B, 4, 4) previous lidar frame -> current lidar frame; required with ``prev_bev``.
+            ego_motion: (B, 4, 4) previous lidar frame -> current lidar frame; required with ``prev_bev``
+                by the planar alignment (ignored by the published one).
             prev_exists: (B,) bool, which samples' ``prev_bev`` is real (default: all of them).
+            can_bus: (B, 18) the frame's published CAN-bus vector
+                (:func:`bev.temporal_alignment.published_can_bus`); required with ``use_can_bus``, and by
+                the published alignment with ``prev_bev``.
 
         Returns:
             (B, bev_h * bev_w, C) the current BEV.
         """
         value, spatial_shapes, level_start_index = self.flatten_features(mlvl_feats)
         batch = value.shape[0]
+        published = self.temporal_alignment == "published"
+        if can_bus is None and (self.use_can_bus or (published and prev_bev is not None)):
+            raise ValueError(
+                "can_bus (B, 18) is required by this encoder (use_can_bus, or the published temporal "
+                "alignment with a previous BEV)"
+            )
+        if can_bus is not None and can_bus.shape != (batch, CAN_BUS_DIM):
+            raise ValueError(f"can_bus must have shape ({batch}, {CAN_BUS_DIM}), got {tuple(can_bus.shape)}")
         if prev_bev is not None:
-            if ego_motion is None:
-                raise ValueError("ego_motion (B, 4, 4) is required when prev_bev is given")
-            prev_bev = align_prev_bev(prev_bev, ego_motion, self.bev_h, self.bev_w, self.pc_range)
             if prev_exists is None:
                 prev_exists = torch.ones(batch, dtype=torch.bool, device=value.device)
             elif prev_exists.shape != (batch,):
                 raise ValueError(f"prev_exists must have shape ({batch},), got {tuple(prev_exists.shape)}")
             prev_exists = prev_exists.to(device=value.device, dtype=torch.bool)
+            if not published:
+                if ego_motion is None:
+                    raise ValueError(
+                        "ego_motion (B, 4, 4) is required when prev_bev is given (planar alignment)"
+                    )
+                prev_bev = align_prev_bev(prev_bev, ego_motion, self.bev_h, self.bev_w, self.pc_range)
+            elif self.rotate_prev_bev:
+                angle = can_bus[:, YAW_DELTA_DEGREES]
+                prev_bev = rotate_bev(prev_bev, angle, self.bev_h, self.bev_w, self.rotate_center)
+        shift = value.new_zeros(batch, 2)
+        if published and self.use_shift and can_bus is not None:
+            shift = bev_shift(can_bus, self.bev_h, self.bev_w, self.pc_range).to(value.dtype)
+        reference_points_2d = tsa_reference_points(self.bev_h, self.bev_w, shift, self.shift_current_refs)
         pillars = bev_pillar_points(
             self.bev_h,
             self.bev_w,
@@ -251,13 +342,18 @@ class BEVEncoder(nn.Module):
             pillars[None].expand(batch, -1, -1, -1), lidar2img, img_shape
         )
         query = self.bev_embedding.weight[None].expand(batch, -1, -1)
+        if self.can_bus_mlp is not None:
+            query = query + self.can_bus_mlp(can_bus.to(query.dtype))[:, None, :]
         query_pos = self.positional_embedding()
+        current = query if self.first_layer_current and prev_bev is not None else None
         for layer in self.layers:
             query = layer(
                 query,
                 query_pos,
                 prev_bev,
                 prev_exists,
+                current,
+                reference_points_2d,
                 value,
                 reference_points_cam,
                 visible,

@@ -82,7 +82,7 @@ def iterate_sequential(
     """
     model.eval()
     prev_bev: torch.Tensor | None = None
-    last_token, last_pose = "", torch.eye(4, dtype=torch.float64)[None]
+    last_token, last_pose, last_can_bus = "", torch.eye(4, dtype=torch.float64)[None], None
     for batch in loader:
         if batch["img"].shape[0] != 1:
             raise ValueError(f"sequential inference needs batch size 1, got {batch['img'].shape[0]}")
@@ -93,9 +93,15 @@ def iterate_sequential(
             motion = ego_motion_between(last_pose, pose).float().to(device)
         else:
             prev_bev = None
+        can_bus = batch["can_bus"][:, -1].to(device) if "can_bus" in batch else None
         with autocast(device, amp):
             detections, prev_bev = model.forward_test(
-                batch["img"][:, -1].to(device), batch["lidar2img"][:, -1].to(device), prev_bev, motion
+                batch["img"][:, -1].to(device),
+                batch["lidar2img"][:, -1].to(device),
+                prev_bev,
+                motion,
+                can_bus=can_bus,
+                prev_can_bus=last_can_bus if prev_bev is not None else None,
             )
-        last_token, last_pose = token, pose
+        last_token, last_pose, last_can_bus = token, pose, can_bus
         yield batch, [{key: _cpu(value) for key, value in detections[0].items()}]

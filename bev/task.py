@@ -16,19 +16,23 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from datasets.nuscenes import (
     NuScenesMultiViewDataset,
     collate_nuscenes,
+    detections_to_results,
     draw_bev,
     draw_camera_boxes,
     evaluate_nuscenes,
 )
+from datasets.nuscenes.augment import PhotoMetricDistortion
 from datasets.nuscenes.constants import CLASS_NAMES
-from datasets.nuscenes.evaluation import TP_ERROR_NAMES
+from datasets.nuscenes.database import open_nuscenes
+from datasets.nuscenes.evaluation import RESULTS_FILE, TP_ERROR_NAMES
 from datasets.nuscenes.infos import infos_path
 from datasets.nuscenes.visualize import denormalize_images
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from detr2d.backbone import initialize_backbone
 from detr2d.runtime.data import build_eval_loader
+from detr2d.runtime.io import atomic_write_json
 from detr2d.runtime.task import EvalResult, Records, Task
 
+from .augment import GridMask
 from .builder import bev_model_settings, build_bev_criterion, build_bev_model
 from .loss import DetectionLoss3D
 from .sequential import SceneShardSampler, iterate_sequential
@@ -36,7 +40,7 @@ from .sequential import SceneShardSampler, iterate_sequential
 logger = logging.getLogger(__name__)
 
 #: Batch keys the model reads (``datasets.nuscenes.collate_nuscenes`` layout); the rest stays on the CPU.
-MODEL_TENSOR_KEYS = ("img", "lidar2img", "ego_motion", "history_valid")
+MODEL_TENSOR_KEYS = ("img", "lidar2img", "can_bus", "ego_motion", "history_valid")
 TARGET_KEYS = ("gt_boxes", "gt_labels")
 SUMMARY_NAMES = ("mAP", *TP_ERROR_NAMES.values(), "NDS")
 
@@ -66,6 +70,18 @@ def prev_tokens(dataset: Dataset) -> dict[str, str]:
     return {sample["token"]: sample["prev"] for sample in dataset.samples}
 
 
+def detections_of(records: Records) -> dict[str, dict[str, np.ndarray]]:
+    """Sample token -> ``{"boxes" (K, 9), "scores" (K,), "labels" (K,)}`` of the task's records."""
+    return {
+        r["sample_token"]: {
+            "boxes": np.asarray(r["boxes"], np.float32).reshape(-1, 9),
+            "scores": np.asarray(r["scores"], np.float32),
+            "labels": np.asarray(r["labels"], np.int64),
+        }
+        for r in records
+    }
+
+
 class InfosFiles(ConcatDataset):
     """The samples of several infos files for prediction (the first ``limit`` of each, in time order)."""
 
@@ -80,12 +96,25 @@ class NuScenesDetectionTask(Task):
 
     Config sections: ``model`` (a variant ``name`` of :data:`bev.VARIANTS` plus :data:`bev.DEFAULTS`
     keys), ``data`` (``root``, ``version``, ``infos_dir``, ``train_split``, ``val_split``, ``image_size``
-    (W, H), ``num_history``, ``num_workers``). Training samples carry ``num_history`` earlier frames; the
+    (W, H), ``img_norm`` (mmcv's ``img_norm_cfg``: ``mean``/``std`` 0-255 in the network's channel order,
+    ``to_rgb``), ``num_history``, ``num_workers``, and the training augmentation: ``random_history``,
+    ``photometric_distortion``, ``grid_mask``). Training samples carry ``num_history`` earlier frames; the
     val split is run sequentially, scene by scene, with the previous BEV carried forward.
+
+    GridMask (``data.grid_mask``: :class:`bev.augment.GridMask` arguments, or None) masks the current
+    frame's images in :meth:`split_batch`, which only training calls: the release masks in the
+    detector's image feature extraction when training, and encodes the history frames in eval mode, so
+    exactly the current frame of a training sample is masked and evaluation never is. Keeping it out of
+    the model keeps the model's forward deterministic (batch-invariance tests, exports).
     """
 
     name = "nuscenes_detection"
     unit = "samples"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        grid_mask = config["data"].get("grid_mask")
+        self.grid_mask = None if grid_mask is None else GridMask(**grid_mask)
 
     def _model_settings(self) -> tuple[str, dict[str, Any]]:
         settings = dict(self.config["model"])
@@ -107,19 +136,36 @@ class NuScenesDetectionTask(Task):
     def class_names(self) -> dict[int, str]:
         return dict(enumerate(CLASS_NAMES))
 
+    def _image_options(self) -> dict[str, Any]:
+        """The dataset's image arguments: ``image_size`` and the ``data.img_norm`` normalization."""
+        data = self.config["data"]
+        norm = data["img_norm"]
+        return {
+            "image_size": tuple(data["image_size"]),
+            "mean": [value / 255.0 for value in norm["mean"]],
+            "std": [value / 255.0 for value in norm["std"]],
+            "bgr": not norm["to_rgb"],
+        }
+
     def build_dataset(self, split: str) -> NuScenesMultiViewDataset:
-        """The train split with ``data.num_history`` history frames per sample (the ground truth limited
-        to the model's ``pc_range``), or the val split with none (the sequential tester carries the
-        previous BEV instead)."""
+        """The train split with ``data.num_history`` history frames per sample (picked at random among
+        the previous ``num_history + 1`` with ``data.random_history``), photometric distortion
+        (``data.photometric_distortion``) and the ground truth limited to the model's ``pc_range``; or
+        the val split with no history (the sequential tester carries the previous BEV instead) and no
+        augmentation."""
         data = self.config["data"]
         train = split == "train"
+        photometric = data.get("photometric_distortion") if train else None
         return NuScenesMultiViewDataset(
             infos_path(data["infos_dir"], data["train_split"] if train else data["val_split"]),
             data_root=Path(data["root"]),
-            image_size=tuple(data["image_size"]),
             num_history=data["num_history"] if train else 0,
             point_cloud_range=self._pc_range(),
             on_bad_image=data["on_bad_image"],
+            random_history=train and data.get("random_history", False),
+            photometric=None if photometric is None else PhotoMetricDistortion(**photometric),
+            seed=self.config["train"]["seed"],
+            **self._image_options(),
         )
 
     def _pc_range(self) -> tuple[float, ...]:
@@ -136,9 +182,13 @@ class NuScenesDetectionTask(Task):
         return build_eval_loader(dataset, 1, self.config["data"]["num_workers"], collate_nuscenes, sampler)
 
     def split_batch(self, batch: dict[str, Any], device: torch.device) -> tuple[tuple[Any, ...], Any]:
-        """The model's part of a collated batch on ``device`` (``img`` (B, T, Ncam, 3, H, W),
-        ``lidar2img``, ``ego_motion``, ``history_valid``) and the targets ``gt_boxes`` / ``gt_labels``."""
+        """The model's part of a training batch on ``device`` (``img`` (B, T, Ncam, 3, H, W), its current
+        frame ``img[:, -1]`` GridMasked when ``data.grid_mask`` is set, ``lidar2img``, ``can_bus``,
+        ``ego_motion``, ``history_valid``) and the targets ``gt_boxes`` / ``gt_labels``."""
         inputs = {key: batch[key].to(device) for key in MODEL_TENSOR_KEYS}
+        if self.grid_mask is not None:
+            img = inputs["img"]
+            inputs["img"] = torch.cat([img[:, :-1], self.grid_mask(img[:, -1])[:, None]], dim=1)
         targets = {key: [t.to(device) for t in batch[key]] for key in TARGET_KEYS}
         return (inputs,), targets
 
@@ -160,28 +210,44 @@ class NuScenesDetectionTask(Task):
     def score(self, records: Records, dataset: Dataset, out_dir: Path | None) -> EvalResult:
         """The official ``DetectionEval`` (``detection_cvpr_2019``) of the val split; ``out_dir`` keeps
         ``results_nusc.json`` and the devkit's files."""
-        detections = {
-            r["sample_token"]: {
-                "boxes": np.asarray(r["boxes"], np.float32).reshape(-1, 9),
-                "scores": np.asarray(r["scores"], np.float32),
-                "labels": np.asarray(r["labels"], np.int64),
-            }
-            for r in records
-        }
         data = self.config["data"]
         with tempfile.TemporaryDirectory(prefix="bev_eval_") as tmp:  # the devkit needs a folder
             metrics = evaluate_nuscenes(
-                detections, data["root"], data["version"], data["val_split"], out_dir or tmp
+                detections_of(records), data["root"], data["version"], data["val_split"], out_dir or tmp
             )
         summary = {"NDS": metrics["NDS"], "mAP": metrics["mAP"]}
         return EvalResult(metrics, metrics_table(metrics), len(records), records, summary)
+
+    def write_results(self, records: Records, dataset: Dataset, out_dir: Path) -> list[Path]:
+        """``out_dir/results_nusc.json``: the nuScenes submission (``meta``: camera only; ``results``:
+        global-frame boxes of every sample token of ``dataset``, e.g. the test split, whose infos have no
+        ground truth), converted with the database ``data.root`` / ``data.version``; nothing is scored.
+
+        Raises:
+            ValueError: the records do not cover exactly the samples of ``dataset``.
+        """
+        detections = detections_of(records)
+        expected = set(prev_tokens(dataset))
+        missing, extra = expected - detections.keys(), detections.keys() - expected
+        if missing or extra:
+            raise ValueError(
+                f"a submission needs detections for exactly the {len(expected)} samples of the split: "
+                f"{len(missing)} missing (e.g. {sorted(missing)[:3]}), {len(extra)} not in it "
+                f"(e.g. {sorted(extra)[:3]})"
+            )
+        data = self.config["data"]
+        results = detections_to_results(detections, open_nuscenes(data["root"], data["version"]))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / RESULTS_FILE, results)
+        logger.info("wrote %s: %d samples", out_dir / RESULTS_FILE, len(results["results"]))
+        return [out_dir / RESULTS_FILE]
 
     def predict_loader(self, inputs: Sequence[str | Path], limit: int | None = None) -> DataLoader:
         """The samples of nuScenes infos files (``tools/create_data.py nuscenes``), each file's scenes in
         time order, images read from ``data.root`` at the config's image size."""
         data = self.config["data"]
         datasets = [
-            NuScenesMultiViewDataset(infos, data_root=data["root"], image_size=tuple(data["image_size"]))
+            NuScenesMultiViewDataset(infos, data_root=data["root"], **self._image_options())
             for infos in inputs
         ]
         return DataLoader(InfosFiles(datasets, limit), batch_size=1, collate_fn=collate_nuscenes)
@@ -203,7 +269,11 @@ class NuScenesDetectionTask(Task):
         boxes, scores, labels = result["boxes"][keep], result["scores"][keep], result["labels"][keep]
         bev_path, cameras_path = out_dir / f"{token}_bev.png", out_dir / f"{token}_cameras.jpg"
         draw_bev(batch["gt_boxes"][0].numpy(), boxes, bev_path)
-        images = denormalize_images(batch["img"][0, -1].numpy(), IMAGENET_MEAN, IMAGENET_STD)
+        options = self._image_options()
+        order = slice(None, None, -1) if options["bgr"] else slice(None)  # the pictures need RGB
+        images = denormalize_images(
+            batch["img"][0, -1].numpy()[:, order], options["mean"][order], options["std"][order]
+        )
         draw_camera_boxes(images, batch["lidar2img"][0, -1].numpy(), boxes, labels, cameras_path)
         logger.info("%s: %d detections drawn", token, len(scores))
         return [

@@ -10,8 +10,11 @@ scaling to image size) stays outside the graph:
   3, H, W), ``lidar2img`` (B, Ncam, 4, 4), ``prev_bev`` (B, bev_h * bev_w, C), ``ego_motion`` (B, 4, 4),
   ``prev_exists`` (B,) bool -> ``cls_logits`` (B, Q, num_classes), ``box_code`` (B, Q, 10) of the last
   decoder layer (what ``model.box_decoder.decode`` takes) and ``bev`` (B, bev_h * bev_w, C), fed back
-  as ``prev_bev`` with the next frame (zeros with ``prev_exists`` False at a scene's start). DETR3D-style
-  (no BEV): ``img``, ``lidar2img`` -> ``cls_logits``, ``box_code``.
+  as ``prev_bev`` with the next frame (zeros with ``prev_exists`` False at a scene's start). Encoders
+  that read the CAN bus (the published temporal alignment, ``use_can_bus``) take a last input
+  ``can_bus`` (B, 18) (:func:`bev.temporal_alignment.published_can_bus`); inputs a graph does not read
+  are left out of it (``ego_motion`` with the published alignment). DETR3D-style (no BEV):
+  ``img``, ``lidar2img`` -> ``cls_logits``, ``box_code``.
 
 ONNX goes through the TorchScript exporter with the op lowered to ``GridSample`` (:mod:`ops.onnx`)
 and ``torch.linalg.inv`` (the ego-motion inverse of the BEV alignment) lowered by Cramer's rule to
@@ -26,6 +29,7 @@ exported graph is exact for any camera geometry.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -69,8 +73,10 @@ class BevFrameForExport(nn.Module):
         super().__init__()
         self.model = model
         self.has_bev = model.encoder is not None
+        self.reads_can_bus = self.has_bev and model.encoder.reads_can_bus
         if self.has_bev:
             self.input_names = ("img", "lidar2img", "prev_bev", "ego_motion", "prev_exists")
+            self.input_names += ("can_bus",) if self.reads_can_bus else ()
             self.output_names = ("cls_logits", "box_code", "bev")
         else:
             self.input_names = ("img", "lidar2img")
@@ -83,9 +89,10 @@ class BevFrameForExport(nn.Module):
         prev_bev: torch.Tensor | None = None,
         ego_motion: torch.Tensor | None = None,
         prev_exists: torch.Tensor | None = None,
+        can_bus: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """Last-layer ``cls_logits`` (B, Q, K), ``box_code`` (B, Q, 10) and, with a BEV, the BEV."""
-        outputs, bev = self.model.predict(img, lidar2img, prev_bev, ego_motion, prev_exists)
+        outputs, bev = self.model.predict(img, lidar2img, prev_bev, ego_motion, prev_exists, can_bus)
         head = (outputs.cls_logits[-1], outputs.box_code[-1])
         return head + (bev,) if self.has_bev else head
 
@@ -105,7 +112,8 @@ def bev_example_inputs(
 
     Returns:
         ``(img, lidar2img)`` for DETR3D-style models, plus ``(prev_bev, ego_motion, prev_exists)``
-        (random BEV, identity motion, all True) for BEVFormer-style ones.
+        (random BEV, identity motion, all True) for BEVFormer-style ones, plus a random (B, 18)
+        ``can_bus`` when the encoder reads one.
     """
     height, width = image_size
     device = next(model.parameters()).device
@@ -119,7 +127,26 @@ def bev_example_inputs(
     prev_bev = torch.randn(batch, encoder.bev_h * encoder.bev_w, encoder.embed_dims, device=device)
     ego_motion = torch.eye(4, device=device).expand(batch, 4, 4).clone()
     prev_exists = torch.ones(batch, dtype=torch.bool, device=device)
-    return img, lidar2img, prev_bev, ego_motion, prev_exists
+    frame = (img, lidar2img, prev_bev, ego_motion, prev_exists)
+    return frame + (torch.randn(batch, 18, device=device),) if encoder.reads_can_bus else frame
+
+
+def camera_ring(num_cams: int, image_size: tuple[int, int], batch: int = 1) -> torch.Tensor:
+    """(B, Ncam, 4, 4) ``lidar2img`` of a synthetic rig: cameras at the lidar origin looking outwards at
+    evenly spaced yaws (x forward, y left, z up), focal length W / 2, principal point at the image centre.
+    Each camera sees a sector of the BEV, as on a real car: inputs for checks and benchmarks."""
+    height, width = image_size
+    intrinsics = torch.tensor([[width / 2, 0.0, width / 2], [0.0, width / 2, height / 2], [0.0, 0.0, 1.0]])
+    lidar2img = torch.zeros(num_cams, 4, 4)
+    for cam in range(num_cams):
+        yaw = 2 * math.pi * cam / num_cams
+        # camera axes in lidar coordinates: right, down, forward (viewing direction at this yaw)
+        rotation = torch.tensor(
+            [[math.sin(yaw), -math.cos(yaw), 0.0], [0.0, 0.0, -1.0], [math.cos(yaw), math.sin(yaw), 0.0]]
+        )
+        lidar2img[cam, :3, :3] = intrinsics @ rotation
+        lidar2img[cam, 3, 3] = 1.0
+    return lidar2img.expand(batch, num_cams, 4, 4).clone()
 
 
 def prepare_export(
@@ -228,11 +255,35 @@ def index_add_symbolic(g, target, dim, index, source, alpha=None):
     return g.op("ScatterElements", target, index, source, axis_i=dim, reduction_s="add")
 
 
+def deg2rad_symbolic(g, degrees):
+    """ONNX ``torch.deg2rad`` (the published BEV alignment's yaw change): a product with pi / 180."""
+    factor = g.op(
+        "CastLike", g.op("Constant", value_t=torch.tensor(math.pi / 180.0, dtype=torch.float64)), degrees
+    )
+    return g.op("Mul", degrees, factor)
+
+
+def atan2_symbolic(g, y, x):
+    """ONNX ``torch.atan2`` computed in float32 (ONNX Runtime has no float64 ``Atan``; the published BEV
+    alignment's heading is float64) and cast back: ``atan(y / x)`` moved by +-pi when x < 0 (+pi for
+    y >= 0), 0 at the origin."""
+    y32, x32 = g.op("Cast", y, to_i=1), g.op("Cast", x, to_i=1)
+    zero = g.op("Constant", value_t=torch.tensor(0.0))
+    pi = g.op("Constant", value_t=torch.tensor(math.pi))
+    angle = g.op("Atan", g.op("Div", y32, x32))
+    shifted = g.op("Where", g.op("GreaterOrEqual", y32, zero), g.op("Add", angle, pi), g.op("Sub", angle, pi))
+    angle = g.op("Where", g.op("Less", x32, zero), shifted, angle)
+    origin = g.op("And", g.op("Equal", x32, zero), g.op("Equal", y32, zero))
+    return g.op("CastLike", g.op("Where", origin, zero, angle), y)
+
+
 def _register_symbolics(opset: int) -> None:
     register_onnx_lowering(opset)
     torch.onnx.register_custom_op_symbolic("aten::linalg_inv", linalg_inv_symbolic, opset)
     torch.onnx.register_custom_op_symbolic("aten::sort", sort_symbolic, opset)
     torch.onnx.register_custom_op_symbolic("aten::index_add", index_add_symbolic, opset)
+    torch.onnx.register_custom_op_symbolic("aten::deg2rad", deg2rad_symbolic, opset)
+    torch.onnx.register_custom_op_symbolic("aten::atan2", atan2_symbolic, opset)
 
 
 def export_model(

@@ -1,4 +1,5 @@
-"""Timing and memory of the op's backends on the Deformable DETR shapes (used by tools/benchmark_ops.py)."""
+"""Timing and memory of the op's backends on the Deformable DETR shapes, and of ``deform_conv2d`` on the
+DCN cases of :mod:`ops.deform_conv_benchmark` (used by tools/benchmark_ops.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .deform_conv_benchmark import DCN_CASES, make_dcn_step
 from .functional import available_backends, ms_deform_attn
 
 ENCODER_SHAPES = ((100, 134), (50, 67), (25, 34), (13, 17))
@@ -39,19 +41,20 @@ def make_inputs(
     shapes: tuple[tuple[int, int], ...] = ENCODER_SHAPES,
 ) -> tuple[torch.Tensor, ...]:
     """Encoder case: Lq = S (17821 for the default shapes); decoder case: Lq = 300. Locations uniform in
-    [-0.1, 1.1]. Returns (value (N, S, M, D), spatial_shapes, level_start_index, locations, weights)."""
-    g = torch.Generator().manual_seed(seed)
+    [-0.1, 1.1], drawn on ``device``. Returns (value (N, S, M, D), spatial_shapes, level_start_index,
+    locations, weights)."""
+    g = torch.Generator(device=device).manual_seed(seed)
     spatial_shapes = torch.tensor(shapes)
     sizes = spatial_shapes.prod(1)
     starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
     s = int(sizes.sum())
     lq = s if case == "encoder" else DECODER_QUERIES
     n_levels = len(shapes)
-    value = torch.randn(batch, s, HEADS, CHANNELS, generator=g)
-    loc = torch.rand(batch, lq, HEADS, n_levels, POINTS, 2, generator=g) * 1.2 - 0.1
-    weights = torch.rand(batch, lq, HEADS, n_levels * POINTS, generator=g).softmax(-1)
+    value = torch.randn(batch, s, HEADS, CHANNELS, generator=g, device=device)
+    loc = torch.rand(batch, lq, HEADS, n_levels, POINTS, 2, generator=g, device=device) * 1.2 - 0.1
+    weights = torch.rand(batch, lq, HEADS, n_levels * POINTS, generator=g, device=device).softmax(-1)
     weights = weights.view(batch, lq, HEADS, n_levels, POINTS)
-    floats = [t.to(device=device, dtype=dtype) for t in (value, loc, weights)]
+    floats = [t.to(dtype=dtype) for t in (value, loc, weights)]
     return floats[0], spatial_shapes.to(device), starts.to(device), floats[1], floats[2]
 
 
@@ -120,7 +123,10 @@ def make_step(
     batch: int = 1,
     shapes: tuple[tuple[int, int], ...] = ENCODER_SHAPES,
 ) -> Callable[[], None]:
-    """One call of the op on :func:`make_inputs` (``mode`` "forward" or "forward+backward")."""
+    """One call of the op on :func:`make_inputs` (``mode`` "forward" or "forward+backward"); for a case of
+    ``DCN_CASES``, one call of ``deform_conv2d`` (:func:`ops.deform_conv_benchmark.make_dcn_step`)."""
+    if case in DCN_CASES:
+        return make_dcn_step(backend, case, dtype, device, mode)
     value, shapes, starts, loc, weights = make_inputs(case, dtype, device, batch=batch, shapes=shapes)
     backward = mode == "forward+backward"
     for t in (value, loc, weights):

@@ -83,7 +83,9 @@ def check_deform_conv_inputs(
     if weight.dim() != 4:
         raise ValueError(f"weight must have shape (O, C / groups, kh, kw), got {tuple(weight.shape)}")
     out_channels, _, kernel_h, kernel_w = weight.shape
-    if c % groups or out_channels % groups or c == 0:
+    if c == 0:
+        raise ValueError(f"input must have at least one channel, got shape {tuple(input.shape)}")
+    if c % groups or out_channels % groups:
         raise ValueError(
             f"groups ({groups}) must divide the input channels ({c}) and the output channels ({out_channels})"
         )

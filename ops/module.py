@@ -58,7 +58,7 @@ class MSDeformAttn(nn.Module):
         n_levels: number of feature levels L.
         n_heads: number of heads M.
         n_points: sampling points P per head and level.
-        im2col_step: forwarded to the op.
+        im2col_step: forwarded to the op (accepted for compatibility; the op ignores it).
         backend: op backend (None = automatic, see :func:`ops.ms_deform_attn`).
     """
 

@@ -9,8 +9,8 @@ and ``attention_weights`` may be wider than ``value`` (float32 with float16/bflo
 
 Autocast: no autocast kernel is registered, so under ``torch.autocast`` the op runs on the dtypes it is
 given (autocast falls through). That is deliberate: an autocast cast (``torch.library.register_autocast``)
-would convert every floating input to the low dtype, and bfloat16 sampling locations are off by up to
-half a pixel on a 134-wide map. Under autocast ``value`` comes out of a linear projection in the low
+would convert every floating input to the low dtype, and bfloat16 sampling locations lie 0.5 px apart
+on a 134-wide map. Under autocast ``value`` comes out of a linear projection in the low
 dtype, so the op stores and reads the low dtype while positions and sums stay float32.
 """
 

@@ -52,7 +52,9 @@ def _num_levels(spatial_shapes, sampling_locations) -> int:
     )
 
 
-def ms_deform_attn_symbolic(g, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+def ms_deform_attn_symbolic(
+    g, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+):
     """ONNX graph of the op: inputs as :func:`ops.ms_deform_attn`, output (N, Lq, M * D)."""
     del level_start_index  # levels are split by spatial_shapes, as in the reference backend
     n_levels = _num_levels(spatial_shapes, sampling_locations)
@@ -92,7 +94,9 @@ def ms_deform_attn_symbolic(g, value, spatial_shapes, level_start_index, samplin
     weights = g.op(
         "Reshape",
         weights,
-        g.op("Concat", minus_one, _const(g, [1]), queries, g.op("Mul", points, _const(g, [n_levels])), axis_i=0),
+        g.op(
+            "Concat", minus_one, _const(g, [1]), queries, g.op("Mul", points, _const(g, [n_levels])), axis_i=0
+        ),
     )
     summed = g.op("ReduceSum", g.op("Mul", stacked, weights), _const(g, [3]), keepdims_i=0)  # (N*M, D, Lq)
     out = g.op("Reshape", summed, g.op("Concat", batch, g.op("Mul", heads, channels), queries, axis_i=0))

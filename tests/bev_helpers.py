@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from bev import DetectionLoss3D, MultiViewDetector3D, build_bev_model
+from bev import DetectionLoss3D, MultiViewDetector3D, bev_model_settings, build_bev_model
 
 
 @pytest.fixture(autouse=True)
@@ -74,19 +74,64 @@ def ring_lidar2img(
 
 
 class TinyBackbone(nn.Module):
-    """Two strided convs standing in for the ResNet: levels at strides 8 and 16."""
+    """Strided convs standing in for the ResNet: levels at strides 8 and 16 (or only 16)."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_levels: int = 2) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU())
         self.level1 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
         self.level2 = nn.Sequential(nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.ReLU())
-        self.num_channels = [16, 24]
-        self.strides = [8, 16]
+        self.num_channels = [16, 24][2 - num_levels :]
+        self.strides = [8, 16][2 - num_levels :]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         first = self.level1(self.stem(x))
-        return [first, self.level2(first)]
+        return [first, self.level2(first)][2 - len(self.num_channels) :]
+
+
+TINY_SIZES = {
+    "embed_dims": 32,
+    "ffn_dims": 64,
+    "num_heads": 4,
+    "bev_h": 8,
+    "bev_w": 8,
+    "encoder_layers": 2,
+    "sca_points": 4,
+    "decoder_layers": 2,
+    "num_queries": 20,
+    "max_num": 50,
+}
+
+
+def published_tiny_model(
+    name: str, backend: str | None = "reference", **overrides: object
+) -> MultiViewDetector3D:
+    """Published variant ``name`` (its temporal math, quirks and head) at the tiny sizes, seeded.
+
+    Its backbone is :class:`TinyBackbone` with one level for the one-level variants (tiny, small) and
+    two levels (four FPN outputs) for base and DETR3D.
+    """
+    torch.manual_seed(0)
+    levels = bev_model_settings(name)["num_levels"]
+    settings = {
+        **TINY_SIZES,
+        "backbone_module": TinyBackbone(1 if levels == 1 else 2),
+        "num_levels": levels,
+        "op_backend": backend,
+    }
+    settings.update(overrides)
+    return build_bev_model(name, **settings)
+
+
+def can_bus_vector(x: float, y: float, yaw_degrees: float) -> torch.Tensor:
+    """(18,) absolute CAN-bus vector (``datasets.nuscenes.can_bus`` layout) at global (x, y) and yaw."""
+    vector = torch.zeros(18)
+    vector[0], vector[1] = x, y
+    half = math.radians(yaw_degrees) / 2
+    vector[3], vector[6] = math.cos(half), math.sin(half)  # rotation wxyz about z
+    vector[13] = 5.0  # some velocity
+    vector[16], vector[17] = math.radians(yaw_degrees % 360), yaw_degrees % 360
+    return vector
 
 
 def tiny_model(
@@ -95,19 +140,10 @@ def tiny_model(
     """A few-thousand-parameter detector on :class:`TinyBackbone` (eval-mode ready, seeded)."""
     torch.manual_seed(0)
     settings = {
+        **TINY_SIZES,
         "head": head,
         "backbone_module": TinyBackbone(),
         "num_levels": 2,
-        "embed_dims": 32,
-        "ffn_dims": 64,
-        "num_heads": 4,
-        "bev_h": 8,
-        "bev_w": 8,
-        "encoder_layers": 2,
-        "sca_points": 4,
-        "decoder_layers": 2,
-        "num_queries": 20,
-        "max_num": 50,
         "op_backend": backend,
     }
     settings.update(overrides)

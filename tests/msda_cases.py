@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ops.reference import ms_deform_attn_reference
+
 
 @dataclass
 class OpInputs:
@@ -120,3 +122,34 @@ def check_non_finite_locations(fn, device: str = "cpu") -> None:
     assert torch.count_nonzero(grad_loc[bad]) == 0 and torch.count_nonzero(grad_weights[bad]) == 0
     torch.testing.assert_close(grad_loc[~bad], want[2][~bad], atol=1e-12, rtol=0)
     torch.testing.assert_close(grad_weights[~bad], want[3][~bad], atol=1e-12, rtol=0)
+
+
+def mixed_precision(inputs: OpInputs, dtype: torch.dtype) -> OpInputs:
+    """``value`` in ``dtype`` (float16 / bfloat16); locations and weights in float32."""
+    return OpInputs(
+        inputs.value.to(dtype),
+        inputs.spatial_shapes,
+        inputs.level_start_index,
+        inputs.sampling_locations.float(),
+        inputs.attention_weights.float(),
+    )
+
+
+def check_mixed_precision(fn, dtype: torch.dtype, device: str = "cpu") -> None:
+    """A ``dtype`` value with float32 locations and weights through ``fn``, against float64 math on the same
+    rounded inputs: the output and the value gradient in ``dtype``, accumulated in float32 and rounded
+    once (half an ulp: 2**-8 relative for bfloat16, 2**-11 for float16); the location and weight
+    gradients in float32, within 1e-4."""
+    rounding = {torch.bfloat16: 2**-8, torch.float16: 2**-11}[dtype]
+    inputs = mixed_precision(random_case(21, 37), dtype)
+    got = forward_and_grads(fn, inputs.to(device=device))
+    want = forward_and_grads(ms_deform_attn_reference, inputs.to(torch.float64), upstream_dtype=dtype)
+    names = ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights")
+    for name, g, w, expected in zip(
+        names, got, want, (dtype, dtype, torch.float32, torch.float32), strict=True
+    ):
+        assert g.dtype == expected, name
+        rtol = rounding if expected == dtype else 1e-4
+        torch.testing.assert_close(
+            g.cpu().double(), w, atol=1e-4, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}"
+        )

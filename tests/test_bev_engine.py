@@ -25,9 +25,20 @@ class RecordingDetector(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
+        self.can_bus: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
 
-    def forward_test(self, img, lidar2img, prev_bev=None, ego_motion=None, prev_exists=None):
+    def forward_test(
+        self,
+        img,
+        lidar2img,
+        prev_bev=None,
+        ego_motion=None,
+        prev_exists=None,
+        can_bus=None,
+        prev_can_bus=None,
+    ):
         self.calls.append((prev_bev, ego_motion))
+        self.can_bus.append((can_bus, prev_can_bus))
         detections = {"boxes": torch.zeros(0, 9), "scores": torch.zeros(0), "labels": torch.zeros(0).long()}
         return [detections], img.mean().reshape(1, 1, 1)
 
@@ -39,6 +50,7 @@ def _frame(token: str, scene: str, value: float, x: float) -> dict:
         "img": torch.full((1, 1, 6, 3, 2, 2), value),
         "lidar2img": torch.eye(4).expand(1, 1, 6, 4, 4),
         "lidar2global": pose,
+        "can_bus": torch.full((1, 1, 18), value),
         "sample_token": [token],
         "scene_token": [scene],
     }
@@ -68,6 +80,8 @@ def test_previous_bev_is_carried_within_a_scene_and_reset_at_a_scene_change():
         torch.testing.assert_close(model.calls[index][1], expected)
     assert model.calls[1][1][0, 0, 3].item() == pytest.approx(-3.0)  # the previous frame is 3 m behind
     assert all(motion is None for bev, motion in model.calls if bev is None)
+    given_can_bus = [(c[0, 0].item(), None if p is None else p[0, 0].item()) for c, p in model.can_bus]
+    assert given_can_bus == [(1.0, None), (2.0, 1.0), (3.0, 2.0), (4.0, None), (5.0, 4.0), (6.0, None)]
 
 
 def test_scene_shards_cover_every_sample_once_with_whole_scenes_in_order():

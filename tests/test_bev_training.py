@@ -221,7 +221,7 @@ def test_published_variants_build_and_run(name):
     settings = bev_model_settings(name)
     img = torch.randn(1, 6, 3, 64, 128)
     with torch.no_grad():
-        detections, bev = model.forward_test(img, ring_lidar2img((64, 128))[None])
+        detections, bev = model.forward_test(img, ring_lidar2img((64, 128))[None], can_bus=torch.zeros(1, 18))
     assert len(detections[0]["scores"]) == 300
     if settings["head"] == "bev":
         assert bev.shape == (1, settings["bev_h"] * settings["bev_w"], 256)

@@ -28,6 +28,7 @@ def call(change):
     [
         (lambda c: {"input": c.input[0]}, r"input must have shape \(N, C, H, W\), got \(4, 7, 9\)"),
         (lambda c: {"input": c.input.tolist()}, "input must be a torch.Tensor, got list"),
+        (lambda c: {"input": c.input[:, :0]}, "input must have at least one channel"),
         (lambda c: {"weight": c.weight[0]}, r"weight must have shape \(O, C / groups, kh, kw\)"),
         (lambda c: {"weight": c.weight[:, :3]}, r"weight must have shape \(6, 4, kh >= 1, kw >= 1\)"),
         (lambda c: {"offset": c.offset[:, :-1]}, r"offset must have shape \(2, 18, 7, 9\)"),

@@ -11,6 +11,7 @@ from bev import build_bev_model
 from detr2d import VARIANTS, build_model
 from detr2d.export import (
     BevFrameForExport,
+    camera_ring,
     export_model,
     onnx_max_errors,
     prepare_export,
@@ -40,12 +41,29 @@ def small_detr2d(name: str) -> torch.nn.Module:
     ).eval()
 
 
-def small_bev(head: str) -> torch.nn.Module:
+PUBLISHED = dict(  # bevformer_tiny's temporal alignment and quirks, on the demo's small model
+    temporal_alignment="published",
+    use_can_bus=True,
+    shift_current_refs=True,
+    first_layer_current=True,
+    level_embeds_rows=4,
+    rotate_center=(3.0, 3.0),
+)
+
+
+def small_bev(head: str, **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
     common = dict(backbone="resnet18", backbone_dcn=NO_DCN, embed_dims=32, num_heads=2, ffn_dims=32)
     if head == "bev":
         model = build_bev_model(
-            "bev_demo", **common, bev_h=6, bev_w=6, encoder_layers=1, decoder_layers=2, num_queries=10
+            "bev_demo",
+            **common,
+            **overrides,
+            bev_h=6,
+            bev_w=6,
+            encoder_layers=1,
+            decoder_layers=2,
+            num_queries=10,
         )
     else:
         model = build_bev_model(
@@ -60,20 +78,6 @@ def small_bev(head: str) -> torch.nn.Module:
         if hasattr(module, "sampling_offsets"):
             torch.nn.init.normal_(module.sampling_offsets.weight, std=0.5)
     return model.eval()
-
-
-def ring_of_cameras(num_cams: int, height: int, width: int) -> torch.Tensor:
-    """(1, Ncam, 4, 4) lidar2img of cameras looking outwards around the car: each sees part of the BEV."""
-    lidar2img = torch.zeros(1, num_cams, 4, 4)
-    intrinsics = torch.tensor([[width / 2, 0.0, width / 2], [0.0, width / 2, height / 2], [0.0, 0.0, 1.0]])
-    for cam in range(num_cams):
-        yaw = 2 * math.pi * cam / num_cams
-        rotation = torch.tensor(
-            [[math.sin(yaw), -math.cos(yaw), 0.0], [0.0, 0.0, -1.0], [math.cos(yaw), math.sin(yaw), 0.0]]
-        )
-        lidar2img[0, cam, :3, :3] = intrinsics @ rotation
-        lidar2img[0, cam, 3, 3] = 1.0
-    return lidar2img
 
 
 class Op(torch.nn.Module):
@@ -121,19 +125,27 @@ def test_detr2d_onnx_equals_pytorch(tmp_path, name):
         assert max(errors) < TOL, (name, height, width, errors)
 
 
-@pytest.mark.parametrize("image_size", [(64, 96), (96, 128)])
-def test_bevformer_onnx_runs_a_scene(tmp_path, image_size):
-    """Exported on the all-seeing example cameras, the graph equals PyTorch on a real camera ring over
-    two frames, the second reading the first one's BEV back (moved by a turning ego motion)."""
-    model = small_bev("bev")
+@pytest.mark.parametrize(
+    ("alignment", "image_size"), [("planar", (64, 96)), ("published", (96, 128))], ids=["planar", "published"]
+)
+def test_bevformer_onnx_runs_a_scene(tmp_path, alignment, image_size):
+    """Exported on the all-seeing example cameras, the graph equals PyTorch on a camera ring over two
+    frames, the second reading the first one's BEV back (moved by a turning ego motion / CAN bus)."""
+    model = small_bev("bev", **(PUBLISHED if alignment == "published" else {}))
     wrapper, example = prepare_export(model, image_size)
+    assert wrapper.reads_can_bus == (alignment == "published")
     path = tmp_path / "bev.onnx"
     proto = export_model(wrapper, example, "onnx", path)
-    assert [i.name for i in proto.graph.input] == list(wrapper.input_names)
-    lidar2img = ring_of_cameras(model.num_cams, *image_size)
+    unused = ("ego_motion",) if alignment == "published" else ()  # it reads the CAN bus instead
+    assert [i.name for i in proto.graph.input] == [n for n in wrapper.input_names if n not in unused]
+    lidar2img = camera_ring(model.num_cams, image_size)
     motion = torch.eye(4)[None].clone()
     motion[0, :2, :2] = torch.tensor([[math.cos(0.2), -math.sin(0.2)], [math.sin(0.2), math.cos(0.2)]])
     motion[0, :2, 3] = torch.tensor([3.0, -1.0])
+    can_bus = torch.zeros(1, 18)
+    can_bus[0, :3] = torch.tensor([3.0, -1.0, 0.0])
+    can_bus[0, 16:] = torch.tensor([0.5, math.degrees(0.2)])
+    extra = (can_bus,) if wrapper.reads_can_bus else ()
     bev_cells = model.encoder.bev_h * model.encoder.bev_w
     first = (
         torch.randn(1, model.num_cams, 3, *image_size),
@@ -141,11 +153,19 @@ def test_bevformer_onnx_runs_a_scene(tmp_path, image_size):
         torch.zeros(1, bev_cells, model.encoder.embed_dims),
         torch.eye(4)[None],
         torch.zeros(1, dtype=torch.bool),
+        *extra,
     )
     assert max(onnx_max_errors(wrapper, path, first)) < TOL
     with torch.no_grad():
         bev = wrapper(*first)[2]
-    second = (torch.randn(1, model.num_cams, 3, *image_size), lidar2img, bev, motion, torch.ones(1, dtype=torch.bool))
+    second = (
+        torch.randn(1, model.num_cams, 3, *image_size),
+        lidar2img,
+        bev,
+        motion,
+        torch.ones(1, dtype=torch.bool),
+        *extra,
+    )
     errors = onnx_max_errors(wrapper, path, second)
     assert max(errors) < TOL, errors
 
@@ -156,7 +176,7 @@ def test_detr3d_onnx_equals_pytorch(tmp_path):
     assert isinstance(wrapper, BevFrameForExport) and wrapper.output_names == ("cls_logits", "box_code")
     path = tmp_path / "detr3d.onnx"
     export_model(wrapper, example, "onnx", path)
-    inputs = (torch.randn(1, model.num_cams, 3, 64, 96), ring_of_cameras(model.num_cams, 64, 96))
+    inputs = (torch.randn(1, model.num_cams, 3, 64, 96), camera_ring(model.num_cams, (64, 96)))
     assert max(onnx_max_errors(wrapper, path, inputs)) < TOL
 
 

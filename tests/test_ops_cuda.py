@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from msda_cases import check_non_finite_locations, forward_and_grads, random_case, random_inputs
+from msda_cases import (
+    check_mixed_precision,
+    check_non_finite_locations,
+    forward_and_grads,
+    random_case,
+    random_inputs,
+)
 
 from ops import MSDeformAttn, ms_deform_attn
 
@@ -105,3 +111,8 @@ def test_cuda_kernel_skips_a_level_outside_value(cuda_backend):
     level0_only[:, :, :, 1] = 0
     want = torch.ops.deformbev.ms_deform_attn(*args[:4], level0_only)
     torch.testing.assert_close(out, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_low_precision_value_with_float32_locations(cuda_backend, dtype):
+    check_mixed_precision(run(cuda_backend), dtype, device="cuda")

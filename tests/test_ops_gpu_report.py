@@ -53,7 +53,12 @@ def test_gpu_check_script_rehearsal(cpu_backend, tmp_path):
     """The shell script around it (build, CUDA tests, report, sanitizer) in its CPU rehearsal."""
     done = subprocess.run(
         ["bash", str(ROOT / "tools" / "gpu_check.sh")],
-        env={**os.environ, "REHEARSE": "1", "OUT": str(tmp_path)},
+        env={
+            **os.environ,
+            "REHEARSE": "1",
+            "OUT": str(tmp_path),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        },
         capture_output=True,
         text=True,
         timeout=900,

@@ -234,3 +234,21 @@ def test_categories_the_model_cannot_output_are_reported_before_evaluation(
         run_test(task, tmp_path / "weights.pth")
     assert "has 2 categories that a model with num_classes=3 cannot output" in caplog.text
     assert "(3, 'triangle'), (4, 'cross')" in caplog.text
+
+
+def test_cosine_by_epoch_is_constant_within_an_epoch_and_warms_up_per_iteration() -> None:
+    schedule = {
+        "policy": "warmup_cosine",
+        "epochs": 4,
+        "warmup_iters": 3,
+        "warmup_ratio": 0.5,
+        "min_lr_ratio": 0.0,
+    }
+    by_epoch = _stepped({**schedule, "cosine_by_epoch": True}, 0, 5).lr_lambdas[0]
+    per_iteration = _stepped(schedule, 0, 5).lr_lambdas[0]
+    assert [by_epoch(s) for s in (3, 4)] == [1.0, 1.0]  # epoch 0 after the warmup: cosine(0)
+    assert (
+        by_epoch(5) == by_epoch(9) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi / 4)).item()))
+    )
+    assert by_epoch(1) == pytest.approx(1.0 * (1 - (1 - 1 / 3) * 0.5))  # linear warmup per iteration
+    assert per_iteration(5) != per_iteration(9)

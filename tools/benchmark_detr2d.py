@@ -66,30 +66,43 @@ def onnxruntime_path(
     return lambda: session.run(None, feed)
 
 
-def time_paths(paths: list[TimedPath], runs: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds of every timed call of every path; calls alternate between paths, warm-up calls first."""
-    times: dict[str, list[float]] = {name: [] for name, _ in paths}
+def time_paths(paths: list[TimedPath], runs: int, warmup: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of every timed call of every path (CPU: all threads of the process); calls
+    alternate between paths, warm-up calls first."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in paths}
     with torch.inference_mode():
         for i in range(warmup + runs):
             for name, call in paths:
-                start = time.perf_counter()
+                wall, cpu = time.perf_counter(), time.process_time()
                 call()
                 if i >= warmup:
-                    times[name].append(time.perf_counter() - start)
+                    times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
     return times
 
 
-def print_report(title: str, times: dict[str, list[float]], rows: list[tuple[str, str]], warmup: int) -> None:
-    """Markdown tables: the paths (median, runs, speed-up over the first path) and the machine."""
-    base = statistics.median(next(iter(times.values())))
-    print(f"{title}\n\n| path | median s | runs s | x vs {next(iter(times))} |\n|---|---|---|---|")
+def print_report(
+    title: str, times: dict[str, list[tuple[float, float]]], rows: list[tuple[str, str]], warmup: int
+) -> None:
+    """Markdown tables: the paths (median wall and CPU time, runs, speed-ups over the first path) and the
+    machine. On a loaded machine the CPU time is the steadier measure of the work done."""
+    medians = {
+        name: [statistics.median(t[k] for t in values) for k in (0, 1)] for name, values in times.items()
+    }
+    base_wall, base_cpu = next(iter(medians.values()))
+    print(
+        f"{title}\n\n| path | median wall s | wall runs s | x vs first (wall) | median CPU s "
+        "| x vs first (CPU) |\n|---|---|---|---|---|---|"
+    )
     for name, values in times.items():
-        median = statistics.median(values)
-        runs = ", ".join(f"{t:.2f}" for t in values)
-        print(f"| {name} | {median:.2f} | {runs} | {base / median:.2f} |")
+        wall, cpu = medians[name]
+        runs = ", ".join(f"{t[0]:.2f}" for t in values)
+        print(f"| {name} | {wall:.2f} | {runs} | {base_wall / wall:.2f} | {cpu:.2f} | {base_cpu / cpu:.2f} |")
     rows = rows + [
         ("warm-up calls per path", str(warmup)),
-        ("peak RSS (whole process)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB"),
+        (
+            "peak RSS (whole process)",
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB",
+        ),
         ("machine", f"{cpu_model()}, {os.cpu_count()} cores"),
         ("torch threads", str(torch.get_num_threads())),
         ("torch", torch.__version__),
@@ -146,7 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     images = torch.randn(1, 3, args.height, args.width)
     load_before = os.getloadavg()[0]
     wrapper = None if args.no_onnx else (Detr2dForExport(model), (images,))
-    times = time_paths(inference_paths(model, lambda m: m(images), wrapper, args.compile), args.runs, args.warmup)
+    times = time_paths(
+        inference_paths(model, lambda m: m(images), wrapper, args.compile), args.runs, args.warmup
+    )
     rows = [
         ("model", f"{args.model} (R50, random weights)"),
         ("input", f"1 x 3 x {args.height} x {args.width}"),

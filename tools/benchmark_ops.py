@@ -2,6 +2,7 @@
 
 python tools/benchmark_ops.py                      # CPU, float32, encoder + decoder shapes
 python tools/benchmark_ops.py --device cuda --dtypes float32 bfloat16 --json out.json
+python tools/benchmark_ops.py --threads 2 --cases dcn_stage3 dcn_stage4   # DCNv2 (deform_conv2d)
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ def main() -> None:
     parser.add_argument(
         "--dtypes", nargs="+", default=["float32"], choices=("float32", "float64", "bfloat16", "float16")
     )
-    parser.add_argument("--cases", nargs="+", default=["encoder", "decoder"], choices=("encoder", "decoder"))
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=["encoder", "decoder"],
+        choices=("encoder", "decoder", "dcn_stage3", "dcn_stage4"),
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)

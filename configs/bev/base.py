@@ -18,8 +18,19 @@ data = dict(
     infos_dir="data/nuscenes/infos",  # nuscenes_infos_<split>.json: tools/create_data.py nuscenes
     train_split="train",
     val_split="val",
-    image_size=[1600, 900],  # (W, H) every camera image is resized to (padded to a multiple of 32)
+    image_size=[1600, 900],  # (W, H) every image is resized to (bilinear; lidar2img scaled; padded to x32)
+    img_norm=dict(mean=[103.530, 116.280, 123.675], std=[1.0, 1.0, 1.0], to_rgb=False),  # caffe: BGR, 0-255
     num_history=3,  # earlier frames per training sample: queue_length 4
+    random_history=True,  # the release's queue: num_history of the previous num_history + 1 frames, at random
+    photometric_distortion=dict(  # PhotoMetricDistortionMultiViewImage, every camera image in training
+        brightness_delta=32,
+        contrast_range=[0.5, 1.5],
+        saturation_range=[0.5, 1.5],
+        hue_delta=18,
+    ),
+    grid_mask=dict(  # the detector's GridMask on the current frame's images in training (None: off)
+        use_h=True, use_w=True, rotate=1, offset=False, ratio=0.5, mode=1, prob=0.7
+    ),
     num_workers=4,  # per process
     on_bad_image="raise",  # a truncated/corrupt image: "raise" (names the file) or "skip" (logged, counted)
 )
@@ -39,6 +50,7 @@ schedule = dict(  # stepped every iteration
     warmup_iters=500,  # linear warmup from warmup_ratio x lr, then cosine to min_lr_ratio x lr
     warmup_ratio=1.0 / 3,
     min_lr_ratio=1e-3,
+    cosine_by_epoch=True,  # mmcv CosineAnnealing by_epoch: the lr is constant within an epoch
 )
 train = dict(
     batch_size=8,  # total over all processes (published: 8 GPUs x 1)

@@ -3,4 +3,4 @@
 _base_ = "base.py"
 
 model = dict(name="bevformer_small")
-data = dict(image_size=[1280, 720], num_history=2)
+data = dict(image_size=[1280, 720], num_history=2)  # RandomScaleImageMultiViewImage([0.8]) of 1600 x 900

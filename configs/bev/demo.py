@@ -38,9 +38,14 @@ data = dict(
     train_split="synthetic_train",
     val_split="synthetic_val",
     image_size=[192, 108],
+    img_norm=dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True),  # ImageNet RGB
     num_history=1,
+    random_history=False,  # the recipe's augmentation is off: the demo's budget is a few epochs
+    photometric_distortion=None,
+    grid_mask=None,
     num_workers=0,
 )
 optim = dict(lr=1e-3, lr_backbone=1e-3)  # from scratch: the backbone learns at the full rate
-schedule = dict(epochs=14, warmup_iters=100)  # 14 x 320 iterations (8 train scenes x 40 samples, batch 1)
+# 14 x 320 iterations (8 train scenes x 40 samples, batch 1); the cosine advances every iteration
+schedule = dict(epochs=14, warmup_iters=100, cosine_by_epoch=False)
 train = dict(batch_size=1, eval_every=0, keep_every=0)

@@ -1,10 +1,14 @@
 """The 18-value CAN bus vector of BEVFormer, read from nuScenes CAN bus ``pose`` messages.
 
-Layout: ego position (3), ego rotation wxyz (4), accel (3), rotation_rate (3), vel (3), ego yaw in
-radians and in degrees (both from [0, 360) degrees). Position, rotation and yaw come from the sample's
-ego pose, as BEVFormer overwrites them; accel, rotation_rate and vel come from the last pose message at
-or before the sample time, read by name (BEVFormer's converter reads them from the following message
-by mistake).
+Absolute layout (the infos' ``can_bus``; BEVFormer's ``get_data_info``): ``[0:3]`` ego position in the
+global frame (m), ``[3:7]`` ego rotation quaternion wxyz, ``[7:10]`` accel, ``[10:13]`` rotation_rate,
+``[13:16]`` vel, ``[16]`` ego yaw ("patch angle") in radians and ``[17]`` in degrees, both from
+[0, 360) degrees. Position, rotation and yaw come from the sample's (lidar keyframe's) ego pose, as
+BEVFormer overwrites them; accel, rotation_rate and vel come from the last pose message at or before the
+sample time, read by name (BEVFormer's converter reads them from the following message by mistake).
+
+The model turns a queue of these into BEVFormer's input (``union2one``: ``[0:3]`` and ``[17]`` become
+the change since the previous frame, 0 where there is none): :func:`bev.temporal_alignment.published_can_bus`.
 """
 
 from __future__ import annotations

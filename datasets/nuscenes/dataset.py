@@ -2,22 +2,43 @@
 
 One item (T = 1 + ``num_history`` frames, oldest first, the current frame last; N = 6 cameras)::
 
-    img            float32 (T, N, 3, H, W)  RGB, (x / 255 - mean) / std
-    lidar2img      float32 (T, N, 4, 4)     lidar frame of *that* frame -> resized image pixels
-    can_bus        float32 (T, 18)          see can_bus.py
-    ego_motion     float32 (T, 4, 4)        lidar frame of frame t-1 -> lidar frame of frame t (identity at
-                                            t = 0 or where frame t-1 is padding); aligns prev_bev to frame t
-    history_valid  bool    (T,)             False for padding frames (before the scene start; they repeat the
-                                            scene's first sample)
-    lidar2global   float64 (4, 4)           current frame
-    img_shape      int64   (2,)             (H, W)
-    gt_boxes       float32 (K, 9)           [x, y, z, w, l, h, yaw, vx, vy] current lidar frame (boxes.py)
-    gt_labels      int64   (K,)             index into ``class_names``
+    img               float32 (T, N, 3, H, W)  RGB (BGR with ``bgr``), (x / 255 - mean) / std
+    lidar2img         float32 (T, N, 4, 4)     lidar frame of *that* frame -> resized image pixels
+    can_bus           float32 (T, 18)          absolute CAN bus vectors of the frames, below
+    ego_motion        float32 (T, 4, 4)        lidar frame of frame t-1 -> lidar frame of frame t (identity
+                                               at t = 0 or where frame t-1 is padding); aligns prev_bev
+    history_valid     bool    (T,)             False for padding frames (before the scene start; they
+                                               repeat the scene's first sample)
+    lidar2global      float64 (4, 4)           current frame
+    img_shape         int64   (2,)             (H, W)
+    gt_boxes          float32 (K, 9)           [x, y, z, w, l, h, yaw, vx, vy] current lidar frame (boxes.py)
+    gt_labels         int64   (K,)             index into ``class_names``
     sample_token, scene_token  str
 
 :func:`collate_nuscenes` stacks a batch: ``img`` (B, T, N, 3, H, W), ``lidar2img`` (B, T, N, 4, 4),
-``can_bus`` (B, T, 18), ``ego_motion`` (B, T, 4, 4), ``history_valid`` (B, T), ``lidar2global`` (B, 4, 4),
-``img_shape`` (B, 2); ``gt_boxes``, ``gt_labels``, ``sample_token``, ``scene_token`` stay lists of length B.
+``can_bus`` (B, T, 18), ``ego_motion`` (B, T, 4, 4), ``history_valid`` (B, T),
+``lidar2global`` (B, 4, 4), ``img_shape`` (B, 2); ``gt_boxes``, ``gt_labels``, ``sample_token``,
+``scene_token`` stay lists of length B.
+
+``can_bus[t]``, frame t's absolute vector (BEVFormer's ``get_data_info`` layout; see can_bus.py)::
+
+    [0:3]   ego position, global frame (m)      [3:7]   ego rotation quaternion wxyz, global frame
+    [7:10]  accel   [10:13] rotation_rate   [13:16] vel   (CAN bus pose message; 0 without CAN data)
+    [16]    ego yaw ("patch angle") in radians  [17]    the same in degrees, in [0, 360)
+
+BEVFormer's ``union2one`` (``[0:3]`` and ``[17]`` become the change since the previous frame of the
+queue, 0 at a queue or scene start; not wrapped) is the model's business
+(:func:`bev.temporal_alignment.published_can_bus`): frame t continues frame t-1 (BEVFormer's
+``prev_bev_exists``) exactly when ``history_valid[t - 1]``.
+
+Training options (BEVFormer's recipe): ``random_history`` picks the ``num_history`` history frames at
+random among the previous ``num_history + 1`` frames of the scene (oldest first, as the original's
+queue of ``queue_length = num_history + 1``; positions before the scene start are padding), and
+``photometric`` distorts every camera image of every frame independently
+(:class:`datasets.nuscenes.augment.PhotoMetricDistortion`, before the resize, as the original distorts
+before ``RandomScaleImageMultiViewImage``). Both draw from a generator seeded with
+``(seed, epoch, index)`` (call :meth:`NuScenesMultiViewDataset.set_epoch`), so a resumed run sees the
+same samples.
 
 Every camera file named by the infos must exist when the dataset is built (one error lists how many are
 missing and names one); a truncated or undecodable camera image raises an error naming the file, the
@@ -30,12 +51,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from datasets.files import BadImagePolicy, OnBadImage, missing_files, read_rgb
+from datasets.nuscenes.augment import PhotoMetricDistortion, resize_camera
 from datasets.nuscenes.constants import CLASS_NAMES, POINT_CLOUD_RANGE
 from datasets.nuscenes.infos import load_infos
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -59,6 +80,12 @@ class NuScenesMultiViewDataset(Dataset):
         on_bad_image: ``"raise"`` (default): a truncated or undecodable camera image raises ``ValueError``
             naming the file, camera and sample. ``"skip"``: the next sample whose images are all good
             is returned instead, a warning names the file and :attr:`num_skipped_images` counts it.
+        random_history: pick the history frames at random among the previous ``num_history + 1``
+            (BEVFormer's training queue); False: the ``num_history`` frames just before.
+        photometric: distortion applied to every camera image (training), or None.
+        seed: seed of the random history and distortion (with the epoch and the sample index).
+        bgr: give the network BGR images (caffe-style weights; mmcv's ``to_rgb=False``); ``mean`` and
+            ``std`` are in the network's channel order.
     """
 
     def __init__(
@@ -73,6 +100,10 @@ class NuScenesMultiViewDataset(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         on_bad_image: OnBadImage = "raise",
+        random_history: bool = False,
+        photometric: PhotoMetricDistortion | None = None,
+        seed: int = 0,
+        bgr: bool = False,
     ) -> None:
         self.infos = infos if isinstance(infos, dict) else load_infos(infos)
         source = (
@@ -97,6 +128,11 @@ class NuScenesMultiViewDataset(Dataset):
         self.mean = np.asarray(mean, dtype=np.float32) * 255.0
         self.std = np.asarray(std, dtype=np.float32) * 255.0
         self.camera_names = list(self.infos["camera_names"])
+        self.random_history = random_history
+        self.photometric = photometric
+        self.seed = seed
+        self.epoch = 0
+        self.bgr = bgr
         self._scene_position = self._index_scenes()
         self._check_camera_files(source)
 
@@ -131,11 +167,27 @@ class NuScenesMultiViewDataset(Dataset):
                 positions[index] = (indices, position)
         return positions
 
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random history and distortion stream of ``epoch``."""
+        self.epoch = epoch
+
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _load_camera(self, sample: dict, channel: str) -> tuple[np.ndarray, np.ndarray]:
-        """Normalized CHW float32 image and the resized lidar2img (4, 4) of one camera."""
+    def history_offsets(self, rng: np.random.Generator) -> list[int]:
+        """How many frames before the current one each history frame is, oldest first: the
+        ``num_history`` previous frames, or (``random_history``) all but one random frame of the previous
+        ``num_history + 1`` (BEVFormer drops one of its shuffled queue indices)."""
+        if not self.random_history:
+            return list(range(self.num_history, 0, -1))
+        dropped = 1 + int(rng.integers(self.num_history + 1))
+        return [offset for offset in range(self.num_history + 1, 0, -1) if offset != dropped]
+
+    def _load_camera(
+        self, sample: dict, channel: str, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Normalized CHW float32 image and the resized lidar2img (4, 4) of one camera (distorted first,
+        with ``photometric``)."""
         camera = sample["cameras"][channel]
         path = self.data_root / camera["path"]
         image = read_rgb(path, f"{channel} of sample {sample['token']}")
@@ -145,12 +197,14 @@ class NuScenesMultiViewDataset(Dataset):
                 f"{camera['width']}x{camera['height']}; its intrinsic would be wrong"
             )
         lidar2img = np.asarray(camera["lidar2img"], dtype=np.float64)
+        image = image.astype(np.float32)
+        if self.photometric is not None:
+            image = self.photometric(image, rng)
         if self.image_size is not None and tuple(self.image_size) != (camera["width"], camera["height"]):
-            width, height = self.image_size
-            scale = np.diag([width / camera["width"], height / camera["height"], 1.0, 1.0])
-            lidar2img = scale @ lidar2img
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-        image = (image.astype(np.float32) - self.mean) / self.std
+            image, lidar2img = resize_camera(image, lidar2img, tuple(self.image_size))
+        if self.bgr:
+            image = image[..., ::-1]
+        image = (image - self.mean) / self.std
         return image.transpose(2, 0, 1), lidar2img
 
     def _ground_truth(self, sample: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -171,13 +225,14 @@ class NuScenesMultiViewDataset(Dataset):
         return self.bad_images.get(index, len(self), self._item)
 
     def _item(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng((self.seed, self.epoch, index))
         scene_indices, position = self._scene_position[index]
-        positions = [max(position - offset, 0) for offset in range(self.num_history, -1, -1)]
-        history_valid = np.array([position - offset >= 0 for offset in range(self.num_history, -1, -1)])
-        frames = [self.samples[scene_indices[p]] for p in positions]
+        offsets = [*self.history_offsets(rng), 0]
+        history_valid = np.array([position - offset >= 0 for offset in offsets])
+        frames = [self.samples[scene_indices[max(position - offset, 0)]] for offset in offsets]
         images, lidar2img = [], []
         for frame in frames:
-            loaded = [self._load_camera(frame, channel) for channel in self.camera_names]
+            loaded = [self._load_camera(frame, channel, rng) for channel in self.camera_names]
             images.append(np.stack([image for image, _ in loaded]))
             lidar2img.append(np.stack([matrix for _, matrix in loaded]))
         lidar2global = np.array([frame["lidar2global"] for frame in frames], dtype=np.float64)

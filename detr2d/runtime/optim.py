@@ -87,10 +87,18 @@ class WarmupCosine:
 
     Cosine from 1 down to ``min_lr_ratio`` over ``total_steps``, times a linear warmup that rises from
     ``warmup_ratio`` to 1 over the first ``warmup_iters`` iterations (mmcv's ``CosineAnnealing`` with
-    ``warmup="linear"``; here the cosine is per iteration, not per epoch).
+    ``warmup="linear"``, the warmup per iteration). With ``steps_per_epoch`` the cosine advances once per
+    epoch, as mmcv's default ``by_epoch=True`` (BEVFormer's configs); without, every iteration.
     """
 
-    def __init__(self, total_steps: int, warmup_iters: int, warmup_ratio: float, min_lr_ratio: float) -> None:
+    def __init__(
+        self,
+        total_steps: int,
+        warmup_iters: int,
+        warmup_ratio: float,
+        min_lr_ratio: float,
+        steps_per_epoch: int | None = None,
+    ) -> None:
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if not 0.0 < warmup_ratio <= 1.0 or not 0.0 <= min_lr_ratio <= 1.0:
@@ -102,9 +110,13 @@ class WarmupCosine:
         self.warmup_iters = warmup_iters
         self.warmup_ratio = warmup_ratio
         self.min_lr_ratio = min_lr_ratio
+        self.steps_per_epoch = steps_per_epoch
 
     def __call__(self, step: int) -> float:
-        progress = min(step / self.total_steps, 1.0)
+        if self.steps_per_epoch is None:
+            progress = min(step / self.total_steps, 1.0)
+        else:  # mmcv's by_epoch: constant within an epoch
+            progress = min(step // self.steps_per_epoch * self.steps_per_epoch / self.total_steps, 1.0)
         cosine = self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
         if step >= self.warmup_iters:
             return cosine
@@ -118,7 +130,7 @@ def schedule_factor(schedule: dict[str, Any], steps_per_epoch: int) -> StepFacto
     """The lr factor of a config's ``schedule`` section, as a function of the iteration.
 
     ``policy="step"``: ``epochs``, ``lr_drop``, ``lr_gamma``; ``policy="warmup_cosine"``: ``epochs``,
-    ``warmup_iters``, ``warmup_ratio``, ``min_lr_ratio``.
+    ``warmup_iters``, ``warmup_ratio``, ``min_lr_ratio``, ``cosine_by_epoch`` (optional, default False).
     """
     policy = schedule.get("policy")
     if policy == "step":
@@ -129,6 +141,7 @@ def schedule_factor(schedule: dict[str, Any], steps_per_epoch: int) -> StepFacto
             schedule["warmup_iters"],
             schedule["warmup_ratio"],
             schedule["min_lr_ratio"],
+            steps_per_epoch if schedule.get("cosine_by_epoch", False) else None,
         )
     raise ValueError(f"schedule.policy must be one of {SCHEDULE_POLICIES}, got {policy!r}")
 

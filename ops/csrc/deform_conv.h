@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <algorithm>
 #include <optional>
 
 #include <tuple>
@@ -54,18 +55,39 @@ inline ConvDims check_conv(const at::Tensor& input, const at::Tensor& offset, co
 }
 
 // The per-sample kernels of one device. Tensors are contiguous and of one floating dtype, except the
-// input-gradient plane set, which is of the op-math dtype (float for half / bfloat16).
+// input-gradient planes, which are of the op-math dtype (float for half / bfloat16). `columns` is
+// (C * K, chunk.size()) with rows ordered (channel, kernel point); offset_n, mask_n, grad_offset_n and
+// grad_mask_n are the sample's whole (channels, Ho, Wo) tensors.
 struct SampleKernels {
-  // columns (C * K, L) = mask * bilinear samples of input_n (C, H, W); rows ordered (channel, kernel point).
-  void (*im2col)(const ConvDims& d, const at::Tensor& input_n, const at::Tensor& offset_n,
+  int64_t max_column_elements;  // positions per chunk = max(1, this / (C * K))
+  // columns = mask * bilinear samples of input_n (C, H, W) at the chunk's positions.
+  void (*im2col)(const ConvDims& d, Chunk chunk, const at::Tensor& input_n, const at::Tensor& offset_n,
                  const at::Tensor& mask_n, const at::Tensor& columns);
-  // grad_input_n (C, H, W) += the transpose of im2col applied to grad_columns (C * K, L).
-  void (*col2im)(const ConvDims& d, const at::Tensor& offset_n, const at::Tensor& mask_n,
+  // grad_input_n (C, H, W) += the transpose of im2col applied to grad_columns.
+  void (*col2im)(const ConvDims& d, Chunk chunk, const at::Tensor& offset_n, const at::Tensor& mask_n,
                  const at::Tensor& grad_columns, const at::Tensor& grad_input_n);
-  // grad_offset_n (2 * G * K, L) and grad_mask_n (G * K, L) from grad_columns.
-  void (*offset_mask_grads)(const ConvDims& d, const at::Tensor& input_n, const at::Tensor& offset_n,
-                            const at::Tensor& mask_n, const at::Tensor& grad_columns,
+  // The chunk's positions of grad_offset_n (2 * G * K, Ho, Wo) and grad_mask_n (G * K, Ho, Wo).
+  void (*offset_mask_grads)(const ConvDims& d, Chunk chunk, const at::Tensor& input_n,
+                            const at::Tensor& offset_n, const at::Tensor& mask_n, const at::Tensor& grad_columns,
                             const at::Tensor& grad_offset_n, const at::Tensor& grad_mask_n);
+};
+
+// Column buffers reused by every chunk: views (C * K, chunk size) and (groups, C / groups * K, chunk size).
+class Columns {
+ public:
+  Columns(const ConvDims& d, const SampleKernels& kernels, const at::TensorOptions& options)
+      : rows_(d.channels * d.kernel_points()),
+        groups_(d.groups),
+        chunk_(std::max<int64_t>(1, std::min(d.positions(), kernels.max_column_elements / rows_))),
+        buffer_(at::empty({rows_ * chunk_}, options)) {}
+
+  int64_t chunk_positions() const { return chunk_; }
+  at::Tensor all(Chunk c) const { return buffer_.narrow(0, 0, rows_ * c.size()).view({rows_, c.size()}); }
+  at::Tensor grouped(Chunk c) const { return all(c).view({groups_, -1, c.size()}); }
+
+ private:
+  int64_t rows_, groups_, chunk_;
+  at::Tensor buffer_;
 };
 
 inline at::Tensor forward(const SampleKernels& kernels, const at::Tensor& input, const at::Tensor& offset,
@@ -76,21 +98,25 @@ inline at::Tensor forward(const SampleKernels& kernels, const at::Tensor& input,
                                 dilation_w, groups, deform_groups);
   const bool with_bias = bias.has_value() && bias->defined();
   if (with_bias) {
-    TORCH_CHECK(bias->sizes() == at::IntArrayRef({d.out_channels}) && bias->scalar_type() == input.scalar_type() &&
-                    bias->device() == input.device(),
-                "bias must be (O,) = (", d.out_channels, ",) of the input's dtype and device, got ", bias->sizes());
+    TORCH_CHECK(bias->sizes() == at::IntArrayRef({d.out_channels}) &&
+                    bias->scalar_type() == input.scalar_type() && bias->device() == input.device(),
+                "bias must be (O,) = (", d.out_channels, ",) of the input's dtype and device, got ",
+                bias->sizes());
   }
   const auto input_c = input.contiguous(), offset_c = offset.contiguous(), mask_c = mask.contiguous();
   const auto weight_g = weight.contiguous().view({groups, d.out_channels / groups, -1});
   auto out = at::empty({d.batch, d.out_channels, d.out_h, d.out_w}, input.options());
-  auto columns = at::empty({d.channels * d.kernel_points(), d.positions()}, input.options());
-  const auto columns_g = columns.view({groups, -1, d.positions()});
+  const Columns columns(d, kernels, input.options());
   for (int64_t n = 0; n < d.batch; ++n) {
-    kernels.im2col(d, input_c[n], offset_c[n], mask_c[n], columns);
     const auto out_g = out[n].view({groups, d.out_channels / groups, d.positions()});
-    for (int64_t g = 0; g < groups; ++g) {
-      auto out_slice = out_g[g];  // a contiguous view: mm_out writes in place
-      at::mm_out(out_slice, weight_g[g], columns_g[g]);
+    for (int64_t p = 0; p < d.positions(); p += columns.chunk_positions()) {
+      const Chunk chunk{p, std::min(p + columns.chunk_positions(), d.positions())};
+      kernels.im2col(d, chunk, input_c[n], offset_c[n], mask_c[n], columns.all(chunk));
+      const auto columns_g = columns.grouped(chunk);
+      for (int64_t g = 0; g < groups; ++g) {
+        auto out_slice = out_g[g].narrow(1, chunk.begin, chunk.size());  // row stride Ho * Wo: BLAS writes it
+        at::mm_out(out_slice, weight_g[g], columns_g[g]);
+      }
     }
   }
   if (with_bias) out.add_(bias->view({1, d.out_channels, 1, 1}));
@@ -115,20 +141,27 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   auto grad_weight = at::zeros(weight_g.sizes(), acc_options);
   auto grad_offset = at::zeros_like(offset_c);
   auto grad_mask = at::zeros_like(mask_c);
-  auto columns = at::empty({d.channels * d.kernel_points(), d.positions()}, input.options());
-  auto grad_columns = at::empty_like(columns);
-  const auto columns_g = columns.view({groups, -1, d.positions()});
-  const auto grad_columns_g = grad_columns.view({groups, -1, d.positions()});
+  const Columns columns(d, kernels, input.options()), grad_columns(d, kernels, input.options());
   for (int64_t n = 0; n < d.batch; ++n) {
-    kernels.im2col(d, input_c[n], offset_c[n], mask_c[n], columns);
     const auto grad_out_g = grad_c[n].view({groups, d.out_channels / groups, d.positions()});
-    for (int64_t g = 0; g < groups; ++g) {
-      grad_weight[g].add_(at::mm(grad_out_g[g], columns_g[g].t()));
-      auto grad_columns_slice = grad_columns_g[g];
-      at::mm_out(grad_columns_slice, weight_g[g].t(), grad_out_g[g]);
+    for (int64_t p = 0; p < d.positions(); p += columns.chunk_positions()) {
+      const Chunk chunk{p, std::min(p + columns.chunk_positions(), d.positions())};
+      kernels.im2col(d, chunk, input_c[n], offset_c[n], mask_c[n], columns.all(chunk));
+      const auto columns_g = columns.grouped(chunk), grad_columns_g = grad_columns.grouped(chunk);
+      for (int64_t g = 0; g < groups; ++g) {
+        const auto grad_out_slice = grad_out_g[g].narrow(1, chunk.begin, chunk.size());
+        if (grad_weight.scalar_type() == input.scalar_type()) {
+          grad_weight[g].addmm_(grad_out_slice, columns_g[g].t());
+        } else {  // half / bfloat16 products accumulate in float
+          grad_weight[g].add_(at::mm(grad_out_slice, columns_g[g].t()));
+        }
+        auto grad_columns_slice = grad_columns_g[g];
+        at::mm_out(grad_columns_slice, weight_g[g].t(), grad_out_slice);
+      }
+      kernels.col2im(d, chunk, offset_c[n], mask_c[n], grad_columns.all(chunk), grad_input[n]);
+      kernels.offset_mask_grads(d, chunk, input_c[n], offset_c[n], mask_c[n], grad_columns.all(chunk),
+                                grad_offset[n], grad_mask[n]);
     }
-    kernels.col2im(d, offset_c[n], mask_c[n], grad_columns, grad_input[n]);
-    kernels.offset_mask_grads(d, input_c[n], offset_c[n], mask_c[n], grad_columns, grad_offset[n], grad_mask[n]);
   }
   return {grad_input.to(input.scalar_type()), grad_offset, grad_mask,
           grad_weight.view(weight.sizes()).to(input.scalar_type())};

@@ -21,31 +21,33 @@ namespace dcn {
 namespace {
 
 constexpr int kBlockThreads = 256;
+constexpr int64_t kColumnElements = int64_t{1} << 27;  // bounds the column buffer (512 MiB in float)
 
 int64_t blocks_for(int64_t threads) { return (threads + kBlockThreads - 1) / kBlockThreads; }
 
-// Decomposes a column index (c * K + k) * L + l.
+// Decomposes a column index (c * K + k) * P + l of a chunk of P positions; `position` is the output
+// position chunk_begin + l.
 struct ColumnIndex {
-  int64_t c, g, k, l;
+  int64_t c, g, k, position;
 
-  __device__ static ColumnIndex of(const ConvDims& d, int64_t index) {
-    const int64_t l = index % d.positions(), ck = index / d.positions();
+  __device__ static ColumnIndex of(const ConvDims& d, Chunk chunk, int64_t index) {
+    const int64_t l = index % chunk.size(), ck = index / chunk.size();
     const int64_t c = ck / d.kernel_points();
-    return {c, c / d.channels_per_deform_group(), ck % d.kernel_points(), l};
+    return {c, c / d.channels_per_deform_group(), ck % d.kernel_points(), chunk.begin + l};
   }
 };
 
 template <typename scalar_t>
-__global__ void im2col_kernel(const ConvDims d, const scalar_t* __restrict__ input,
+__global__ void im2col_kernel(const ConvDims d, const Chunk chunk, const scalar_t* __restrict__ input,
                               const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask,
                               scalar_t* __restrict__ columns, int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (index >= total) return;
-  const ColumnIndex col = ColumnIndex::of(d, index);
-  const auto corners = kernel_point_corners<acc_t>(d, offset, col.g, col.k, col.l);
+  const ColumnIndex col = ColumnIndex::of(d, chunk, index);
+  const auto corners = kernel_point_corners<acc_t>(d, offset, col.g, col.k, col.position);
   const acc_t v = corners.any ? msda::bilinear_gather(input + col.c * d.plane(), corners, 0) : acc_t(0);
-  const acc_t m = static_cast<acc_t>(mask[(col.g * d.kernel_points() + col.k) * d.positions() + col.l]);
+  const acc_t m = static_cast<acc_t>(mask[(col.g * d.kernel_points() + col.k) * d.positions() + col.position]);
   columns[index] = static_cast<scalar_t>(m * v);
 }
 
@@ -56,89 +58,90 @@ struct AtomicAdd {
 };
 
 template <typename scalar_t>
-__global__ void col2im_kernel(const ConvDims d, const scalar_t* __restrict__ offset,
+__global__ void col2im_kernel(const ConvDims d, const Chunk chunk, const scalar_t* __restrict__ offset,
                               const scalar_t* __restrict__ mask, const scalar_t* __restrict__ grad_columns,
                               at::opmath_type<scalar_t>* grad_input, int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (index >= total) return;
-  const ColumnIndex col = ColumnIndex::of(d, index);
-  const auto corners = kernel_point_corners<acc_t>(d, offset, col.g, col.k, col.l);
+  const ColumnIndex col = ColumnIndex::of(d, chunk, index);
+  const auto corners = kernel_point_corners<acc_t>(d, offset, col.g, col.k, col.position);
   if (!corners.any) return;
-  const acc_t m = static_cast<acc_t>(mask[(col.g * d.kernel_points() + col.k) * d.positions() + col.l]);
+  const acc_t m = static_cast<acc_t>(mask[(col.g * d.kernel_points() + col.k) * d.positions() + col.position]);
   AtomicAdd<acc_t> add{grad_input + col.c * d.plane()};
   msda::bilinear_scatter(corners, 0, m * static_cast<acc_t>(grad_columns[index]), add);
 }
 
 template <typename scalar_t>
-__global__ void offset_mask_kernel(const ConvDims d, const scalar_t* __restrict__ input,
+__global__ void offset_mask_kernel(const ConvDims d, const Chunk chunk, const scalar_t* __restrict__ input,
                                    const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask,
                                    const scalar_t* __restrict__ grad_columns, scalar_t* __restrict__ grad_offset,
                                    scalar_t* __restrict__ grad_mask, int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // row * L + l
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // row * P + l
   if (index >= total) return;
-  const int64_t positions = d.positions(), k_points = d.kernel_points(), cg = d.channels_per_deform_group();
-  const int64_t row = index / positions, l = index % positions;
+  const int64_t k_points = d.kernel_points(), cg = d.channels_per_deform_group(), p = chunk.size();
+  const int64_t row = index / p, l = index % p, position = chunk.begin + l;
   const int64_t g = row / k_points, k = row % k_points;
-  const auto corners = kernel_point_corners<acc_t>(d, offset, g, k, l);
+  const auto corners = kernel_point_corners<acc_t>(d, offset, g, k, position);
   acc_t grad_m = 0, grad_h = 0, grad_w = 0;
   if (corners.any) {
     for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
       const auto s = msda::bilinear_gather_with_grad(input + c * d.plane(), corners, 0);
-      const acc_t grad = static_cast<acc_t>(grad_columns[(c * k_points + k) * positions + l]);
+      const acc_t grad = static_cast<acc_t>(grad_columns[(c * k_points + k) * p + l]);
       grad_m += grad * s.value;
       grad_h += grad * s.d_h;
       grad_w += grad * s.d_w;
     }
   }
-  const acc_t m = static_cast<acc_t>(mask[index]);
-  grad_mask[index] = static_cast<scalar_t>(grad_m);
-  grad_offset[2 * row * positions + l] = static_cast<scalar_t>(m * grad_h);
-  grad_offset[(2 * row + 1) * positions + l] = static_cast<scalar_t>(m * grad_w);
+  const int64_t mask_at = row * d.positions() + position, dy_at = 2 * row * d.positions() + position;
+  const acc_t m = static_cast<acc_t>(mask[mask_at]);
+  grad_mask[mask_at] = static_cast<scalar_t>(grad_m);
+  grad_offset[dy_at] = static_cast<scalar_t>(m * grad_h);
+  grad_offset[dy_at + d.positions()] = static_cast<scalar_t>(m * grad_w);
 }
 
-void im2col_cuda(const ConvDims& d, const at::Tensor& input_n, const at::Tensor& offset_n, const at::Tensor& mask_n,
-                 const at::Tensor& columns) {
+void im2col_cuda(const ConvDims& d, Chunk chunk, const at::Tensor& input_n, const at::Tensor& offset_n,
+                 const at::Tensor& mask_n, const at::Tensor& columns) {
   const int64_t total = columns.numel();
   if (total == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_n.scalar_type(), "dcn_im2col_cuda", [&] {
     im2col_kernel<scalar_t><<<blocks_for(total), kBlockThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        d, input_n.const_data_ptr<scalar_t>(), offset_n.const_data_ptr<scalar_t>(),
+        d, chunk, input_n.const_data_ptr<scalar_t>(), offset_n.const_data_ptr<scalar_t>(),
         mask_n.const_data_ptr<scalar_t>(), columns.mutable_data_ptr<scalar_t>(), total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
-void col2im_cuda(const ConvDims& d, const at::Tensor& offset_n, const at::Tensor& mask_n,
+void col2im_cuda(const ConvDims& d, Chunk chunk, const at::Tensor& offset_n, const at::Tensor& mask_n,
                  const at::Tensor& grad_columns, const at::Tensor& grad_input_n) {
   at::globalContext().alertNotDeterministic("deform_conv2d_backward (CUDA): input gradients use atomic adds");
   const int64_t total = grad_columns.numel();
   if (total == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, offset_n.scalar_type(), "dcn_col2im_cuda", [&] {
     col2im_kernel<scalar_t><<<blocks_for(total), kBlockThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        d, offset_n.const_data_ptr<scalar_t>(), mask_n.const_data_ptr<scalar_t>(),
+        d, chunk, offset_n.const_data_ptr<scalar_t>(), mask_n.const_data_ptr<scalar_t>(),
         grad_columns.const_data_ptr<scalar_t>(), grad_input_n.mutable_data_ptr<at::opmath_type<scalar_t>>(),
         total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
-void offset_mask_grads_cuda(const ConvDims& d, const at::Tensor& input_n, const at::Tensor& offset_n,
+void offset_mask_grads_cuda(const ConvDims& d, Chunk chunk, const at::Tensor& input_n, const at::Tensor& offset_n,
                             const at::Tensor& mask_n, const at::Tensor& grad_columns,
                             const at::Tensor& grad_offset_n, const at::Tensor& grad_mask_n) {
-  const int64_t total = grad_mask_n.numel();
+  const int64_t total = d.deform_groups * d.kernel_points() * chunk.size();
   if (total == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_n.scalar_type(), "dcn_offset_mask_cuda", [&] {
     offset_mask_kernel<scalar_t><<<blocks_for(total), kBlockThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        d, input_n.const_data_ptr<scalar_t>(), offset_n.const_data_ptr<scalar_t>(),
+        d, chunk, input_n.const_data_ptr<scalar_t>(), offset_n.const_data_ptr<scalar_t>(),
         mask_n.const_data_ptr<scalar_t>(), grad_columns.const_data_ptr<scalar_t>(),
         grad_offset_n.mutable_data_ptr<scalar_t>(), grad_mask_n.mutable_data_ptr<scalar_t>(), total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
-constexpr SampleKernels kCudaKernels{&im2col_cuda, &col2im_cuda, &offset_mask_grads_cuda};
+constexpr SampleKernels kCudaKernels{kColumnElements, &im2col_cuda, &col2im_cuda, &offset_mask_grads_cuda};
 
 at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask,
                         const at::Tensor& weight, const std::optional<at::Tensor>& bias, int64_t stride_h,

@@ -26,6 +26,13 @@ struct ConvDims {
   MSDA_HOST_DEVICE int64_t channels_per_deform_group() const { return channels / deform_groups; }
 };
 
+// A block of output positions [begin, end) of one sample: the unit of im2col, GEMM and col2im, so that
+// the column buffer stays bounded (and cache-sized on the CPU) whatever the image size.
+struct Chunk {
+  int64_t begin, end;
+  MSDA_HOST_DEVICE int64_t size() const { return end - begin; }
+};
+
 // Corners of the pixel coordinates (h, w) in a height x width map whose element (row, col) lives at
 // (row * width + col) * row_stride. Same contract as msda::bilinear_corners (which is this function at
 // h = y * height - 0.5, w = x * width - 0.5): a corner outside the map has offset 0 and zero

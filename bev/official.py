@@ -1,0 +1,176 @@
+"""Released BEVFormer / DETR3D checkpoints: the key mapping onto our modules and a strict loader.
+
+The published variants (``bevformer_tiny|small|base``, ``detr3d`` of :mod:`bev.builder`) have exactly
+the parameters and buffers of the original models built from their published configs: one tensor of
+the same shape for every key of a released checkpoint (mmdet3d names ``img_backbone.*``,
+``img_neck.*``, ``pts_bbox_head.*``). Our modules keep our names; :func:`official_key_map` gives the
+one-to-one correspondence:
+
+- ``backbone.body.`` -> ``img_backbone.``, ``neck.`` -> ``img_neck.``;
+- ``encoder.bev_embedding`` -> ``pts_bbox_head.bev_embedding``, ``encoder.row_embed`` / ``col_embed``
+  -> ``pts_bbox_head.positional_encoding.*``, other ``encoder.*`` (``cams_embeds``, ``level_embeds``,
+  ``can_bus_mlp``) -> ``pts_bbox_head.transformer.*``;
+- encoder layer i -> ``pts_bbox_head.transformer.encoder.layers.i``: ``temporal_self_attention`` ->
+  ``attentions.0``, ``spatial_cross_attention.output_proj`` -> ``attentions.1.output_proj``, its other
+  projections -> ``attentions.1.deformable_attention``, ``norm1/2/3`` -> ``norms.0/1/2``;
+- decoder layer i -> ``pts_bbox_head.transformer.decoder.layers.i``: ``self_attn`` ->
+  ``attentions.0.attn``, ``cross_attn`` -> ``attentions.1``, the norms in operation order (the BEV
+  decoder layer, detr2d's, calls its norm after self-attention ``norm2``);
+- both: ``linear1`` / ``linear2`` -> ``ffns.0.layers.0.0`` / ``ffns.0.layers.1``;
+  ``head.reference_points`` -> ``pts_bbox_head.transformer.reference_points``, other ``head.*``
+  (``code_weights``, ``query_embedding``, ``cls_branches``, ``reg_branches``) -> ``pts_bbox_head.*``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from .decoder import BEVDecoderLayer
+from .detector import MultiViewDetector3D
+
+# (our prefix, official prefix), first match wins.
+_MODULES: tuple[tuple[str, str], ...] = (
+    ("backbone.body.", "img_backbone."),
+    ("neck.", "img_neck."),
+    ("encoder.layers.", "pts_bbox_head.transformer.encoder.layers."),
+    ("encoder.bev_embedding.", "pts_bbox_head.bev_embedding."),
+    ("encoder.row_embed.", "pts_bbox_head.positional_encoding.row_embed."),
+    ("encoder.col_embed.", "pts_bbox_head.positional_encoding.col_embed."),
+    ("encoder.", "pts_bbox_head.transformer."),
+    ("head.layers.", "pts_bbox_head.transformer.decoder.layers."),
+    ("head.reference_points.", "pts_bbox_head.transformer.reference_points."),
+    ("head.", "pts_bbox_head."),
+)
+_FFN: tuple[tuple[str, str], ...] = (("linear1.", "ffns.0.layers.0.0."), ("linear2.", "ffns.0.layers.1."))
+_ENCODER_LAYER: tuple[tuple[str, str], ...] = (
+    ("temporal_self_attention.", "attentions.0."),
+    ("spatial_cross_attention.output_proj.", "attentions.1.output_proj."),
+    ("spatial_cross_attention.", "attentions.1.deformable_attention."),
+    ("norm1.", "norms.0."),
+    ("norm2.", "norms.1."),
+    ("norm3.", "norms.2."),
+    *_FFN,
+)
+_ATTENTIONS: tuple[tuple[str, str], ...] = (
+    ("self_attn.", "attentions.0.attn."),
+    ("cross_attn.", "attentions.1."),
+)
+# detr2d's deformable decoder layer: norm2 after self-attention, norm1 after cross-attention.
+_BEV_DECODER_LAYER = (
+    *_ATTENTIONS,
+    ("norm2.", "norms.0."),
+    ("norm1.", "norms.1."),
+    ("norm3.", "norms.2."),
+    *_FFN,
+)
+_DETR3D_DECODER_LAYER = (
+    *_ATTENTIONS,
+    ("norm1.", "norms.0."),
+    ("norm2.", "norms.1."),
+    ("norm3.", "norms.2."),
+    *_FFN,
+)
+
+
+def _rename(key: str, rules: Sequence[tuple[str, str]], where: str) -> tuple[str, str]:
+    for ours, theirs in rules:
+        if key.startswith(ours):
+            return theirs, key[len(ours) :]
+    raise ValueError(f"{where}: no official name for {key!r} (known prefixes: {[r[0] for r in rules]})")
+
+
+def official_key_map(model: MultiViewDetector3D) -> dict[str, str]:
+    """Our state_dict key -> the released checkpoints' key, for every entry of ``model.state_dict()``.
+
+    Raises:
+        ValueError: naming a key that has no official counterpart (e.g. a module of ours).
+    """
+    bev_decoder = isinstance(model.head.layers[0], BEVDecoderLayer)
+    decoder_layer = _BEV_DECODER_LAYER if bev_decoder else _DETR3D_DECODER_LAYER
+    mapping = {}
+    for key in model.state_dict():
+        prefix, rest = _rename(key, _MODULES, "model")
+        if prefix.endswith("layers."):
+            index, _, inner = rest.partition(".")
+            rules = _ENCODER_LAYER if prefix.endswith("encoder.layers.") else decoder_layer
+            inner_prefix, inner_rest = _rename(inner, rules, f"layer {key!r}")
+            rest = f"{index}.{inner_prefix}{inner_rest}"
+        mapping[key] = prefix + rest
+    if len(set(mapping.values())) != len(mapping):
+        raise ValueError("the official key map is not one-to-one for this model")
+    return mapping
+
+
+def official_state_dict(model: MultiViewDetector3D) -> dict[str, torch.Tensor]:
+    """``model``'s state under the released checkpoints' key names (e.g. to export it)."""
+    state = model.state_dict()
+    return {theirs: state[ours] for ours, theirs in official_key_map(model).items()}
+
+
+def _read(path_or_state: str | os.PathLike | Mapping[str, object], weights_only: bool) -> Mapping:
+    if isinstance(path_or_state, Mapping):
+        return path_or_state
+    try:
+        return torch.load(path_or_state, map_location="cpu", weights_only=weights_only)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises UnpicklingError / RuntimeError for non-weight objects
+        raise ValueError(
+            f"cannot read checkpoint {os.fspath(path_or_state)!r} ({error}); a trusted file whose "
+            "metadata holds other objects loads with weights_only=False"
+        ) from error
+
+
+def _listing(keys: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
+
+
+def load_official_checkpoint(
+    model: MultiViewDetector3D,
+    path_or_state: str | os.PathLike | Mapping[str, object],
+    weights_only: bool = True,
+) -> dict[str, str]:
+    """Fill every parameter and buffer of ``model`` from a released BEVFormer / DETR3D checkpoint.
+
+    Strict: every official key must be used, every tensor of the model filled, every shape equal.
+
+    Args:
+        model: a published variant (``build_bev_model("bevformer_tiny" | ... | "detr3d")``).
+        path_or_state: a ``.pth`` file, mmdet3d's ``{"state_dict": ..., "meta": ...}`` or a bare state
+            dict, or such a mapping already loaded.
+        weights_only: passed to ``torch.load``.
+
+    Returns:
+        The key map used (ours -> official).
+
+    Raises:
+        ValueError: naming the missing, unused and shape-mismatched keys (nothing is loaded then).
+    """
+    checkpoint = _read(path_or_state, weights_only)
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError("the checkpoint must be a state dict of tensors, or hold one under 'state_dict'")
+    mapping = official_key_map(model)
+    own = model.state_dict()
+    missing = [theirs for theirs in mapping.values() if theirs not in state]
+    unused = [key for key in state if key not in set(mapping.values())]
+    mismatched = [
+        f"{theirs} {tuple(state[theirs].shape)} vs ours {tuple(own[ours].shape)}"
+        for ours, theirs in mapping.items()
+        if theirs in state and state[theirs].shape != own[ours].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing from the checkpoint: {_listing(missing)}")
+    if unused:
+        problems.append(f"unused checkpoint keys: {_listing(unused)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_listing(mismatched)}")
+    if problems:
+        raise ValueError("official checkpoint does not fit the model; " + "; ".join(problems))
+    model.load_state_dict({ours: state[theirs] for ours, theirs in mapping.items()}, strict=True)
+    return mapping

@@ -1,0 +1,62 @@
+"""CPU time of one BEV detector frame (random weights, with a previous BEV), every inference path in one
+run: reference (grid_sample) op, eager on the native op, the fast path
+(:func:`detr2d.fast_inference.optimize_for_inference`), optionally compiled, and ONNX Runtime when the
+``export`` extra is installed. The default is BEVFormer-tiny at its published input, 6 cameras x 450 x 800
+(padded to 480 x 800), with few iterations: one frame takes seconds on a CPU.
+
+Example: ``python tools/benchmark_bev.py --model bevformer_tiny --runs 1 --threads 2``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmark_detr2d import inference_paths, print_report, time_paths  # noqa: E402
+
+from bev import VARIANTS, build_bev_model  # noqa: E402
+from detr2d.export import BevFrameForExport, bev_example_inputs, camera_ring  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="bevformer_tiny", choices=sorted(VARIANTS))
+    parser.add_argument("--height", type=int, default=450)
+    parser.add_argument("--width", type=int, default=800)
+    parser.add_argument("--runs", type=int, default=1, help="timed frames per path (median reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime even when installed")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    model = build_bev_model(args.model).eval()
+    size = (args.height, args.width)
+    # PyTorch runs a synthetic 6-camera ring (each camera sees a sector of the BEV); the ONNX graph is
+    # exported on the all-seeing example cameras (its general form: every query in every camera).
+    example = bev_example_inputs(model, size)
+    frame = (example[0], camera_ring(model.num_cams, size), *example[2:])
+    load_before = os.getloadavg()[0]
+    wrapper = None if args.no_onnx else (BevFrameForExport(model), example)
+    paths = inference_paths(model, lambda m: m.predict(*frame), wrapper, args.compile)
+    times = time_paths(paths, args.runs, args.warmup)
+    rows = [
+        ("model", f"{args.model} (random weights)"),
+        ("input", f"1 x {model.num_cams} x 3 x {args.height} x {args.width}, previous BEV given"),
+        ("load average (1 min) before / after", f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"),
+    ]
+    print_report("BEV detector, one frame, CPU", times, rows, args.warmup)
+
+
+if __name__ == "__main__":
+    main()
