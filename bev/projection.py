@@ -92,7 +92,8 @@ def project_to_cameras(
     """Project lidar-frame points into every camera of their own sample.
 
     A point is visible in a camera when its depth is > 1e-5 and its normalized image coordinates are
-    strictly inside (0, 1). Visibility is computed for every sample separately.
+    strictly inside (0, 1). Visibility is computed for every sample separately. The projection runs in
+    (at least) float32 even under autocast: bf16 positions would be off by pixels on a 1600-wide image.
 
     Args:
         points: (B, Q, Z, 3) metric lidar-frame points (Z points per query, e.g. a pillar).
@@ -110,10 +111,12 @@ def project_to_cameras(
     height, width = img_shape
     if height <= 0 or width <= 0:
         raise ValueError(f"img_shape must be a positive (H, W), got {img_shape}")
-    homogeneous = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
-    camera = torch.einsum("bnij,bqzj->bnqzi", lidar2img.to(points.dtype), homogeneous)
-    depth = camera[..., 2]
-    uv = camera[..., :2] / depth.clamp(min=PROJECTION_EPS)[..., None]
-    uv = uv / uv.new_tensor([width, height])
+    dtype = torch.promote_types(points.dtype, torch.float32)  # positions stay float32 under autocast
+    with torch.autocast(points.device.type, enabled=False):
+        homogeneous = torch.cat([points.to(dtype), torch.ones_like(points[..., :1], dtype=dtype)], dim=-1)
+        camera = torch.einsum("bnij,bqzj->bnqzi", lidar2img.to(dtype), homogeneous)
+        depth = camera[..., 2]
+        uv = camera[..., :2] / depth.clamp(min=PROJECTION_EPS)[..., None]
+        uv = uv / uv.new_tensor([width, height])
     visible = (depth > PROJECTION_EPS) & (uv > 0.0).all(dim=-1) & (uv < 1.0).all(dim=-1)
     return uv, visible

@@ -5,14 +5,14 @@
 parts) whose outputs equal the eager model's within float tolerance:
 
 - every frozen batch norm (:class:`detr2d.backbone.FrozenBatchNorm2d`) and every ``nn.BatchNorm2d`` (in
-  eval mode, so its running statistics) that directly follows a convolution is folded into that
-  convolution's weight and bias and replaced by ``nn.Identity``. The pairs are found from the outside
-  by torchvision's naming (``conv{k}`` followed by ``bn{k}`` in one module) and by position
+  eval mode, so its running statistics) that directly follows a convolution (plain or deformable) is
+  folded into that convolution's weight and bias and replaced by ``nn.Identity``. The pairs are found
+  from the outside by torchvision's naming (``conv{k}`` followed by ``bn{k}`` in one module) and by position
   (a convolution followed by a batch norm in an ``nn.Sequential``, as in ResNet ``downsample``);
 - convolution weights are stored channels-last (the layout oneDNN convolutions run fastest in on CPU);
-- every module that calls the deformable attention op runs its native kernel on the model's device
-  (see :func:`ops.resolve_backend`), which picks its dense (head-major) path on its own when the
-  sampling is dense;
+- every module that calls the deformable attention op (or the deformable convolution of DCN
+  backbones) runs its native kernel on the model's device (see :func:`ops.resolve_backend`); the
+  attention kernel picks its dense (head-major) path on its own when the sampling is dense;
 - optionally the whole model goes through ``torch.compile``.
 
 Training is untouched: the caller's model is copied, never modified.
@@ -26,11 +26,12 @@ import re
 import torch
 from torch import nn
 
-from ops import resolve_backend
+from ops import ModulatedDeformConv2d, resolve_backend
 
 from .backbone import FrozenBatchNorm2d
 
 _FOLDABLE = (FrozenBatchNorm2d, nn.BatchNorm2d)
+_CONVS = (nn.Conv2d, ModulatedDeformConv2d)  # outputs linear in (weight, bias): a batch norm folds in
 _NUMBERED = re.compile(r"^(conv|bn)(\d+)$")
 
 
@@ -43,11 +44,12 @@ def _bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> None:
+def fold_conv_bn(conv: nn.Module, bn: nn.Module) -> None:
     """Fold ``bn`` (applied to the output of ``conv``) into ``conv``'s weight and bias, in place.
 
     Args:
-        conv: ``nn.Conv2d`` with C_out output channels (a bias is added if it has none).
+        conv: ``nn.Conv2d`` or :class:`ops.ModulatedDeformConv2d` with C_out output channels (a bias is
+            added if it has none).
         bn: ``FrozenBatchNorm2d`` or eval-mode ``nn.BatchNorm2d`` over C_out channels.
 
     Raises:
@@ -75,14 +77,14 @@ def _conv_bn_pairs(parent: nn.Module) -> list[tuple[str, str]]:
         pairs += [
             (a, b)
             for a, b in zip(names[:-1], names[1:], strict=True)
-            if isinstance(children[a], nn.Conv2d) and isinstance(children[b], _FOLDABLE)
+            if isinstance(children[a], _CONVS) and isinstance(children[b], _FOLDABLE)
         ]
     else:
         for name, child in children.items():
             match = _NUMBERED.match(name)
             if match and match.group(1) == "bn" and isinstance(child, _FOLDABLE):
                 conv = children.get(f"conv{match.group(2)}")
-                if isinstance(conv, nn.Conv2d):
+                if isinstance(conv, _CONVS):
                     pairs.append((f"conv{match.group(2)}", name))
     return pairs
 
@@ -105,11 +107,18 @@ def fold_batch_norms(model: nn.Module) -> int:
     return folded
 
 
+def _calls_an_op(module: nn.Module) -> bool:
+    """The module runs one of the project's ops: deformable attention (a ``backend`` attribute next to
+    ``sampling_offsets``) or a modulated deformable convolution."""
+    return isinstance(module, ModulatedDeformConv2d) or (
+        hasattr(module, "sampling_offsets") and hasattr(module, "backend")
+    )
+
+
 def set_op_backend(model: nn.Module, backend: str | None) -> int:
     """Set the op backend (``"reference"``, ``"cpu"``, ``"cuda"`` or None = automatic) of every module
-    that calls the deformable attention op (a ``backend`` attribute next to ``sampling_offsets``), in
-    place; return how many there are."""
-    modules = [m for m in model.modules() if hasattr(m, "sampling_offsets") and hasattr(m, "backend")]
+    that calls the deformable attention op or the deformable convolution, in place; return how many."""
+    modules = [m for m in model.modules() if _calls_an_op(m)]
     for module in modules:
         module.backend = backend
     return len(modules)

@@ -180,6 +180,29 @@ def test_detr3d_onnx_equals_pytorch(tmp_path):
     assert max(onnx_max_errors(wrapper, path, inputs)) < TOL
 
 
+class Helpers(torch.nn.Module):
+    """The other lowerings the BEV graphs need: inverse, atan2, sort (stable), index_add with repeats."""
+
+    input_names = ("matrices", "y", "x", "keys", "index", "source")
+
+    def forward(self, matrices, y, x, keys, index, source):
+        order = torch.sort(keys, dim=-1, descending=True, stable=True).indices
+        summed = torch.zeros(5, 3).index_add(0, index, source)
+        return torch.linalg.inv(matrices), torch.atan2(y, x), order, summed
+
+
+def test_helper_lowerings(tmp_path):
+    torch.manual_seed(0)
+    matrices = (2 * torch.eye(4) + 0.3 * torch.randn(3, 4, 4)).double()  # well conditioned (float32 Det)
+    y = torch.tensor([1.0, 1.0, -1.0, -1.0, 0.0, 0.0, 0.0, 2.0], dtype=torch.float64)
+    x = torch.tensor([1.0, -1.0, -1.0, 1.0, -1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    keys = torch.tensor([[0, 1, 1, 0, 1], [1, 0, 0, 0, 1]], dtype=torch.uint8)
+    index = torch.tensor([0, 2, 2, 4, 0, 2])
+    inputs = (matrices, y, x, keys, index, torch.randn(6, 3))
+    export_model(Helpers(), inputs, "onnx", tmp_path / "helpers.onnx")
+    assert max(onnx_max_errors(Helpers(), tmp_path / "helpers.onnx", inputs)) < 1e-5
+
+
 def test_export_argument_errors(tmp_path):
     module = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="fmt must be one of"):

@@ -9,6 +9,7 @@ from torch import nn
 from bev import build_bev_model
 from detr2d import FrozenBatchNorm2d, ResNetBackbone, build_model
 from detr2d.fast_inference import fold_batch_norms, fold_conv_bn, optimize_for_inference, set_op_backend
+from ops import ModulatedDeformConv2d
 
 
 def randomize_norms(model: nn.Module) -> None:
@@ -28,16 +29,28 @@ def count(model: nn.Module, kinds: tuple[type, ...]) -> int:
     return sum(isinstance(m, kinds) for m in model.modules())
 
 
-@pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
-def test_fold_batch_norms_is_exact(norm):
+@pytest.mark.parametrize(
+    ("depth", "norm", "dcn", "norms"),
+    [
+        (18, "frozen_bn", False, 20),  # stem + 8 blocks x 2 + 3 downsamples
+        (18, "bn", False, 20),
+        (50, "frozen_bn", True, 53),  # stem + 16 blocks x 3 + 4 downsamples; layer4's conv2 deformable
+    ],
+)
+def test_fold_batch_norms_is_exact(depth, norm, dcn, norms):
     torch.manual_seed(0)
-    backbone = ResNetBackbone(18, ("layer2", "layer3", "layer4"), norm=norm).eval()
+    backbone = ResNetBackbone(
+        depth, ("layer2", "layer3", "layer4"), norm=norm, stage_with_dcn=(False, False, False, dcn)
+    ).eval()
+    if dcn:  # non-zero offsets, so that the deformable convolutions do deform
+        for module in backbone.modules():
+            if isinstance(module, ModulatedDeformConv2d):
+                torch.nn.init.normal_(module.conv_offset.weight, std=0.01)
     randomize_norms(backbone)
-    norms = count(backbone, (FrozenBatchNorm2d, nn.BatchNorm2d))
     x = torch.randn(2, 3, 64, 80)
     with torch.no_grad():
         expected = backbone(x)
-        assert fold_batch_norms(backbone) == norms == 20  # stem + 8 blocks x 2 + 3 downsamples
+        assert fold_batch_norms(backbone) == norms
         got = backbone(x)
     assert count(backbone, (FrozenBatchNorm2d, nn.BatchNorm2d)) == 0
     for a, b in zip(got, expected, strict=True):
