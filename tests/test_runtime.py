@@ -252,3 +252,15 @@ def test_cosine_by_epoch_is_constant_within_an_epoch_and_warms_up_per_iteration(
     )
     assert by_epoch(1) == pytest.approx(1.0 * (1 - (1 - 1 / 3) * 0.5))  # linear warmup per iteration
     assert per_iteration(5) != per_iteration(9)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_training_with_amp_runs_on_the_cpu(tiny_root: Path, tmp_path: Path, amp: str) -> None:  # noqa: F811
+    config = load_config(
+        DEMO, [*tiny_overrides(tiny_root), "schedule.epochs=1", "train.eval_every=1", f"train.amp={amp}"]
+    )
+    result = fit(CocoDetectionTask(config), tmp_path)
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+    assert ("scaler" in checkpoint) == (amp == "fp16")  # fp16 trains with loss scaling, saved for resume
+    assert set(result["val"]) >= {"AP"}
