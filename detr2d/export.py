@@ -17,9 +17,11 @@ scaling to image size) stays outside the graph:
   ``img``, ``lidar2img`` -> ``cls_logits``, ``box_code``.
 
 ONNX goes through the TorchScript exporter with the op lowered to ``GridSample`` (:mod:`ops.onnx`)
-and ``torch.linalg.inv`` (the ego-motion inverse of the BEV alignment) lowered by Cramer's rule to
-``Det``. The graph is exported for the size of the example images (the model reads its level sizes as
-Python numbers); export once per deployed input size.
+and, for the BEV models, a few aten operators lowered here where the built-in lowering is missing or
+wrong: ``linalg.inv`` (the ego-motion inverse; Cramer's rule with ``Det``, in float32), ``sort`` with
+``stable=True`` (``TopK``), ``index_add`` with repeated indices (``ScatterElements`` add), ``atan2``
+and ``deg2rad`` (the published alignment). The graph is exported for the size of the example images
+(the model reads its level sizes as Python numbers); export once per deployed input size.
 
 BEV exports must trace the spatial cross-attention with every BEV query gathered for every camera
 (the module gathers as many queries per camera as the most-seen camera sees, a number the tracer
@@ -37,6 +39,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from torch.onnx import symbolic_helper
 
 from ops.onnx import MIN_OPSET, register_onnx_lowering
@@ -313,6 +316,8 @@ def export_model(
 
     Raises:
         ValueError: unknown ``fmt`` or an opset below 16.
+        RuntimeError: ``fmt="export"`` of a model whose code branches on tensor values (today the full
+            detectors: padding masks, level sizes read with ``tolist``).
         ImportError: ``fmt="onnx"`` without the ``onnx`` package (``pip install .[export]``).
     """
     if fmt not in FORMATS:
@@ -322,8 +327,14 @@ def export_model(
     model.eval()
     inputs = tuple(example_inputs)
     if fmt == "export":
-        with torch.no_grad():
-            program = torch.export.export(model, inputs, strict=False)
+        try:
+            with torch.no_grad():
+                program = torch.export.export(model, inputs, strict=False)
+        except GuardOnDataDependentSymNode as exc:
+            raise RuntimeError(
+                f"torch.export cannot trace {type(model).__name__}: its code branches on tensor values "
+                f"({str(exc).splitlines()[0]}); export it with fmt='onnx'"
+            ) from exc
         torch.export.save(program, out)
         return program
     try:

@@ -53,8 +53,8 @@ def test_fold_batch_norms_is_exact(depth, norm, dcn, norms):
         assert fold_batch_norms(backbone) == norms
         got = backbone(x)
     assert count(backbone, (FrozenBatchNorm2d, nn.BatchNorm2d)) == 0
-    for a, b in zip(got, expected, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for a, b in zip(got, expected, strict=True):  # random statistics grow activations to ~1e3: relative
+        torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()), rtol=1e-4)
 
 
 def test_training_batch_norm_is_not_folded():

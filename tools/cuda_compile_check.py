@@ -37,11 +37,10 @@ def main() -> None:
             is_python_module=False,
             build_directory=build_dir,
         )
-    registered = torch._C._dispatch_has_kernel_for_dispatch_key(
-        "deformbev_native::ms_deform_attn_forward", "CUDA"
-    )
-    if not registered:
-        sys.exit("the CUDA library loaded but registered no CUDA kernel")
+    kernels = ("deformbev_native::ms_deform_attn_forward", "deformbev_native::deform_conv2d_forward")
+    missing = [k for k in kernels if not torch._C._dispatch_has_kernel_for_dispatch_key(k, "CUDA")]
+    if missing:
+        sys.exit(f"the CUDA library loaded but registered no CUDA kernel for {missing}")
     print(
         f"CUDA kernels compiled, linked and registered in {time.perf_counter() - start:.0f} s "
         f"(torch {torch.__version__}, CUDA {torch.version.cuda}, "

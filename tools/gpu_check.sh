@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for a GPU machine without internet that has torch (CUDA), ninja, nvcc and pytest: about
-# 6 minutes on an H100/H200 (the step timeouts sum to 11). Writes one report, ${OUT:-.}/gpu_report.md
+# 6 minutes on an H100/H200 (the step timeouts sum to 560 s, under one device call's 600 s). Writes one
+# report, ${OUT:-.}/gpu_report.md
 # (logs and timings.json beside it), section by section, so that a step that fails or times out leaves
 # the others in place:
 #   1. build the op's CUDA kernels just in time for this machine's torch and GPU;
@@ -9,7 +10,8 @@
 #   3. tools/gpu_report.py: GPU times (CUDA events) for N = 1, 2, 8, encoder and decoder shapes, float32
 #      and bfloat16; D = 1025 / 2048; a value of > 2**31 elements; autocast; torch.compile; two
 #      Deformable DETR training steps, native vs reference;
-#   4. compute-sanitizer (memcheck) on one tiny forward + backward, when installed.
+#   4. the DCNv2 benchmark (ResNet-101 stage 3 / 4 shapes at 900x1600, float32 and bfloat16);
+#   5. compute-sanitizer (memcheck) on one tiny forward + backward, when installed.
 # REHEARSE=1 runs the same control flow on a CPU machine (CPU kernels, tiny sizes, CUDA steps skipped).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -55,27 +57,35 @@ native=cuda
   echo '```'
 } > "$report"
 
-timeout 240 python -c "import ops; b = ops.available_backends(); print('backends:', b); assert '$native' in b" \
+timeout 200 python -c "import ops; b = ops.available_backends(); print('backends:', b); assert '$native' in b" \
   > "$out/build.log" 2>&1
 build_rc=$?
 section "Build" "$build_rc" "$out/build.log" 20
 
 mapfile -t cuda_test_files < <(grep -l -E "mark\.cuda|cuda_backend" tests/test_*.py)
-timeout 120 python -m pytest -q -p no:cacheprovider -m cuda --continue-on-collection-errors \
+timeout 100 python -m pytest -q -p no:cacheprovider -m cuda --continue-on-collection-errors \
   "${cuda_test_files[@]}" > "$out/tests.log" 2>&1
 tests_rc=$?
 section "CUDA tests: ${cuda_test_files[*]}" "$tests_rc" "$out/tests.log" 25
 
 report_flags=()
 [ "$rehearse" = 1 ] && report_flags+=(--rehearse)
-timeout 210 python tools/gpu_report.py --report "$report" ${report_flags[@]+"${report_flags[@]}"} > "$out/gpu_report.log" 2>&1
+timeout 150 python tools/gpu_report.py --report "$report" ${report_flags[@]+"${report_flags[@]}"} > "$out/gpu_report.log" 2>&1
 report_rc=$?
 section "tools/gpu_report.py" "$report_rc" "$out/gpu_report.log" 12
+
+dcn_rc=0
+if [ "$rehearse" != 1 ]; then
+  timeout 50 python tools/benchmark_ops.py --device cuda --dtypes float32 bfloat16 --cases dcn_stage3 dcn_stage4 \
+    > "$out/dcn_benchmark.log" 2>&1
+  dcn_rc=$?
+  section "DCNv2 benchmark (ResNet-101 stage 3 / 4 at 900x1600)" "$dcn_rc" "$out/dcn_benchmark.log" 20
+fi
 
 sanitizer_rc=0
 sanitizer="$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")"
 if [ "$rehearse" != 1 ] && [ -x "$sanitizer" ]; then
-  timeout 90 "$sanitizer" --tool memcheck --error-exitcode 1 python tools/gpu_report.py --sanitizer-case \
+  timeout 60 "$sanitizer" --tool memcheck --error-exitcode 1 python tools/gpu_report.py --sanitizer-case \
     > "$out/sanitizer.log" 2>&1
   sanitizer_rc=$?
   section "compute-sanitizer memcheck (tiny forward + backward)" "$sanitizer_rc" "$out/sanitizer.log" 20
@@ -86,4 +96,4 @@ fi
 echo -e "\nTotal $(( $(date +%s) - start )) s" >> "$report"
 echo "report: $report"
 cat "$report"
-[ "$build_rc" -eq 0 ] && [ "$tests_rc" -eq 0 ] && [ "$report_rc" -eq 0 ] && [ "$sanitizer_rc" -eq 0 ]
+[ "$build_rc" -eq 0 ] && [ "$tests_rc" -eq 0 ] && [ "$report_rc" -eq 0 ] && [ "$dcn_rc" -eq 0 ] && [ "$sanitizer_rc" -eq 0 ]

@@ -12,6 +12,7 @@
 namespace dcn {
 
 using msda::Corners;
+using msda::pixel_corners;
 
 // Sizes and hyper-parameters of one convolution.
 struct ConvDims {
@@ -32,47 +33,6 @@ struct Chunk {
   int64_t begin, end;
   MSDA_HOST_DEVICE int64_t size() const { return end - begin; }
 };
-
-// Corners of the pixel coordinates (h, w) in a height x width map whose element (row, col) lives at
-// (row * width + col) * row_stride. Same contract as msda::bilinear_corners (which is this function at
-// h = y * height - 0.5, w = x * width - 0.5): a corner outside the map has offset 0 and zero
-// coefficients; `any` is false when no corner is inside (also for non-finite coordinates). At an
-// integer coordinate the slope is the one towards the next row / column, also at exactly -1 (as
-// torchvision's deform_conv2d and grid_sample; mmcv returns a zero slope there).
-template <typename acc_t>
-MSDA_HOST_DEVICE Corners<acc_t> pixel_corners(acc_t h, acc_t w, int64_t height, int64_t width,
-                                             int64_t row_stride) {
-  Corners<acc_t> b;
-  b.any = h >= acc_t(-1) && w >= acc_t(-1) && h < static_cast<acc_t>(height) &&
-          w < static_cast<acc_t>(width);
-  if (!b.any) {
-    for (int k = 0; k < 4; ++k) {
-      b.offset[k] = 0;
-      b.weight[k] = b.d_w[k] = b.d_h[k] = acc_t(0);
-    }
-    return b;
-  }
-  // h, w >= -1 here, so truncation of (h + 1) is floor(h) + 1.
-  const int64_t h_low = static_cast<int64_t>(h + acc_t(1)) - 1;
-  const int64_t w_low = static_cast<int64_t>(w + acc_t(1)) - 1;
-  const acc_t lh = h - static_cast<acc_t>(h_low);
-  const acc_t lw = w - static_cast<acc_t>(w_low);
-  const acc_t hh = acc_t(1) - lh;
-  const acc_t hw = acc_t(1) - lw;
-  const int64_t rows[4] = {h_low, h_low, h_low + 1, h_low + 1};
-  const int64_t cols[4] = {w_low, w_low + 1, w_low, w_low + 1};
-  const acc_t weight[4] = {hh * hw, hh * lw, lh * hw, lh * lw};
-  const acc_t d_w[4] = {-hh, hh, -lh, lh};
-  const acc_t d_h[4] = {-hw, -lw, hw, lw};
-  for (int k = 0; k < 4; ++k) {
-    const bool inside = rows[k] >= 0 && rows[k] < height && cols[k] >= 0 && cols[k] < width;
-    b.offset[k] = inside ? (rows[k] * width + cols[k]) * row_stride : 0;
-    b.weight[k] = inside ? weight[k] : acc_t(0);
-    b.d_w[k] = inside ? d_w[k] : acc_t(0);
-    b.d_h[k] = inside ? d_h[k] : acc_t(0);
-  }
-  return b;
-}
 
 // Corners of kernel point k of deform group g at output position l = i * out_w + j of one sample:
 // offset_n is that sample's (2 * G * K, Ho, Wo) offsets, (dy, dx) at channels 2 * (g * K + k) + {0, 1}.

@@ -37,15 +37,15 @@ struct Corners {
   bool any;  // false when no corner lies inside the map (nothing to sample, all gradients zero)
 };
 
+// Corners of the pixel coordinates (h, w) in a height x width map whose element (row, col) lives at
+// (row * width + col) * row_stride. A corner outside the map has offset 0 and zero
+// coefficients; `any` is false when no corner is inside (also for non-finite coordinates). At an
+// integer coordinate the slope is the one towards the next row / column, also at exactly -1 (as
+// torchvision's deform_conv2d and grid_sample; mmcv returns a zero slope there).
 template <typename acc_t>
-MSDA_HOST_DEVICE Corners<acc_t> bilinear_corners(acc_t x, acc_t y, int64_t height, int64_t width,
-                                                int64_t row_stride) {
+MSDA_HOST_DEVICE Corners<acc_t> pixel_corners(acc_t h, acc_t w, int64_t height, int64_t width,
+                                             int64_t row_stride) {
   Corners<acc_t> b;
-  const acc_t h = y * static_cast<acc_t>(height) - acc_t(0.5);
-  const acc_t w = x * static_cast<acc_t>(width) - acc_t(0.5);
-  // Written as a positive test so that non-finite locations (NaN, +-inf) sample nothing and get zero
-  // gradients. At exactly h = -1 (or w = -1) the value is zero but the slope towards the map is not,
-  // as in grid_sample: hence >=.
   b.any = h >= acc_t(-1) && w >= acc_t(-1) && h < static_cast<acc_t>(height) &&
           w < static_cast<acc_t>(width);
   if (!b.any) {
@@ -75,6 +75,15 @@ MSDA_HOST_DEVICE Corners<acc_t> bilinear_corners(acc_t x, acc_t y, int64_t heigh
     b.d_h[k] = inside ? d_h[k] : acc_t(0);
   }
   return b;
+}
+
+// Corners of the normalized location (x, y) in [0, 1] (grid_sample, align_corners=False): the pixel
+// coordinates h = y * height - 0.5, w = x * width - 0.5. Non-finite locations sample nothing.
+template <typename acc_t>
+MSDA_HOST_DEVICE Corners<acc_t> bilinear_corners(acc_t x, acc_t y, int64_t height, int64_t width,
+                                                int64_t row_stride) {
+  return pixel_corners<acc_t>(y * static_cast<acc_t>(height) - acc_t(0.5),
+                              x * static_cast<acc_t>(width) - acc_t(0.5), height, width, row_stride);
 }
 
 // Bilinear value of channel c.
