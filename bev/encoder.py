@@ -326,9 +326,10 @@ class BEVEncoder(nn.Module):
             elif self.rotate_prev_bev:
                 angle = can_bus[:, YAW_DELTA_DEGREES]
                 prev_bev = rotate_bev(prev_bev, angle, self.bev_h, self.bev_w, self.rotate_center)
-        shift = value.new_zeros(batch, 2)
+        position_dtype = torch.promote_types(value.dtype, torch.float32)  # float32 under autocast
+        shift = value.new_zeros(batch, 2, dtype=position_dtype)
         if published and self.use_shift and can_bus is not None:
-            shift = bev_shift(can_bus, self.bev_h, self.bev_w, self.pc_range).to(value.dtype)
+            shift = bev_shift(can_bus, self.bev_h, self.bev_w, self.pc_range).to(position_dtype)
         reference_points_2d = tsa_reference_points(self.bev_h, self.bev_w, shift, self.shift_current_refs)
         pillars = bev_pillar_points(
             self.bev_h,

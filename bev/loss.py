@@ -10,10 +10,8 @@ from detr2d.criterion import sigmoid_focal_loss
 from detr2d.runtime.losses import Criterion, layer_prefix, mean_box_count
 
 from .assigner import HungarianAssigner3D
-from .box_coder import BOX_SIZE, CODE_SIZE, encode_boxes
+from .box_coder import BOX_SIZE, CODE_SIZE, CODE_WEIGHTS, encode_boxes
 from .decoder import HeadOutput
-
-CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
 
 
 class DetectionLoss3D(Criterion):

@@ -28,6 +28,7 @@ from datasets.nuscenes.evaluation import RESULTS_FILE, TP_ERROR_NAMES
 from datasets.nuscenes.infos import infos_path
 from datasets.nuscenes.visualize import denormalize_images
 from detr2d.backbone import initialize_backbone
+from detr2d.checkpoint import load_checkpoint, load_torch_file
 from detr2d.runtime.data import build_eval_loader
 from detr2d.runtime.io import atomic_write_json
 from detr2d.runtime.task import EvalResult, Records, Task
@@ -35,6 +36,7 @@ from detr2d.runtime.task import EvalResult, Records, Task
 from .augment import GridMask
 from .builder import bev_model_settings, build_bev_criterion, build_bev_model
 from .loss import DetectionLoss3D
+from .official import load_official_checkpoint
 from .sequential import SceneShardSampler, iterate_sequential
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ logger = logging.getLogger(__name__)
 #: Batch keys the model reads (``datasets.nuscenes.collate_nuscenes`` layout); the rest stays on the CPU.
 MODEL_TENSOR_KEYS = ("img", "lidar2img", "can_bus", "ego_motion", "history_valid")
 TARGET_KEYS = ("gt_boxes", "gt_labels")
+#: Key prefixes of the released mmdet3d checkpoints.
+OFFICIAL_PREFIXES = ("img_backbone.", "img_neck.", "pts_bbox_head.")
 SUMMARY_NAMES = ("mAP", *TP_ERROR_NAMES.values(), "NDS")
 
 
@@ -132,6 +136,17 @@ class NuScenesDetectionTask(Task):
     def build_criterion(self) -> DetectionLoss3D:
         name, settings = self._model_settings()
         return build_bev_criterion(name, **settings)
+
+    def load_weights(self, model: nn.Module, path: str | Path) -> None:
+        """Our checkpoints (strict), or a released BEVFormer / DETR3D ``.pth`` (mmdet3d key names:
+        ``img_backbone.*``, ``img_neck.*``, ``pts_bbox_head.*``), mapped with zero unused and zero
+        missing tensors (:func:`bev.official.load_official_checkpoint`)."""
+        checkpoint = load_torch_file(path)
+        state = checkpoint.get("state_dict", checkpoint.get("model", checkpoint))
+        if any(key.startswith(OFFICIAL_PREFIXES) for key in state):
+            load_official_checkpoint(model, {"state_dict": state})
+        else:
+            load_checkpoint(model, state, strict=True)
 
     def class_names(self) -> dict[int, str]:
         return dict(enumerate(CLASS_NAMES))

@@ -133,7 +133,9 @@ def rotate_bev(
     if len(center) != 2:
         raise ValueError(f"center must be (x, y) in pixels, got {tuple(center)}")
     # torchvision: theta = inverse affine matrix of rotate(-angle) about the centre, relative to the
-    # image centre, computed in double precision and used in the image's dtype.
+    # image centre, computed in double precision and used in the image's dtype (here at least float32:
+    # nearest-neighbour copies are exact, bf16 positions would not be).
+    dtype = torch.promote_types(bev.dtype, torch.float32)
     radians = torch.deg2rad(-angle.to(torch.float64))
     cos, sin = radians.cos(), radians.sin()
     cx, cy = float(center[0]) - bev_w * 0.5, float(center[1]) - bev_h * 0.5
@@ -143,24 +145,23 @@ def rotate_bev(
             torch.stack([-sin, cos, -sin * -cx + cos * -cy + cy], dim=-1),
         ],
         dim=1,
-    ).to(device=bev.device, dtype=bev.dtype)  # (B, 2, 3)
+    ).to(device=bev.device, dtype=dtype)  # (B, 2, 3)
     xs = torch.linspace(
-        -bev_w * 0.5 + 0.5, bev_w * 0.5 + 0.5 - 1, steps=bev_w, device=bev.device, dtype=bev.dtype
+        -bev_w * 0.5 + 0.5, bev_w * 0.5 + 0.5 - 1, steps=bev_w, device=bev.device, dtype=dtype
     )
     ys = torch.linspace(
-        -bev_h * 0.5 + 0.5, bev_h * 0.5 + 0.5 - 1, steps=bev_h, device=bev.device, dtype=bev.dtype
+        -bev_h * 0.5 + 0.5, bev_h * 0.5 + 0.5 - 1, steps=bev_h, device=bev.device, dtype=dtype
     )
-    base = torch.empty(1, bev_h, bev_w, 3, device=bev.device, dtype=bev.dtype)
+    base = torch.empty(1, bev_h, bev_w, 3, device=bev.device, dtype=dtype)
     base[..., 0] = xs
     base[..., 1] = ys[:, None]
     base[..., 2] = 1.0
-    scaled = theta.transpose(1, 2) / torch.tensor(
-        [0.5 * bev_w, 0.5 * bev_h], device=bev.device, dtype=bev.dtype
-    )
-    grid = base.view(1, bev_h * bev_w, 3).expand(batch, -1, -1).bmm(scaled).view(batch, bev_h, bev_w, 2)
-    image = bev.transpose(1, 2).reshape(batch, channels, bev_h, bev_w)
-    rotated = F.grid_sample(image, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return rotated.flatten(2).transpose(1, 2)
+    scaled = theta.transpose(1, 2) / torch.tensor([0.5 * bev_w, 0.5 * bev_h], device=bev.device, dtype=dtype)
+    image = bev.transpose(1, 2).reshape(batch, channels, bev_h, bev_w).to(dtype)
+    with torch.autocast(bev.device.type, enabled=False):  # autocast would run bmm in bf16
+        grid = base.view(1, bev_h * bev_w, 3).expand(batch, -1, -1).bmm(scaled).view(batch, bev_h, bev_w, 2)
+        rotated = F.grid_sample(image, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return rotated.flatten(2).transpose(1, 2).to(bev.dtype)
 
 
 def align_prev_bev(

@@ -104,7 +104,10 @@ class TemporalSelfAttention(nn.Module):
                 f"current must have the query's shape {tuple(query.shape)}, got {tuple(current.shape)}"
             )
         if reference_points is None:
-            reference_points = tsa_reference_points(bev_h, bev_w, query.new_zeros(batch, 2), False)
+            position_dtype = torch.promote_types(query.dtype, torch.float32)
+            reference_points = tsa_reference_points(
+                bev_h, bev_w, query.new_zeros(batch, 2, dtype=position_dtype)
+            )
         elif reference_points.shape != (batch, BEV_QUEUE, num_query, 2):
             raise ValueError(
                 f"reference_points must have shape {(batch, BEV_QUEUE, num_query, 2)}, "
@@ -120,7 +123,7 @@ class TemporalSelfAttention(nn.Module):
         weights = self.attention_weights(mixed).view(batch, num_query, m, BEV_QUEUE, p).softmax(-1)
         weights = weights.permute(0, 3, 1, 2, 4).reshape(n, num_query, m, 1, p)
         normalizer = query.new_tensor([bev_w, bev_h])
-        reference = reference_points.reshape(n, num_query, 2).to(query.dtype)
+        reference = reference_points.reshape(n, num_query, 2)  # float32 (at least) under autocast
         locations = reference[:, :, None, None, None, :] + offsets / normalizer
         spatial_shapes = torch.tensor([[bev_h, bev_w]], dtype=torch.int64, device=query.device)
         level_start_index = torch.zeros(1, dtype=torch.int64, device=query.device)

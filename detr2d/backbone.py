@@ -276,8 +276,10 @@ class ResNetBackbone(nn.Module):
         style: ``"pytorch"`` (stride on a bottleneck's 3x3 conv) or ``"caffe"`` (on its first 1x1).
         stage_with_dcn: four bools (layer1..layer4): conv2 of every block of a True stage is an
             :class:`ops.ModulatedDeformConv2d`; ResNet-50/101 only. BEVFormer: (False, False, True, True).
-        norm_eval: keep every ``nn.BatchNorm2d`` in eval mode (running statistics fixed) even in
-            training; the affine parameters of trainable stages still learn.
+        norm_eval: every ``nn.BatchNorm2d`` keeps its running statistics (eval mode, even in training)
+            and its affine parameters (no gradient): mmdet's ``norm_cfg=dict(requires_grad=False),
+            norm_eval=True`` of the published BEVFormer / DETR3D backbones, with mmdet's state_dict
+            (``num_batches_tracked`` included).
 
     Attributes:
         body: the :class:`ResNetBody` (layers after the last returned one are not built).
@@ -319,6 +321,10 @@ class ResNetBackbone(nn.Module):
                 f"return_layers must be an increasing subset of {LAYER_NAMES}, got {return_layers}"
             )
         self.depth, self.style, self.norm, self.norm_eval = depth, style, norm, norm_eval
+        if norm_eval:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.requires_grad_(False)
         self.return_layers = return_layers
         idx = [LAYER_NAMES.index(n) for n in return_layers]
         self.body = ResNetBody(depth, idx[-1] + 1, dilation, norm, style, tuple(stage_with_dcn))
@@ -626,7 +632,9 @@ class Joiner(nn.Sequential):
         Returns:
             features (B, C_l, H_l, W_l), masks (B, H_l, W_l) bool, positions (B, d_model, H_l, W_l).
         """
-        features = self[0](images, masks.mask)
+        # Given the mask, the ResNet zeroes the padded inputs of its spatial layers (exact padding); the
+        # original runs it on the padded batch as it is (official).
+        features = self[0](images, masks.mask if masks.exact else None)
         level_masks = [masks.at(f.shape[-2:]) for f in features]
         pos = [self[1](m).to(f.dtype) for f, m in zip(features, level_masks, strict=True)]
         return features, level_masks, pos

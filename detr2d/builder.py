@@ -41,6 +41,7 @@ class ModelConfig:
     two_stage: bool = False
     aux_loss: bool = True
     op_backend: str | None = None
+    padding: str = "exact"  # "official": the original's padded-batch behaviour (see detr2d.padding)
 
     def __post_init__(self) -> None:
         positive = (
@@ -134,6 +135,7 @@ def build_model_from_config(cfg: ModelConfig) -> DeformableDETR:
         num_feature_levels=cfg.num_levels,
         aux_loss=cfg.aux_loss,
         with_box_refine=cfg.with_box_refine,
+        padding=cfg.padding,
     )
 
 

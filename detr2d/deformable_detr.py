@@ -10,8 +10,11 @@ from torch import Tensor, nn
 
 from .backbone import Joiner
 from .box_ops import apply_box_delta
-from .padding import MaskedGroupNorm, PaddingMasks, check_images_and_mask
+from .padding import PADDING_MODES, MaskedGroupNorm, PaddingMasks, check_images_and_mask
 from .transformer import DeformableTransformer
+
+# Initial bias of the class logits: sigmoid(bias) = 0.01, the focal-loss prior.
+CLASS_PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
 
 
 class MLP(nn.Module):
@@ -32,7 +35,8 @@ class MLP(nn.Module):
 class InputProjection(nn.Sequential):
     """Conv2d + GroupNorm(32) mapping a feature map to the model width (names ``0``, ``1``).
 
-    Padded inputs are zeroed before the convolution and the norm ignores padded positions.
+    With exact padding, padded inputs are zeroed before the convolution and the norm ignores
+    padded positions; with official padding both see the padded batch as it is.
     """
 
     def __init__(self, in_channels: int, d_model: int, kernel_size: int = 1, stride: int = 1) -> None:
@@ -44,8 +48,7 @@ class InputProjection(nn.Sequential):
     def forward(self, x: Tensor, masks: PaddingMasks) -> tuple[Tensor, Tensor]:
         """(B, C_in, H, W) -> (B, d_model, H', W') and its (B, H', W') padding mask."""
         y = self[0](masks.zero(x))
-        mask = masks.at(y.shape[-2:])
-        return self[1](y, mask if masks.has_padding else None), mask
+        return self[1](y, masks.norm_mask(y.shape[-2:])), masks.at(y.shape[-2:])
 
 
 class DeformableDETR(nn.Module):
@@ -59,6 +62,10 @@ class DeformableDETR(nn.Module):
         num_feature_levels: levels L; levels beyond the backbone's come from stride-2 3x3 convs.
         aux_loss: also return the outputs of the first D - 1 decoder layers.
         with_box_refine: iterative box refinement (independent heads per decoder layer).
+        padding: ``"exact"`` (an image in a padded batch gets the predictions it gets alone) or
+            ``"official"`` (the original's: the backbone and input projections see the padded batch,
+            level masks by nearest interpolation; the published numbers were measured so). See
+            :mod:`detr2d.padding`; both agree on unpadded batches.
 
     Forward: ``model(images (B, 3, H, W), mask (B, H, W) bool True on padding)`` returns
     ``pred_logits`` (B, Q, num_classes), ``pred_boxes`` (B, Q, 4) normalized (cx, cy, w, h) of the
@@ -75,8 +82,11 @@ class DeformableDETR(nn.Module):
         num_feature_levels: int,
         aux_loss: bool = True,
         with_box_refine: bool = False,
+        padding: str = "exact",
     ) -> None:
         super().__init__()
+        if padding not in PADDING_MODES:
+            raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
         two_stage = transformer.two_stage
         if two_stage and not with_box_refine:
             raise ValueError("two_stage requires with_box_refine (as in the official release)")
@@ -88,13 +98,14 @@ class DeformableDETR(nn.Module):
         self.aux_loss = aux_loss
         self.with_box_refine = with_box_refine
         self.two_stage = two_stage
+        self.padding = padding
         self.transformer = transformer
         d = transformer.d_model
         num_layers = transformer.decoder.num_layers
         num_pred = num_layers + 1 if two_stage else num_layers
 
         class_embed = nn.Linear(d, num_classes)
-        nn.init.constant_(class_embed.bias, -math.log((1 - 0.01) / 0.01))
+        nn.init.constant_(class_embed.bias, CLASS_PRIOR_BIAS)
         bbox_embed = MLP(d, d, 4, 3)
         nn.init.zeros_(bbox_embed.layers[-1].weight)
         nn.init.zeros_(bbox_embed.layers[-1].bias)
@@ -123,7 +134,7 @@ class DeformableDETR(nn.Module):
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
         """Detect objects in a padded batch; see the class docstring for the outputs."""
         mask = check_images_and_mask(images, mask)
-        masks = PaddingMasks(mask)
+        masks = PaddingMasks(mask, self.padding)
         features, level_masks, pos = self.backbone(images, masks)
         srcs = []
         for lvl, proj in enumerate(self.input_proj):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -12,9 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import read_state_dict
-from .deformable_detr import DeformableDETR
-
-CLASS_PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)  # TEMPORARY: moves to deformable_detr.py at 10:50
+from .deformable_detr import CLASS_PRIOR_BIAS, DeformableDETR
 
 # The class head: one Linear per decoder layer (plus the proposal head for two-stage), also attached
 # to the decoder as ``transformer.decoder.class_embed`` in two-stage models.

@@ -20,6 +20,7 @@ from .classes import class_names
 from .deformable_detr import DeformableDETR
 from .finetune import CLASS_HEAD_KEY
 from .postprocess import PostProcess
+from .runtime.evaluate import check_finite
 from .runtime.precision import AMP_MODES, autocast
 
 ImageInput = np.ndarray | Tensor | Image.Image
@@ -209,18 +210,38 @@ class Predictor:
         for start in range(0, len(arrays), self.batch_size):
             chunk = arrays[start : start + self.batch_size]
             padded, mask = pad_images([self.preprocess(a) for a in chunk])
-            with autocast(self.device, self.amp):
-                outputs = self.model(padded.to(self.device), mask.to(self.device))
-            sizes = torch.tensor([a.shape[:2] for a in chunk], device=self.device)
-            for det in self.postprocess(outputs, sizes):
-                keep = det["scores"] >= self.score_threshold
-                labels = det["labels"][keep].cpu()
-                results.append(
-                    {
-                        "boxes": det["boxes"][keep].float().cpu(),
-                        "scores": det["scores"][keep].float().cpu(),
-                        "labels": labels,
-                        "names": [self.names.get(label, str(label)) for label in labels.tolist()],
-                    }
-                )
+            results += self.detect(padded, mask, torch.tensor([a.shape[:2] for a in chunk]))
         return results[0] if single else results
+
+    @torch.no_grad()
+    def detect(self, images: Tensor, mask: Tensor, orig_sizes: Tensor) -> list[Detections]:
+        """Detections of a preprocessed, padded batch (what :meth:`__call__` and the COCO task's
+        evaluation and prediction run).
+
+        Args:
+            images: (B, 3, H, W) normalized; mask: (B, H, W) True on padding; orig_sizes: (B, 2) the
+                (height, width) the boxes are scaled to.
+
+        Returns:
+            Per image, as :meth:`__call__`.
+
+        Raises:
+            FloatingPointError: a score or box is not finite (corrupt weights), with the count.
+        """
+        with autocast(self.device, self.amp):
+            outputs = self.model(images.to(self.device), mask.to(self.device))
+        detections = self.postprocess(outputs, orig_sizes.to(self.device))
+        check_finite(detections, "the detector's outputs")  # before the threshold, which NaN would pass
+        results: list[Detections] = []
+        for det in detections:
+            keep = det["scores"] >= self.score_threshold
+            labels = det["labels"][keep].cpu()
+            results.append(
+                {
+                    "boxes": det["boxes"][keep].float().cpu(),
+                    "scores": det["scores"][keep].float().cpu(),
+                    "labels": labels,
+                    "names": [self.names.get(label, str(label)) for label in labels.tolist()],
+                }
+            )
+        return results

@@ -25,10 +25,9 @@ from .builder import ModelConfig, build_criterion, build_model_from_config, mode
 from .classes import class_names
 from .criterion import SetCriterion
 from .finetune import init_from_checkpoint
-from .postprocess import PostProcess
+from .predictor import Predictor
 from .runtime.data import ShardSampler, build_eval_loader
 from .runtime.io import atomic_write, atomic_write_json
-from .runtime.precision import autocast
 from .runtime.task import EvalResult, Records, Task
 from .visualize import draw_detections
 
@@ -183,27 +182,18 @@ class CocoDetectionTask(Task):
     def batch_size(self, batch: Batch) -> int:
         return batch[0].shape[0]
 
-    @torch.no_grad()
     def infer(
         self, model: nn.Module, loader: DataLoader, device: torch.device, amp: str | None = None
-    ) -> Iterator[tuple[Batch, list[dict[str, torch.Tensor]]]]:
-        """Detections in original-image pixels (xyxy), top 100 per image (:class:`detr2d.PostProcess`)."""
-        postprocess = PostProcess()
+    ) -> Iterator[tuple[Batch, list[dict[str, Any]]]]:
+        """Detections in original-image pixels (xyxy), top 100 per image, through
+        :meth:`detr2d.Predictor.detect` (also what ``Predictor(images)`` runs)."""
+        predictor = Predictor(model, self.class_names(), device, amp=amp)
         for batch in loader:
             if batch is None:  # prediction inputs none of which could be read
                 continue
             images, mask, targets = batch
-            with autocast(device, amp):
-                outputs = model(images.to(device), mask.to(device))
-            orig_sizes = torch.stack([target["orig_size"] for target in targets]).to(device)
-            detections = postprocess(outputs, orig_sizes)
-            yield (
-                batch,
-                [
-                    {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()}
-                    for d in detections
-                ],
-            )
+            orig_sizes = torch.stack([target["orig_size"] for target in targets])
+            yield batch, predictor.detect(images, mask, orig_sizes)
 
     def records(self, batch: Batch, detections: list[dict[str, torch.Tensor]]) -> Records:
         """One record per image: ``{"image_id", "detections": COCO results entries (xywh)}``."""

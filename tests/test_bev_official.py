@@ -137,3 +137,23 @@ def test_models_with_our_options_have_no_official_names():
     model = build_bev_model("bevformer_tiny", num_query_groups=2)
     with pytest.raises(ValueError, match="query_embedding.weight"):
         load_official_checkpoint(model, fake_checkpoint("bevformer_tiny"))
+
+
+def test_tools_load_a_released_file_and_our_checkpoints(models, tmp_path):
+    """The BEV task's ``load_weights`` (tools/test.py, tools/predict.py) takes a released mmdet3d file as
+    well as our own checkpoints."""
+    from bev.task import NuScenesDetectionTask
+    from configs import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "bev" / "bevformer_tiny.py")
+    task = NuScenesDetectionTask(config)
+    released = fake_checkpoint("bevformer_tiny", seed=3)
+    torch.save({"state_dict": released, "meta": {"epoch": 24}}, tmp_path / "bevformer_tiny_epoch_24.pth")
+    model = models["bevformer_tiny"]
+    task.load_weights(model, tmp_path / "bevformer_tiny_epoch_24.pth")
+    exported = official_state_dict(model)
+    assert all(torch.equal(exported[key], value) for key, value in released.items())
+    torch.save({"model": model.state_dict()}, tmp_path / "ours.pth")
+    fresh = build_bev_model("bevformer_tiny", op_backend="reference")
+    task.load_weights(fresh, tmp_path / "ours.pth")
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from bev_helpers import (
     IMG_SHAPE,
     can_bus_vector,
@@ -24,9 +25,19 @@ from bev_helpers import (
     translation_motion,
 )
 
-from bev import TemporalSelfAttention, build_bev_model
+from bev import (
+    BEVEncoder,
+    CameraMemory,
+    Detr3DCrossAttention,
+    TemporalSelfAttention,
+    bev_pillar_points,
+    build_bev_model,
+    project_to_cameras,
+)
 from bev.temporal_alignment import bev_shift, published_can_bus, rotate_bev
 from bev.temporal_self_attention import tsa_reference_points
+from detr2d.box_ops import inverse_sigmoid
+from ops import ms_deform_attn
 
 PC_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
 PUBLISHED = ("bevformer_tiny", "bevformer_small", "bevformer_base", "detr3d")
@@ -84,6 +95,15 @@ def test_rotation_is_per_sample_and_zero_is_the_identity():
     rotated = rotate_bev(bev, torch.tensor([0.0, 30.0]), 8, 8, (100.0, 100.0))
     assert torch.equal(rotated[0], bev[0])
     assert torch.equal(rotated[1:], rotate_bev(bev[1:], torch.tensor([30.0]), 8, 8, (100.0, 100.0)))
+
+
+def test_rotation_under_bf16_autocast_moves_the_same_cells():
+    torch.manual_seed(0)
+    bev, angle = torch.randn(2, 200 * 200, 4), torch.tensor([17.3, -4.0])
+    expected = rotate_bev(bev, angle, 200, 200, (100.0, 100.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rotated = rotate_bev(bev.bfloat16(), angle, 200, 200, (100.0, 100.0))
+    assert rotated.dtype == torch.bfloat16 and torch.equal(rotated, expected.bfloat16())
 
 
 @pytest.mark.parametrize("yaw", [0.0, 30.0, 200.0])
@@ -250,6 +270,146 @@ def test_published_init_is_xavier_then_each_attentions_own():
     demo = published_tiny_model("bev_demo", num_levels=2).requires_grad_(False)
     assert float(demo.encoder.layers[0].linear1.weight.abs().max()) <= default_bound
     assert demo.encoder.level_embeds.shape == (2, 32) and demo.encoder.can_bus_mlp is None
+
+
+def v1_encoder(
+    encoder: BEVEncoder,
+    feats: list[torch.Tensor],
+    lidar2img: torch.Tensor,
+    prev_bev: torch.Tensor | None,
+    can_bus: torch.Tensor,
+) -> torch.Tensor:
+    """BEVFormer v1's get_bev_features + encoder at batch 1, transcribed step by step from its code
+    (its layouts: the (2, Q) BEV queue, value[:bs] in the offset input, the in-place shift of ref_2d,
+    the queue built once from the first layer's queries). SCA and FFN are our modules (tested apart)."""
+    bev_h, bev_w, channels = encoder.bev_h, encoder.bev_w, encoder.embed_dims
+    delta_x, delta_y = float(can_bus[0, 0]), float(can_bus[0, 1])
+    ego_angle = float(can_bus[0, -2]) / math.pi * 180
+    length = math.sqrt(delta_x**2 + delta_y**2)
+    translation_angle = math.atan2(delta_y, delta_x) / math.pi * 180
+    if translation_angle < 0:
+        translation_angle += 360
+    bev_angle = ego_angle - translation_angle
+    shift_y = length * math.cos(bev_angle / 180 * math.pi) / (102.4 / bev_h) / bev_h
+    shift_x = length * math.sin(bev_angle / 180 * math.pi) / (102.4 / bev_w) / bev_w
+    if prev_bev is not None:
+        prev_bev = rotate_bev(prev_bev, can_bus[:, -1], bev_h, bev_w, encoder.rotate_center)
+    query = encoder.bev_embedding.weight[None] + encoder.can_bus_mlp(can_bus)[:, None]
+    bev_pos = encoder.positional_embedding()[None]
+    value, spatial_shapes, level_start_index = encoder.flatten_features(feats)
+    pillars = bev_pillar_points(bev_h, bev_w, PC_RANGE, 4)[None]
+    reference_points_cam, visible = project_to_cameras(pillars, lidar2img, (32, 64))
+    ref_y, ref_x = torch.meshgrid(
+        torch.linspace(0.5, bev_h - 0.5, bev_h), torch.linspace(0.5, bev_w - 0.5, bev_w), indexing="ij"
+    )
+    ref_2d = torch.stack([ref_x.reshape(-1) / bev_w, ref_y.reshape(-1) / bev_h], -1)[None, :, None]
+    shift_ref_2d = ref_2d  # the v1 release: no clone
+    shift_ref_2d += torch.tensor([shift_x, shift_y])
+    num_query = bev_h * bev_w
+    hybrid_ref_2d = torch.stack([shift_ref_2d, ref_2d], 1).reshape(2, num_query, 1, 2)
+    queue = None if prev_bev is None else torch.stack([prev_bev, query], 1).reshape(2, num_query, channels)
+    for layer in encoder.layers:
+        tsa = layer.temporal_self_attention
+        heads, points = tsa.num_heads, tsa.num_points
+        tsa_value = torch.stack([query, query], 1).reshape(2, num_query, channels) if queue is None else queue
+        tsa_query = torch.cat([tsa_value[:1], query + bev_pos], -1)
+        projected = tsa.value_proj(tsa_value).reshape(2, num_query, heads, -1)
+        offsets = tsa.sampling_offsets(tsa_query).view(1, num_query, heads, 2, 1, points, 2)
+        weights = tsa.attention_weights(tsa_query).view(1, num_query, heads, 2, points).softmax(-1)
+        weights = weights.view(1, num_query, heads, 2, 1, points).permute(0, 3, 1, 2, 4, 5)
+        weights = weights.reshape(2, num_query, heads, 1, points)
+        offsets = offsets.permute(0, 3, 1, 2, 4, 5, 6).reshape(2, num_query, heads, 1, points, 2)
+        locations = hybrid_ref_2d[:, :, None, :, None, :] + offsets / torch.tensor([bev_w, bev_h])
+        output = ms_deform_attn(
+            projected,
+            torch.tensor([[bev_h, bev_w]]),
+            torch.tensor([0]),
+            locations,
+            weights,
+            backend="reference",
+        )
+        output = output.permute(1, 2, 0).view(num_query, channels, 1, 2).mean(-1).permute(2, 0, 1)
+        x = layer.norm1(query + tsa.output_proj(output))
+        sca = layer.spatial_cross_attention
+        x = layer.norm2(x + sca(x, value, reference_points_cam, visible, spatial_shapes, level_start_index))
+        query = layer.norm3(x + layer.linear2(F.relu(layer.linear1(x))))
+    return query
+
+
+@pytest.mark.parametrize("with_prev", [True, False])
+def test_encoder_equals_the_v1_transcription_at_batch_1(with_prev):
+    model = published_tiny_model("bevformer_tiny", rotate_center=(4.0, 4.0)).eval()
+    torch.manual_seed(2)
+    img, lidar2img = torch.randn(1, 6, 3, *IMG_SHAPE), ring_lidar2img()[None]
+    prev_bev = torch.randn(1, 64, 32) if with_prev else None
+    can_bus = published_can_bus(
+        can_bus_vector(30.0, -4.0, 300.0)[None], can_bus_vector(10.0, 6.5, 283.0)[None]
+    )
+    assert float(bev_shift(can_bus, 8, 8, PC_RANGE).abs().max()) > 1 / 8  # more than a cell
+    with torch.no_grad():
+        feats, img_shape = model.extract_features(img)
+        ours = model.encoder(feats, lidar2img, img_shape, prev_bev, None, None, can_bus)
+        theirs = v1_encoder(model.encoder, feats, lidar2img, prev_bev, can_bus)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def detr3d_cross_attention_v1(
+    attn: Detr3DCrossAttention,
+    query: torch.Tensor,
+    query_pos: torch.Tensor,
+    reference_points: torch.Tensor,
+    mlvl_feats: list[torch.Tensor],
+    lidar2img: torch.Tensor,
+    img_shape: tuple[int, int],
+) -> torch.Tensor:
+    """DETR3D's Detr3DCrossAtten + feature_sampling, transcribed from its code (batch-first here)."""
+    batch, num_query, _ = query.shape
+    num_cams, num_levels = attn.num_cams, attn.num_levels
+    weights = attn.attention_weights(query + query_pos).view(batch, 1, num_query, num_cams, 1, num_levels)
+    low, high = torch.tensor(PC_RANGE[:3]), torch.tensor(PC_RANGE[3:])
+    points = torch.cat(
+        [reference_points * (high - low) + low, torch.ones_like(reference_points[..., :1])], -1
+    )
+    points = points.view(batch, 1, num_query, 4).repeat(1, num_cams, 1, 1).unsqueeze(-1)
+    cam = torch.matmul(
+        lidar2img.view(batch, num_cams, 1, 4, 4).repeat(1, 1, num_query, 1, 1), points
+    ).squeeze(-1)
+    eps = 1e-5
+    mask = cam[..., 2:3] > eps
+    cam = cam[..., 0:2] / torch.maximum(cam[..., 2:3], torch.ones_like(cam[..., 2:3]) * eps)
+    cam = (cam / torch.tensor([img_shape[1], img_shape[0]]) - 0.5) * 2
+    mask = (
+        mask & (cam[..., 0:1] > -1.0) & (cam[..., 0:1] < 1.0) & (cam[..., 1:2] > -1.0) & (cam[..., 1:2] < 1.0)
+    )
+    mask = mask.view(batch, num_cams, 1, num_query, 1, 1).permute(0, 2, 3, 1, 4, 5)
+    sampled = []
+    for feat in mlvl_feats:
+        _, _, channels, height, width = feat.shape
+        grid = cam.reshape(batch * num_cams, num_query, 1, 2)
+        level = F.grid_sample(
+            feat.reshape(batch * num_cams, channels, height, width), grid, align_corners=False
+        )
+        sampled.append(level.view(batch, num_cams, channels, num_query, 1).permute(0, 2, 3, 1, 4))
+    output = torch.stack(sampled, -1).view(batch, channels, num_query, num_cams, 1, num_levels)
+    output = (output * (weights.sigmoid() * mask)).sum(-1).sum(-1).sum(-1).permute(0, 2, 1)
+    return attn.output_proj(output) + query + attn.position_encoder(inverse_sigmoid(reference_points))
+
+
+def test_detr3d_cross_attention_equals_the_transcription():
+    model = published_tiny_model("detr3d").eval()
+    attn = model.head.layers[0].cross_attn
+    torch.manual_seed(4)
+    with torch.no_grad():
+        attn.attention_weights.weight.normal_(std=0.5)
+        attn.attention_weights.bias.normal_()
+        img = torch.randn(2, 6, 3, *IMG_SHAPE)
+        lidar2img = torch.stack([ring_lidar2img(), ring_lidar2img(yaw_offset=0.4, shift=(2.0, -1.0))])
+        feats, img_shape = model.extract_features(img)
+        query, query_pos = torch.randn(2, 50, 32), torch.randn(2, 50, 32)
+        reference = torch.rand(2, 50, 3) * 0.9 + 0.05
+        ours = attn(query, query_pos, reference, CameraMemory(feats, lidar2img, img_shape))
+        theirs = detr3d_cross_attention_v1(attn, query, query_pos, reference, feats, lidar2img, img_shape)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
 def _assert_batch_equals_single(model, batch, atol: float = 1e-4) -> None:

@@ -64,6 +64,17 @@ def test_batched_call_equals_each_image_alone(ours: str) -> None:
         assert float(got["boxes"][:, 2].max()) <= w + 1e-3 and float(got["boxes"][:, 3].max()) <= h + 1e-3
 
 
+def test_official_padding_override_depends_on_the_batch(ours: str) -> None:
+    """With the original's padding a padded image's detections change with its batch mates."""
+    images = [image(48, 80, 0), image(90, 50, 1)]
+    predictor = Predictor.from_checkpoint(ours, batch_size=2, top_k=20, padding="official")
+    assert predictor.model.padding == "official"
+    batched = predictor(images)
+    alone = [predictor(img) for img in images]
+    for got, expected in zip(batched, alone, strict=True):  # both images are padded in the batch
+        assert not torch.allclose(got["scores"], expected["scores"], rtol=1e-4, atol=1e-5)
+
+
 def test_input_types_give_the_same_detections(ours: str) -> None:
     predictor = Predictor.from_checkpoint(ours, top_k=10)
     array = image(40, 60, 3)
