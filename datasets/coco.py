@@ -79,23 +79,12 @@ def load_coco_index(ann_file: str | Path) -> COCO:
     return coco
 
 
-def categories_beyond(coco: COCO, num_classes: int) -> list[tuple[int, str]]:
-    """The categories of ``coco`` that a model with ``num_classes`` logits cannot output, as (id, name).
-
-    The detector's labels are the COCO category ids themselves (the published models have 91 logits for
-    ids 0..90), so a category id outside ``[0, num_classes)`` can never be predicted: its AP is 0 however
-    good the model is.
-    """
-    return [
-        (cat_id, cat["name"]) for cat_id, cat in sorted(coco.cats.items()) if not 0 <= cat_id < num_classes
-    ]
-
-
 class CocoDetection(torch.utils.data.Dataset):
     """COCO detection samples.
 
     A sample is ``(image, target)``. Before the transforms, ``image`` is (H, W, 3) uint8 RGB and
-    ``target`` holds ``boxes`` (K, 4) float32 absolute xyxy, ``labels`` (K,) int64 COCO category ids,
+    ``target`` holds ``boxes`` (K, 4) float32 absolute xyxy, ``labels`` (K,) int64 (the category ids, or
+    with ``contiguous_labels`` their index among the sorted category ids),
     ``image_id`` int, ``orig_size`` (2,) int64 (h, w). With the usual pipeline ending in
     :class:`datasets.transforms.ToTensor`, the image is a normalized (3, H', W') tensor, ``boxes`` are
     normalized (cx, cy, w, h) and ``size`` (2,) is (H', W').
@@ -112,6 +101,9 @@ class CocoDetection(torch.utils.data.Dataset):
         on_bad_image: ``"raise"`` (default): a truncated or undecodable image raises ``ValueError``
             naming the file and image id. ``"skip"``: the next good sample is returned instead, a
             warning names the file and :attr:`num_skipped_images` counts it.
+        contiguous_labels: label = index of the category id among the file's sorted ids (custom data
+            with any ids: ``num_classes`` = number of categories), instead of the id itself (COCO's
+            published 91-logit label space); :attr:`category_ids` maps labels back.
     """
 
     def __init__(
@@ -121,6 +113,7 @@ class CocoDetection(torch.utils.data.Dataset):
         transforms: Compose | None = None,
         seed: int = 0,
         on_bad_image: OnBadImage = "raise",
+        contiguous_labels: bool = False,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
@@ -129,6 +122,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.epoch = 0
         self.bad_images = BadImagePolicy(on_bad_image, str(self.ann_file))
         self.coco = load_coco_index(ann_file)
+        #: label -> COCO category id
+        self.category_ids = sorted(self.coco.cats) if contiguous_labels else None
         self.ids = sorted(self.coco.imgs)
         self._check_image_files()
         self.num_dropped_crowd = 0
@@ -147,6 +142,24 @@ class CocoDetection(torch.utils.data.Dataset):
     def categories(self) -> dict[int, str]:
         """COCO category id → name."""
         return {cat_id: cat["name"] for cat_id, cat in sorted(self.coco.cats.items())}
+
+    def category_of(self, label: int) -> int:
+        """The COCO category id of a label."""
+        return label if self.category_ids is None else self.category_ids[label]
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        """Label → category name."""
+        return {self.label_of(cat_id): name for cat_id, name in self.categories.items()}
+
+    def label_of(self, category_id: int) -> int:
+        """The label of a COCO category id."""
+        return category_id if self.category_ids is None else self.category_ids.index(category_id)
+
+    def categories_beyond(self, num_classes: int) -> list[tuple[int, str]]:
+        """The categories a model with ``num_classes`` logits cannot output, as (id, name): their label
+        is outside ``[0, num_classes)``, so their AP is 0 however good the model is."""
+        return [(c, name) for c, name in self.categories.items() if not 0 <= self.label_of(c) < num_classes]
 
     @property
     def num_skipped_images(self) -> int:
@@ -207,7 +220,7 @@ class CocoDetection(torch.utils.data.Dataset):
         boxes = np.clip(boxes, 0, np.array([width, height, width, height], dtype=np.float32))
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         self.num_dropped_zero_area += int((~keep).sum())
-        labels = np.array([ann["category_id"] for ann in anns], dtype=np.int64)
+        labels = np.array([self.label_of(ann["category_id"]) for ann in anns], dtype=np.int64)
         return {
             "boxes": boxes[keep],
             "labels": labels[keep],
@@ -223,10 +236,11 @@ def build_coco_dataset(
     seed: int = 0,
     on_bad_image: OnBadImage = "raise",
     ann_file: str | Path | None = None,
+    contiguous_labels: bool = False,
 ) -> CocoDetection:
     """The split ``split`` (e.g. ``"train2017"``) of the COCO-layout dataset under ``root``; ``ann_file``
     (relative to ``root``) replaces ``annotations/instances_<split>.json``, e.g. for test-dev
     ``annotations/image_info_test-dev2017.json``."""
     image_dir, default_ann_file = coco_paths(root, split)
     ann_file = default_ann_file if ann_file is None else Path(root) / ann_file
-    return CocoDetection(image_dir, ann_file, transforms, seed, on_bad_image)
+    return CocoDetection(image_dir, ann_file, transforms, seed, on_bad_image, contiguous_labels)

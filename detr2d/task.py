@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from datasets.coco import CocoDetection, build_coco_dataset, categories_beyond, coco_paths
+from datasets.coco import CocoDetection, build_coco_dataset, coco_paths
 from datasets.coco_evaluation import coco_metrics
 from datasets.collate import collate_detection
 from datasets.files import read_json, read_rgb
@@ -129,13 +129,19 @@ class CocoDetectionTask(Task):
         )
 
     def class_names(self) -> dict[int, str]:
-        """Names from the val annotation file's categories when it exists, else the COCO names for a
-        91-class model, else none."""
-        ann_file = coco_paths(self.config["data"]["root"], self.config["data"]["val_split"])[1]
+        """Names from the val annotation file's categories when it exists (labels as the dataset assigns
+        them), else the COCO names for a 91-class model, else none."""
+        data = self.config["data"]
+        ann_file = coco_paths(data["root"], data["val_split"])[1]
+        if data["val_ann_file"] is not None:
+            ann_file = Path(data["root"]) / data["val_ann_file"]
         names = None
         if ann_file.is_file():
-            categories = read_json(ann_file, "COCO annotation").get("categories", [])
-            names = {c["id"]: c["name"] for c in categories if c["id"] < self.model_config.num_classes}
+            categories = sorted(
+                (c["id"], c["name"]) for c in read_json(ann_file, "COCO annotation")["categories"]
+            )
+            pairs = enumerate(n for _, n in categories) if data["contiguous_labels"] else categories
+            names = {label: name for label, name in pairs if label < self.model_config.num_classes}
         return class_names(self.model_config.num_classes, names)
 
     def init_from(self, model: nn.Module, path: str | Path) -> str:
@@ -161,6 +167,7 @@ class CocoDetectionTask(Task):
             self.config["train"]["seed"],
             data["on_bad_image"],
             None if train else data["val_ann_file"],
+            data["contiguous_labels"],
         )
 
     def collate(self, items: list[Any]) -> Batch:
@@ -196,14 +203,14 @@ class CocoDetectionTask(Task):
             yield batch, predictor.detect(images, mask, orig_sizes)
 
     def records(self, batch: Batch, detections: list[dict[str, torch.Tensor]]) -> Records:
-        """One record per image: ``{"image_id", "detections": COCO results entries (xywh)}``."""
+        """One record per image: ``{"image_id", "detections": [{"label", "bbox" (xywh), "score"}]}``."""
         records = []
         for target, result in zip(batch[2], detections, strict=True):
             image_id = int(target["image_id"])
             boxes = result["boxes"].clone()
             boxes[:, 2:] -= boxes[:, :2]
             entries = [
-                {"image_id": image_id, "category_id": label, "bbox": box, "score": score}
+                {"label": label, "bbox": box, "score": score}
                 for score, label, box in zip(
                     result["scores"].tolist(), result["labels"].tolist(), boxes.tolist(), strict=True
                 )
@@ -228,9 +235,20 @@ class CocoDetectionTask(Task):
 
     @staticmethod
     def results(records: Records, dataset: CocoDetection) -> list[dict[str, Any]]:
-        """The COCO results entries of ``records`` whose label is a category of the dataset."""
-        categories = set(dataset.coco.cats)
-        return [d for r in records for d in r["detections"] if d["category_id"] in categories]
+        """COCO results entries (``image_id``, ``category_id``, ``bbox`` xywh, ``score``) of the
+        detections whose label is a category of the dataset (unused logits are left out)."""
+        labels = {dataset.label_of(c) for c in dataset.coco.cats}
+        return [
+            {
+                "image_id": r["image_id"],
+                "category_id": dataset.category_of(d["label"]),
+                "bbox": d["bbox"],
+                "score": d["score"],
+            }
+            for r in records
+            for d in r["detections"]
+            if d["label"] in labels
+        ]
 
     def write_results(self, records: Records, dataset: CocoDetection, out_dir: Path) -> list[Path]:
         """``out_dir/detections.json``: the COCO results format of a test-dev submission (``image_id``,
@@ -239,16 +257,19 @@ class CocoDetectionTask(Task):
         atomic_write_json(out_dir / "detections.json", self.results(records, dataset))
         return [out_dir / "detections.json"]
 
-    def check_evaluable(self, dataset: Dataset) -> None:
-        beyond = categories_beyond(dataset.coco, self.model_config.num_classes)
-        if beyond:
-            logger.warning(
-                "%s has %d categories that a model with num_classes=%d cannot output (their AP is 0): %s",
-                dataset.ann_file,
-                len(beyond),
-                self.model_config.num_classes,
-                beyond[:10],
-            )
+    def check_labels(self, dataset: CocoDetection, training: bool) -> None:
+        beyond = dataset.categories_beyond(self.model_config.num_classes)
+        if not beyond:
+            return
+        message = (
+            f"{dataset.ann_file} has {len(beyond)} categories that a model with "
+            f"num_classes={self.model_config.num_classes} cannot output: {beyond[:10]}"
+        )
+        labels = "contiguous" if self.config["data"]["contiguous_labels"] else "category ids"
+        hint = f" (labels are the {labels}; raise model.num_classes or set data.contiguous_labels=true)"
+        if training:
+            raise ValueError(message + hint)
+        logger.warning("%s; their AP is 0%s", message, hint)
 
     def predict_loader(self, inputs: Sequence[str | Path], limit: int | None = None) -> DataLoader:
         augment = self.config["augment"]

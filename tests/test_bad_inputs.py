@@ -25,7 +25,7 @@ from nuscenes_fixtures import dataset, nusc, val_infos  # noqa: F401
 from torch.utils.data import DataLoader
 
 from configs import load_config
-from datasets.coco import build_coco_dataset, categories_beyond, coco_paths
+from datasets.coco import build_coco_dataset, coco_paths
 from datasets.files import BadImageError, image_file_problem, read_json, read_rgb
 from datasets.nuscenes.database import open_nuscenes
 from datasets.nuscenes.dataset import NuScenesMultiViewDataset
@@ -189,10 +189,11 @@ def test_broken_annotation_file_is_named(coco_copy: Path, content: bytes, messag
 
 
 def test_categories_beyond_the_model_outputs(generated: Path) -> None:
-    coco = build_coco_dataset(generated, "val2017").coco
-    assert categories_beyond(coco, 3) == [(3, "triangle"), (4, "cross")]
-    assert categories_beyond(coco, 5) == []
-    assert categories_beyond(coco, 91) == []
+    dataset = build_coco_dataset(generated, "val2017")
+    assert dataset.categories_beyond(3) == [(3, "triangle"), (4, "cross")]
+    assert dataset.categories_beyond(5) == [] and dataset.categories_beyond(91) == []
+    contiguous = build_coco_dataset(generated, "val2017", contiguous_labels=True)  # ids 1-4 -> labels 0-3
+    assert contiguous.categories_beyond(4) == [] and contiguous.categories_beyond(3) == [(4, "cross")]
 
 
 # --- nuScenes ----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,65 @@ def test_format_only_writes_a_test_dev_submission(tiny_root: Path, tmp_path: Pat
     assert len(submitted.dataset["annotations"]) == 4 * 5 * 4  # per image: 5 queries x the 4 categories
     with pytest.raises(ValueError, match="has no annotations .*--format-only"):
         run_test(task, tmp_path / "weights.pth")
+
+
+def _with_category_ids(root: Path, target: Path, new_ids: dict[int, int]) -> Path:
+    """A copy of the tiny dataset whose category ids are replaced (e.g. by large, sparse ones)."""
+    shutil.copytree(root, target)
+    for split in ("train2017", "val2017"):
+        path = target / "annotations" / f"instances_{split}.json"
+        data = json.loads(path.read_text())
+        for category in data["categories"]:
+            category["id"] = new_ids[category["id"]]
+        for annotation in data["annotations"]:
+            annotation["category_id"] = new_ids[annotation["category_id"]]
+        path.write_text(json.dumps(data))
+    return target
+
+
+def test_custom_category_ids_train_with_contiguous_labels(tiny_root: Path, tmp_path: Path) -> None:
+    root = _with_category_ids(tiny_root, tmp_path / "custom", {1: 100, 2: 205, 3: 310, 4: 4000})
+    overrides = [
+        *tiny_overrides(root),
+        "schedule.epochs=1",
+        "train.eval_every=1",
+        "data.contiguous_labels=true",
+    ]
+    with pytest.raises(
+        ValueError, match=r"1 categories that a model with num_classes=3 cannot output: \[\(4000"
+    ):
+        fit(CocoDetectionTask(load_config(DEMO, [*overrides, "model.num_classes=3"])), tmp_path / "too_few")
+    assert not (tmp_path / "too_few" / "checkpoint.pth").exists()
+    config = load_config(DEMO, [*overrides, "model.num_classes=4"])
+    fit(CocoDetectionTask(config), tmp_path / "run")
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert checkpoint["class_names"] == {0: "circle", 1: "square", 2: "triangle", 3: "cross"}
+    run_test(CocoDetectionTask(config), tmp_path / "run" / "checkpoint.pth", tmp_path / "eval")
+    detections = json.loads((tmp_path / "eval" / "detections.json").read_text())
+    assert {d["category_id"] for d in detections} <= {100, 205, 310, 4000} and detections
+
+
+def test_init_from_a_91_class_checkpoint_fine_tunes_a_5_class_model(
+    tiny_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    overrides = [*tiny_overrides(tiny_root), "schedule.epochs=1", "train.eval_every=0"]
+    published_like = CocoDetectionTask(load_config(DEMO, [*overrides, "model.num_classes=91"])).build_model()
+    torch.save({"model": published_like.state_dict(), "epoch": 49}, tmp_path / "official.pth")
+    proc = _cli(
+        [
+            "tools/train.py",
+            str(DEMO),
+            "--out",
+            str(tmp_path / "ft"),
+            "--init-from",
+            str(tmp_path / "official.pth"),
+            *overrides,
+        ]
+    )
+    assert "(class head: 91 -> 5 classes), 0 missing (kept), 0 unexpected (ignored)" in proc.stderr
+    reinitialized = next(line for line in proc.stderr.splitlines() if "re-initialized:" in line)
+    assert sorted(reinitialized.split(": ")[1].split(", ")) == sorted(
+        key for key in published_like.state_dict() if "class_embed" in key
+    )
+    checkpoint = torch.load(tmp_path / "ft" / "checkpoint.pth", weights_only=True)
+    assert checkpoint["model"]["class_embed.0.weight"].shape[0] == 5

@@ -40,6 +40,7 @@ data = dict(
     root="data/coco",  # train2017/, val2017/, annotations/instances_{train,val}2017.json
     train_split="train2017",
     val_split="val2017",
+    contiguous_labels=False,  # True: labels 0..K-1 for the sorted category ids (custom data with any ids)
     val_ann_file=None,  # None: annotations/instances_<val_split>.json (test-dev: image_info_test-dev2017)
     num_workers=2,  # per process
     on_bad_image="raise",  # a truncated/corrupt image: "raise" (names the file) or "skip" (logged, counted)

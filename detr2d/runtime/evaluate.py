@@ -140,7 +140,7 @@ def run_test(
     task.load_weights(model, checkpoint)
     dataset = task.build_dataset("val")
     if not format_only:
-        task.check_evaluable(dataset)
+        task.check_labels(dataset, training=False)
     loader = task.eval_loader(dataset, info.rank, info.world_size)
     amp = task.config["train"]["amp"]
     return evaluate(task, model, loader, info.device, info.is_main, amp, out_dir, format_only)

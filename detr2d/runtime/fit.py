@@ -283,7 +283,8 @@ def fit(
         if changed:
             logger.warning("resumed with changed schedule settings (saved -> now): %s", changed)
         logger.info("resumed from %s at epoch %d", resume, start_epoch)
-    task.check_evaluable(val_set)
+    task.check_labels(train_set, training=True)
+    task.check_labels(val_set, training=False)
     logger.info(
         "training %s (%s): %d train / %d val %s, %d process(es) on %s, %d trainable parameters",
         config["model"]["name"],

@@ -118,8 +118,9 @@ class Task:
         scoring (also for splits without ground truth); returns the written paths."""
         raise NotImplementedError(f"task {self.name!r} writes no submission files")
 
-    def check_evaluable(self, dataset: Dataset) -> None:
-        """Raise or warn, before inference, about ground truth the model cannot output."""
+    def check_labels(self, dataset: Dataset, training: bool) -> None:
+        """Before training (raise ``ValueError``) or evaluation (warn): ground truth of ``dataset`` that
+        the model cannot output (e.g. categories beyond ``num_classes``)."""
 
     def predict_loader(self, inputs: Sequence[str | Path], limit: int | None = None) -> DataLoader:
         """A loader over the files named by ``inputs`` (images, folders, infos files) for prediction,
