@@ -27,7 +27,7 @@ from datasets.nuscenes.database import open_nuscenes
 from datasets.nuscenes.evaluation import RESULTS_FILE, TP_ERROR_NAMES
 from datasets.nuscenes.infos import infos_path
 from datasets.nuscenes.visualize import denormalize_images
-from detr2d.backbone import initialize_backbone
+from detr2d.backbone import initialize_backbone, load_pretrained
 from detr2d.checkpoint import load_checkpoint, load_torch_file
 from detr2d.runtime.data import build_eval_loader
 from detr2d.runtime.io import atomic_write_json
@@ -147,6 +147,13 @@ class NuScenesDetectionTask(Task):
             load_official_checkpoint(model, {"state_dict": state})
         else:
             load_checkpoint(model, state, strict=True)
+
+    def init_from(self, model: nn.Module, path: str | Path) -> str:
+        """The first stage: the image backbone from a checkpoint holding a ResNet of the same depth and
+        style, e.g. a Deformable DETR trained on COCO (``backbone.0.body.*``) or an FCOS3D / BEV release
+        (``img_backbone.*``); layers the BEV model does not build are ignored. The neck and the BEV
+        layers keep their initialization (the 2D model's input projections do not map onto the FPN)."""
+        return str(load_pretrained(model.backbone, path, strict=False))
 
     def class_names(self) -> dict[int, str]:
         return dict(enumerate(CLASS_NAMES))

@@ -199,3 +199,20 @@ def test_torchrun_two_processes_train_and_test(tiny_root: Path, tmp_path: Path) 
     assert len(checkpoint["rng"]) == 2 and not any(k.startswith("module.") for k in checkpoint["model"])
     results = json.loads((out / "eval" / "results_nusc.json").read_text())["results"]
     assert len(results) == 6
+
+
+def test_init_from_a_coco_checkpoint_loads_the_image_backbone(tiny_root: Path, tmp_path: Path) -> None:
+    """COCO as the first stage: the BEV demo's ResNet-18 starts from the 2D demo model's."""
+    from detr2d.task import CocoDetectionTask
+
+    coco = CocoDetectionTask(load_config(REPO / "configs" / "detr2d" / "demo.py")).build_model()
+    torch.save({"model": coco.state_dict()}, tmp_path / "coco.pth")
+    task = NuScenesDetectionTask(load_config(DEMO, tiny_overrides(tiny_root)))
+    model = task.build_model()
+    report = task.init_from(model, tmp_path / "coco.pth")
+    assert "under 'backbone.0.body.'" in report
+    coco_state = coco.state_dict()
+    for key, value in model.backbone.body.state_dict().items():  # stem, layer1, layer2 (layer2 is returned)
+        assert torch.equal(value, coco_state[f"backbone.0.body.{key}"]), key
+    fit(task, tmp_path / "run", init_from=tmp_path / "coco.pth")  # and a run starts from it
+    assert (tmp_path / "run" / "checkpoint.pth").is_file()
