@@ -156,4 +156,5 @@ def test_tools_load_a_released_file_and_our_checkpoints(models, tmp_path):
     torch.save({"model": model.state_dict()}, tmp_path / "ours.pth")
     fresh = build_bev_model("bevformer_tiny", op_backend="reference")
     task.load_weights(fresh, tmp_path / "ours.pth")
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    pairs = zip(fresh.state_dict().values(), model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
