@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from detr2d_helpers import TINY as TINY_BASE
 
 from detr2d import ResNetBackbone, build_model, load_checkpoint, save_model_state
 from detr2d.backbone import FrozenBatchNorm2d
@@ -19,15 +20,7 @@ REFERENCE_FILES = {
     "deformable_detr_refine": "deformable_detr_keys_refine.txt",
     "deformable_detr_two_stage": "deformable_detr_keys_two_stage.txt",
 }
-TINY = dict(
-    backbone="resnet18",
-    embed_dims=64,
-    num_heads=4,
-    encoder_layers=1,
-    decoder_layers=2,
-    ffn_dims=64,
-    num_queries=8,
-)
+TINY = {**TINY_BASE, "num_queries": 8}
 
 
 def read_reference(name: str) -> list[tuple[str, list[int], str]]:

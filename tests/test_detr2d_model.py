@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from detr2d_helpers import TINY as TINY_BASE
+from detr2d_helpers import one_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 
 import ops
@@ -14,26 +16,8 @@ from detr2d.encoder import encoder_reference_points
 from detr2d.padding import MaskedGroupNorm, valid_ratios
 from detr2d.transformer import DeformableTransformer, FlatLevels
 
-TINY = dict(
-    backbone="resnet18",
-    embed_dims=64,
-    num_heads=4,
-    encoder_layers=1,
-    decoder_layers=2,
-    ffn_dims=64,
-    num_queries=12,
-    num_classes=5,
-)
+TINY = {**TINY_BASE, "num_classes": 5}
 SIZES = [(70, 90), (100, 61)]  # one image wider, one taller: both get padding
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def padded_batch(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from detr2d_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 from detr2d import PostProcess, build_criterion, build_model
 from detr2d.box_ops import box_cxcywh_to_xyxy, box_iou
@@ -21,15 +22,6 @@ CONFIG = dict(
     num_classes=2,
     dropout=0.0,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def synthetic_images(n: int = 4) -> tuple[torch.Tensor, list[dict]]:

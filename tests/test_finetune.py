@@ -7,28 +7,13 @@ import re
 
 import pytest
 import torch
+from detr2d_helpers import TINY as TINY_BASE
+from detr2d_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 from detr2d import build_criterion, build_model
 from detr2d.finetune import InitReport, init_from_checkpoint
 
-TINY = dict(
-    backbone="resnet18",
-    embed_dims=64,
-    num_heads=4,
-    encoder_layers=1,
-    decoder_layers=2,
-    ffn_dims=64,
-    num_queries=12,
-    num_levels=2,
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TINY = {**TINY_BASE, "num_levels": 2}
 
 
 def build(name: str, num_classes: int, seed: int) -> torch.nn.Module:

@@ -113,6 +113,8 @@ def test_module_compiles_under_autocast(cpu_backend):
 
 
 CALLERS = (ops.module, bev.spatial_cross_attention, bev.temporal_self_attention, bev.detr3d_head)
+
+
 def spy_on_op_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, torch.dtype, torch.dtype]]:
     """Records (caller, value dtype, sampling_locations dtype) of every call of the op by a module."""
     calls = []

@@ -12,32 +12,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from detr2d_helpers import TINY as TINY_BASE
+from detr2d_helpers import one_thread  # noqa: F401 (autouse fixture)
 from torch import Tensor
 
 from detr2d import build_model
 from detr2d.box_ops import apply_box_delta
 from detr2d.padding import PaddingMasks, level_mask, nearest_mask
 
-TINY = dict(
-    backbone="resnet18",
-    embed_dims=64,
-    num_heads=4,
-    encoder_layers=1,
-    decoder_layers=2,
-    ffn_dims=64,
-    num_queries=12,
-    num_classes=5,
-)
+TINY = {**TINY_BASE, "num_classes": 5}
 SIZES = [(70, 90), (100, 61)]  # padded to 100 x 90: neither a multiple of the strides 8..64
 VARIANTS = ["deformable_detr", "deformable_detr_single_scale", "deformable_detr_two_stage"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def padded_batch(sizes: list[tuple[int, int]], seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -7,30 +7,14 @@ import argparse
 import numpy as np
 import pytest
 import torch
+from detr2d_helpers import TINY, one_thread  # noqa: F401 (autouse fixture)
 from PIL import Image
 
 from detr2d import build_model
 from detr2d.classes import COCO_CLASSES, class_names
 from detr2d.predictor import Predictor
 
-TINY = dict(
-    backbone="resnet18",
-    embed_dims=64,
-    num_heads=4,
-    encoder_layers=1,
-    decoder_layers=2,
-    ffn_dims=64,
-    num_queries=12,
-)
 AUGMENT = {"eval_size": 64, "max_size": 100}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def image(height: int, width: int, seed: int) -> np.ndarray:

@@ -172,7 +172,7 @@ def train_one_epoch(
         elapsed = time.perf_counter() - start
         remaining = (steps - step) + (epochs - epoch - 1) * steps
         eta_s = elapsed / step * remaining
-        bar.set_postfix(loss=f"{sums['loss'] / step:.4f}", lr=f"{lr:.2e}", eta=_clock(eta_s))
+        bar.set_postfix(loss=f"{sums['loss'] / step:.4f}", lr=f"{lr:.2e}", eta=_clock(eta_s), refresh=False)
         if log_every > 0 and (step % log_every == 0 or step == steps):
             record = {
                 "iter": epoch * steps + step,
