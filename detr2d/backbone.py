@@ -632,9 +632,9 @@ class Joiner(nn.Sequential):
         Returns:
             features (B, C_l, H_l, W_l), masks (B, H_l, W_l) bool, positions (B, d_model, H_l, W_l).
         """
-        # Given the mask, the ResNet zeroes the padded inputs of its spatial layers (exact padding); the
-        # original runs it on the padded batch as it is (official).
-        features = self[0](images, masks.mask if masks.exact else None)
+        # Given a padded batch, the ResNet zeroes the padded inputs of its spatial layers (exact padding);
+        # the original runs it on the padded batch as it is (official). Unpadded batches need no mask.
+        features = self[0](images, masks.mask if masks.exact and masks.has_padding else None)
         level_masks = [masks.at(f.shape[-2:]) for f in features]
         pos = [self[1](m).to(f.dtype) for f, m in zip(features, level_masks, strict=True)]
         return features, level_masks, pos

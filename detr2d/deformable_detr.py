@@ -133,8 +133,7 @@ class DeformableDETR(nn.Module):
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
         """Detect objects in a padded batch; see the class docstring for the outputs."""
-        mask = check_images_and_mask(images, mask)
-        masks = PaddingMasks(mask, self.padding)
+        masks = PaddingMasks(check_images_and_mask(images, mask), self.padding, given=mask is not None)
         features, level_masks, pos = self.backbone(images, masks)
         srcs = []
         for lvl, proj in enumerate(self.input_proj):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -78,14 +79,29 @@ class EncoderLayer(nn.Module):
         return feed_forward(src, self.linear1, self.linear2, self.dropout2, self.dropout3, self.norm2)
 
 
-def encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
+def level_sizes(spatial_shapes: Tensor | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(H_l, W_l) of every level as Python numbers.
+
+    Args:
+        spatial_shapes: the sizes themselves (ints, or the SymInts of the feature maps' shapes while
+            ``torch.export`` traces with free image sizes), or an (L, 2) int64 tensor, read with
+            ``tolist`` (eager only: a traced graph would bake the values in).
+    """
+    if isinstance(spatial_shapes, Tensor):
+        return [(h, w) for h, w in spatial_shapes.tolist()]
+    return [(h, w) for h, w in spatial_shapes]
+
+
+def encoder_reference_points(
+    spatial_shapes: Tensor | Sequence[tuple[int, int]], valid_ratios: Tensor
+) -> Tensor:
     """Cell centres of every level, as seen from every level.
 
     The centre of cell (i, j) of level l is ((j + 0.5) / valid_w_l, (i + 0.5) / valid_h_l) in the
     valid region of the image, then multiplied by each level's valid ratio to address that level.
 
     Args:
-        spatial_shapes: (L, 2) int64 rows (H_l, W_l).
+        spatial_shapes: level sizes (H_l, W_l), see :func:`level_sizes`.
         valid_ratios: (N, L, 2) valid fraction (w, h) of every level.
 
     Returns:
@@ -93,7 +109,7 @@ def encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Te
     """
     refs = []
     device = valid_ratios.device
-    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+    for lvl, (h, w) in enumerate(level_sizes(spatial_shapes)):
         ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5)[:, None].expand(h, w).reshape(-1)
         xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5)[None, :].expand(h, w).reshape(-1)
         ref_y = ys[None] / (valid_ratios[:, None, lvl, 1] * h)
@@ -117,12 +133,14 @@ class Encoder(nn.Module):
         valid_ratios: Tensor,
         pos: Tensor,
         padding_mask: Tensor | None,
+        sizes: Sequence[tuple[int, int]],
     ) -> Tensor:
         """Encode (N, S, C) flattened features with (N, S, C) positions -> memory (N, S, C).
 
-        ``valid_ratios`` is (N, L, 2); ``padding_mask`` (N, S) bool is True on padding.
+        ``valid_ratios`` is (N, L, 2); ``padding_mask`` (N, S) bool is True on padding; ``sizes`` are
+        the (H_l, W_l) of ``spatial_shapes`` (L, 2) as Python ints or SymInts (see :func:`level_sizes`).
         """
-        reference_points = encoder_reference_points(spatial_shapes, valid_ratios)
+        reference_points = encoder_reference_points(sizes, valid_ratios)
         out = src
         for layer in self.layers:
             out = layer(out, pos, reference_points, spatial_shapes, level_start_index, padding_mask)

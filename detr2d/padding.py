@@ -22,6 +22,11 @@ is, and every level's mask is the image mask resized by nearest interpolation
 (:func:`nearest_mask`). A padded image's predictions then depend on the batch it is in.
 
 Without padding both modes are identities, so official checkpoints give their usual outputs.
+
+Tracing (``torch.export``, ``torch.compile``). Without a mask the batch is known to be unpadded without
+reading a tensor, so the traced graph is the unpadded math with free image sizes. With a mask, whether
+anything is padded is data: eager calls read it (and skip the masked math when nothing is padded),
+traced calls always run the masked math, which equals the unmasked math on an all-False mask.
 """
 
 from __future__ import annotations
@@ -56,9 +61,15 @@ def check_images_and_mask(images: Tensor, mask: Tensor | None) -> Tensor:
         )
     if mask.device != images.device:
         raise ValueError(f"mask is on {mask.device} but images are on {images.device}")
-    if bool(mask.flatten(1).all(1).any()):
+    if not torch.compiler.is_compiling() and bool(mask.flatten(1).all(1).any()):  # no data while tracing
         raise ValueError("mask marks every pixel of an image as padding; each image needs a valid pixel")
     return mask
+
+
+def any_padding(mask: Tensor) -> bool:
+    """Whether the bool ``mask`` marks any padding: read from the data in eager mode; True while tracing
+    (``torch.compiler.is_compiling()``), so that traced graphs take the masked path, exact for any mask."""
+    return torch.compiler.is_compiling() or bool(mask.any())
 
 
 def _stride(full: int, size: int) -> int:
@@ -100,19 +111,23 @@ class PaddingMasks:
         mode: ``"exact"`` (padded positions are zeroed and excluded from normalization; level masks by
             :func:`level_mask`) or ``"official"`` (layers see the padded values; level masks by
             :func:`nearest_mask`). See the module docstring.
+        given: False when the caller gave no mask (``mask`` is then all False): the batch is unpadded,
+            known without reading ``mask`` (what ``torch.export`` traces with free image sizes).
     """
 
-    def __init__(self, mask: Tensor, mode: str = "exact") -> None:
+    def __init__(self, mask: Tensor, mode: str = "exact", given: bool = True) -> None:
         if mode not in PADDING_MODES:
             raise ValueError(f"padding mode must be one of {PADDING_MODES}, got {mode!r}")
         self.mask = mask
         self.exact = mode == "exact"
-        self.has_padding = bool(mask.any())
+        self.has_padding = given and any_padding(mask)
         self._resize = level_mask if self.exact else nearest_mask
-        self._cache: dict[tuple[int, int], Tensor] = {tuple(mask.shape[-2:]): mask}
+        self._cache: dict[tuple[int, int], Tensor] = {tuple(mask.shape[-2:]): mask} if self.has_padding else {}
 
     def at(self, size: tuple[int, int] | torch.Size) -> Tensor:
-        """(B, h, w) mask for a feature map of spatial size ``size``."""
+        """(B, h, w) mask for a feature map of spatial size ``size`` (ints, or SymInts when unpadded)."""
+        if not self.has_padding:
+            return self.mask.new_zeros((self.mask.shape[0], size[0], size[1]))
         key = (int(size[0]), int(size[1]))
         if key not in self._cache:
             self._cache[key] = self._resize(self.mask, key)
@@ -138,7 +153,7 @@ class MaskedGroupNorm(nn.GroupNorm):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Normalize (B, C, H, W) ``x``; ``mask`` (B, H, W) bool is True on padding, or None."""
-        if mask is None or not bool(mask.any()):
+        if mask is None or not any_padding(mask):
             return super().forward(x)
         b, c, h, w = x.shape
         g = self.num_groups

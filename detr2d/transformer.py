@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 from ops import MSDeformAttn
 
 from .decoder import Decoder, DecoderLayer
-from .encoder import Encoder, EncoderLayer
+from .encoder import Encoder, EncoderLayer, level_sizes
 from .padding import valid_ratios
 from .position_encoding import proposal_sine_embed
 
@@ -43,6 +44,11 @@ class FlatLevels(NamedTuple):
     spatial_shapes: Tensor  # (L, 2) int64
     level_start_index: Tensor  # (L,) int64
     valid_ratios: Tensor  # (N, L, 2)
+    sizes: Sequence[tuple[int, int]] | None = None  # (H_l, W_l) as ints / SymInts; None: spatial_shapes
+
+    def level_sizes(self) -> list[tuple[int, int]]:
+        """(H_l, W_l) of every level: ``sizes`` (traceable), else read from ``spatial_shapes`` (eager)."""
+        return level_sizes(self.spatial_shapes if self.sizes is None else self.sizes)
 
 
 class DeformableTransformer(nn.Module):
@@ -115,8 +121,11 @@ class DeformableTransformer(nn.Module):
 
     def flatten_levels(self, srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Tensor]) -> FlatLevels:
         """Flatten (N, C, H_l, W_l) maps, (N, H_l, W_l) masks and positions; add the level embedding."""
-        shapes = [tuple(s.shape[-2:]) for s in srcs]
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=srcs[0].device)
+        sizes = [(s.shape[-2], s.shape[-1]) for s in srcs]  # ints, SymInts while torch.export traces
+        # one scalar tensor per size: torch.export keeps them symbolic (as_tensor would bake the values in)
+        spatial_shapes = torch.stack(
+            [torch.scalar_tensor(v, dtype=torch.long, device=srcs[0].device) for hw in sizes for v in hw]
+        ).view(-1, 2)
         level_start_index = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
         pos = [p.flatten(2).transpose(1, 2) + self.level_embed[lvl] for lvl, p in enumerate(pos_embeds)]
         return FlatLevels(
@@ -126,6 +135,7 @@ class DeformableTransformer(nn.Module):
             spatial_shapes=spatial_shapes,
             level_start_index=level_start_index,
             valid_ratios=torch.stack([valid_ratios(m) for m in masks], 1),
+            sizes=sizes,
         )
 
     def encoder_proposals(self, memory: Tensor, flat: FlatLevels) -> tuple[Tensor, Tensor, Tensor]:
@@ -141,11 +151,10 @@ class DeformableTransformer(nn.Module):
             valid (N, S) bool: not padded and all coordinates within (0.01, 0.99).
         """
         n = memory.shape[0]
-        proposals = []
-        for lvl, ((h, w), start) in enumerate(
-            zip(flat.spatial_shapes.tolist(), flat.level_start_index.tolist(), strict=True)
-        ):
+        proposals, start = [], 0
+        for lvl, (h, w) in enumerate(flat.level_sizes()):
             mask = flat.mask[:, start : start + h * w].view(n, h, w)
+            start = start + h * w
             valid_h = (~mask[:, :, 0]).sum(1).float()
             valid_w = (~mask[:, 0, :]).sum(1).float()
             ys = torch.arange(h, dtype=torch.float32, device=memory.device) + 0.5
@@ -182,7 +191,13 @@ class DeformableTransformer(nn.Module):
             raise ValueError(f"expected {self.level_embed.shape[0]} feature levels, got {len(srcs)}")
         flat = self.flatten_levels(srcs, masks, pos_embeds)
         memory = self.encoder(
-            flat.src, flat.spatial_shapes, flat.level_start_index, flat.valid_ratios, flat.pos, flat.mask
+            flat.src,
+            flat.spatial_shapes,
+            flat.level_start_index,
+            flat.valid_ratios,
+            flat.pos,
+            flat.mask,
+            flat.level_sizes(),
         )
         n, s, c = memory.shape
         enc_class = enc_coord_unact = None

@@ -264,3 +264,18 @@ def test_training_with_amp_runs_on_the_cpu(tiny_root: Path, tmp_path: Path, amp:
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
     assert ("scaler" in checkpoint) == (amp == "fp16")  # fp16 trains with loss scaling, saved for resume
     assert set(result["val"]) >= {"AP"}
+
+
+def test_fast_inference_mode_scores_like_eager(tiny_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    task = CocoDetectionTask(load_config(DEMO, tiny_overrides(tiny_root)))
+    torch.manual_seed(0)
+    torch.save({"model": task.build_model().state_dict()}, tmp_path / "weights.pth")
+    eager = run_test(task, tmp_path / "weights.pth", tmp_path / "eager")
+    fast = run_test(task, tmp_path / "weights.pth", tmp_path / "fast", mode="fast")
+    assert fast.metrics == pytest.approx(eager.metrics, abs=1e-3)
+    eager_dets = json.loads((tmp_path / "eager" / "detections.json").read_text())
+    fast_dets = json.loads((tmp_path / "fast" / "detections.json").read_text())
+    assert len(fast_dets) == len(eager_dets)
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(eager_dets, fast_dets, strict=True)) < 1e-4
+    with pytest.raises(ValueError, match="inference mode must be one of"):
+        run_test(task, tmp_path / "weights.pth", mode="turbo")

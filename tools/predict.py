@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detr2d.runtime.cli import load_task, parser_with_config, split_overrides  # noqa: E402
+from detr2d.runtime.cli import add_inference_mode, load_task, parser_with_config, split_overrides  # noqa: E402
 from detr2d.runtime.evaluate import run_predict  # noqa: E402
 from detr2d.runtime.logs import setup_logging  # noqa: E402
 
@@ -29,13 +29,16 @@ def main() -> None:
         "--score-threshold", type=float, default=0.5, help="draw detections scoring at least this"
     )
     parser.add_argument("--limit", type=int, help="process only the first N images (BEV: per infos file)")
+    add_inference_mode(parser)
     args = parser.parse_intermixed_args()
     inputs, overrides = split_overrides(args.items)
     task = load_task(args, overrides)
     if not inputs:
         parser.error("no inputs: pass image files / folders (BEV: infos files)")
     setup_logging(None, is_main=True)
-    _, errors = run_predict(task, args.checkpoint, inputs, args.out, args.score_threshold, args.limit)
+    _, errors = run_predict(
+        task, args.checkpoint, inputs, args.out, args.score_threshold, args.limit, args.inference
+    )
     if errors:
         sys.exit(f"{len(errors)} input(s) could not be read; see {Path(args.out) / 'predictions.json'}")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from configs import Config, load_config
 
+from .evaluate import INFERENCE_MODES
 from .task import Task
 from .tasks import build_task
 
@@ -26,6 +27,17 @@ def parser_with_config(doc: str | None) -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="print the resolved config (overrides applied) and exit"
     )
     return parser
+
+
+def add_inference_mode(parser: argparse.ArgumentParser) -> None:
+    """``--inference eager|fast|compile`` (see :data:`detr2d.runtime.evaluate.INFERENCE_MODES`)."""
+    parser.add_argument(
+        "--inference",
+        choices=INFERENCE_MODES,
+        default="eager",
+        help="eager: the model as trained; fast: batch norm folded, channels-last, native ops; "
+        "compile: fast under torch.compile (default: %(default)s)",
+    )
 
 
 def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:

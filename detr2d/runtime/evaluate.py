@@ -12,13 +12,25 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..fast_inference import optimize_for_inference
 from .distributed import all_gather_object, broadcast_object, init_distributed
 from .io import atomic_write_json
 from .task import EvalResult, Records, Task
 
 logger = logging.getLogger(__name__)
 
-DETECTION_KEYS = ("boxes", "scores")
+#: How test / predict run the model: as trained (``eager``), the CPU fast path (batch norm folded into
+#: the convolutions, channels-last, native op backends; :func:`detr2d.fast_inference.optimize_for_inference`)
+#: or the fast path under ``torch.compile`` (``compile``). Training always runs the model as built.
+INFERENCE_MODES = ("eager", "fast", "compile")
+
+
+def inference_model(model: nn.Module, mode: str) -> nn.Module:
+    """``model`` for evaluation or prediction in ``mode`` (:data:`INFERENCE_MODES`); the fast modes return
+    an optimized copy whose outputs equal the model's within float tolerance."""
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"inference mode must be one of {INFERENCE_MODES}, got {mode!r}")
+    return model if mode == "eager" else optimize_for_inference(model, compile=mode == "compile")
 
 
 def check_finite(detections: list[dict[str, torch.Tensor]], where: str) -> None:
@@ -126,18 +138,24 @@ def predict(
 
 
 def run_test(
-    task: Task, checkpoint: str | Path, out_dir: str | Path | None = None, format_only: bool = False
+    task: Task,
+    checkpoint: str | Path,
+    out_dir: str | Path | None = None,
+    format_only: bool = False,
+    mode: str = "eager",
 ) -> EvalResult:
     """Load ``checkpoint`` (``task.load_weights``: ours or an official release file) and evaluate it on
     the config's val split in this process (one of ``torchrun``'s, or alone).
 
     With ``out_dir`` the main process writes ``metrics.json`` and the evaluator's files there (COCO:
     ``detections.json``; nuScenes: ``results_nusc.json`` and the devkit's summaries). ``format_only``
-    writes the submission files without scoring (see :func:`evaluate`).
+    writes the submission files without scoring (see :func:`evaluate`); ``mode``: see
+    :data:`INFERENCE_MODES`.
     """
     info = init_distributed()
     model = task.build_model().to(info.device)
     task.load_weights(model, checkpoint)
+    model = inference_model(model, mode)
     dataset = task.build_dataset("val")
     if not format_only:
         task.check_labels(dataset, training=False)
@@ -153,9 +171,12 @@ def run_predict(
     out_dir: str | Path,
     score_threshold: float = 0.5,
     limit: int | None = None,
+    mode: str = "eager",
 ) -> tuple[Records, list[dict[str, Any]]]:
-    """Load ``checkpoint`` and :func:`predict` ``inputs`` on the best device."""
+    """Load ``checkpoint`` and :func:`predict` ``inputs`` on the best device (``mode``: see
+    :data:`INFERENCE_MODES`)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = task.build_model().to(device)
     task.load_weights(model, checkpoint)
+    model = inference_model(model, mode)
     return predict(task, model, inputs, out_dir, device, score_threshold, task.config["train"]["amp"], limit)
