@@ -20,8 +20,12 @@ ONNX goes through the TorchScript exporter with the op lowered to ``GridSample``
 and, for the BEV models, a few aten operators lowered here where the built-in lowering is missing or
 wrong: ``linalg.inv`` (the ego-motion inverse; Cramer's rule with ``Det``, in float32), ``sort`` with
 ``stable=True`` (``TopK``), ``index_add`` with repeated indices (``ScatterElements`` add), ``atan2``
-and ``deg2rad`` (the published alignment). The graph is exported for the size of the example images
-(the model reads its level sizes as Python numbers); export once per deployed input size.
+and ``deg2rad`` (the published alignment).
+
+Image sizes. Deformable DETR's graphs (ONNX and ``torch.export``) leave H and W free (the model takes
+its level sizes from the feature maps' shapes, see :class:`Detr2dForExport`): one file serves every
+input size. The BEV graphs are exported for the size of the example images; export once per deployed
+input size.
 
 BEV exports must trace the spatial cross-attention with every BEV query gathered for every camera
 (the module gathers as many queries per camera as the most-seen camera sees, a number the tracer
@@ -51,18 +55,38 @@ DEFAULT_OPSET = 17
 
 
 class Detr2dForExport(nn.Module):
-    """Deformable DETR as ``images (B, 3, H, W) -> (pred_logits (B, Q, K), pred_boxes (B, Q, 4))``."""
+    """Deformable DETR as ``images (B, 3, H, W) -> (pred_logits (B, Q, K), pred_boxes (B, Q, 4))``.
+
+    Its graphs leave H and W free (``dynamic_axes`` for ONNX, :meth:`dynamic_shapes` for
+    ``torch.export``) from :attr:`min_image_size` up: every level keeps at least 2 cells per side
+    (``torch.export`` specializes sizes of 1) and, for two-stage, the encoder keeps at least as many
+    cells as proposals (the top-k needs them).
+    """
 
     input_names = ("images",)
     output_names = ("pred_logits", "pred_boxes")
+    dynamic_axes = {"images": {2: "height", 3: "width"}}
 
     def __init__(self, model: DeformableDETR) -> None:
         super().__init__()
         self.model = model
+        strides = list(model.backbone.strides)
+        while len(strides) < model.num_feature_levels:  # extra levels: stride-2 convs
+            strides.append(2 * strides[-1])
+        size = strides[-1] + 1  # ceil(size / stride) == 2 on the coarsest level
+        proposals = model.transformer.two_stage_num_proposals if model.two_stage else 0
+        while sum(-(-size // stride) ** 2 for stride in strides) < proposals:
+            size += 1
+        self.min_image_size = size
+
+    def dynamic_shapes(self) -> tuple[dict[int, torch.export.Dim]]:
+        """``torch.export`` ``dynamic_shapes`` of ``images``: H and W free from :attr:`min_image_size`."""
+        size = self.min_image_size
+        return ({2: torch.export.Dim("height", min=size), 3: torch.export.Dim("width", min=size)},)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw head outputs of the last decoder layer for an unpadded batch."""
-        out = self.model(images)
+        out = self.model(images)  # no mask: unpadded, known without reading data (traceable)
         return out["pred_logits"], out["pred_boxes"]
 
 
@@ -309,15 +333,17 @@ def export_model(
         out: file to write.
         opset: ONNX opset (>= 16).
         dynamic_axes: ONNX only: input/output name -> {axis: name} of sizes left free in the graph
-            (e.g. the query axis of a single op); the detectors' graphs hold their traced sizes.
+            (e.g. the query axis of a single op); None: the model's own ``dynamic_axes`` when it has
+            them (:class:`Detr2dForExport`: H and W), else every size is the traced one. ``torch.export``
+            leaves free what the model's ``dynamic_shapes()`` returns (:class:`Detr2dForExport`: H and W).
 
     Returns:
         The loaded ``onnx.ModelProto`` for ``"onnx"``, the ``torch.export.ExportedProgram`` for ``"export"``.
 
     Raises:
-        ValueError: unknown ``fmt`` or an opset below 16.
-        RuntimeError: ``fmt="export"`` of a model whose code branches on tensor values (today the full
-            detectors: padding masks, level sizes read with ``tolist``).
+        ValueError: unknown ``fmt``, an opset below 16, or example images smaller than the model's
+            ``min_image_size``.
+        RuntimeError: ``fmt="export"`` of a model whose code branches on tensor values.
         ImportError: ``fmt="onnx"`` without the ``onnx`` package (``pip install .[export]``).
     """
     if fmt not in FORMATS:
@@ -326,10 +352,17 @@ def export_model(
         raise ValueError(f"opset must be >= {MIN_OPSET} (GridSample), got {opset}")
     model.eval()
     inputs = tuple(example_inputs)
+    min_size = getattr(model, "min_image_size", None)
+    if min_size is not None and min(inputs[0].shape[-2:]) < min_size:
+        raise ValueError(
+            f"example images of {type(model).__name__} must be at least {min_size} x {min_size} (its graphs "
+            f"accept H, W >= {min_size}), got {tuple(inputs[0].shape[-2:])}"
+        )
     if fmt == "export":
+        dynamic_shapes = model.dynamic_shapes() if hasattr(model, "dynamic_shapes") else None
         try:
             with torch.no_grad():
-                program = torch.export.export(model, inputs, strict=False)
+                program = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes, strict=False)
         except GuardOnDataDependentSymNode as exc:
             raise RuntimeError(
                 f"torch.export cannot trace {type(model).__name__}: its code branches on tensor values "
@@ -355,7 +388,7 @@ def export_model(
             opset_version=opset,
             input_names=list(getattr(model, "input_names", ())) or None,
             output_names=list(getattr(model, "output_names", ())) or None,
-            dynamic_axes=dynamic_axes,
+            dynamic_axes=getattr(model, "dynamic_axes", None) if dynamic_axes is None else dynamic_axes,
         )
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto, full_check=True)

@@ -5,6 +5,7 @@
 #
 #   tools/demo_bev.sh                 # outputs in work_dirs/demo_bev, data in data/synthetic_nuscenes
 #   DEMO_BEV_OUT=/tmp/bev DEMO_BEV_DATA=/tmp/nusc PYTHON=.venv/bin/python tools/demo_bev.sh
+#   DEMO_BEV_INIT=work_dirs/demo/checkpoint.pth tools/demo_bev.sh   # COCO demo's ResNet as first stage
 #
 # An existing dataset in DEMO_BEV_DATA is reused; re-running continues (or reuses) the previous
 # training run in DEMO_BEV_OUT instead of overwriting it. Torch's default intra-op threads (one per
@@ -35,6 +36,9 @@ resume=()
 if [[ -f "$OUT/checkpoint.pth" ]]; then
   resume=(--resume "$OUT/checkpoint.pth")
   stamp "found $OUT/checkpoint.pth: continuing that run"
+elif [[ -n "${DEMO_BEV_INIT:-}" ]]; then
+  resume=(--init-from "$DEMO_BEV_INIT")
+  stamp "image backbone from $DEMO_BEV_INIT (2D first stage)"
 fi
 stamp "3/5 training $CONFIG -> $OUT"
 "$PYTHON" tools/train.py "$CONFIG" --out "$OUT" "${resume[@]}" "${DATA_ARGS[@]}"
