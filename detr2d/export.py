@@ -75,7 +75,7 @@ class Detr2dForExport(nn.Module):
             strides.append(2 * strides[-1])
         size = strides[-1] + 1  # ceil(size / stride) == 2 on the coarsest level
         proposals = model.transformer.two_stage_num_proposals if model.two_stage else 0
-        while sum(-(-size // stride) ** 2 for stride in strides) < proposals:
+        while sum(math.ceil(size / stride) ** 2 for stride in strides) < proposals:
             size += 1
         self.min_image_size = size
 

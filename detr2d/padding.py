@@ -122,7 +122,9 @@ class PaddingMasks:
         self.exact = mode == "exact"
         self.has_padding = given and any_padding(mask)
         self._resize = level_mask if self.exact else nearest_mask
-        self._cache: dict[tuple[int, int], Tensor] = {tuple(mask.shape[-2:]): mask} if self.has_padding else {}
+        self._cache: dict[tuple[int, int], Tensor] = (
+            {tuple(mask.shape[-2:]): mask} if self.has_padding else {}
+        )
 
     def at(self, size: tuple[int, int] | torch.Size) -> Tensor:
         """(B, h, w) mask for a feature map of spatial size ``size`` (ints, or SymInts when unpadded)."""

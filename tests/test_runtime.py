@@ -279,3 +279,51 @@ def test_fast_inference_mode_scores_like_eager(tiny_root: Path, tmp_path: Path) 
     assert max(abs(a["score"] - b["score"]) for a, b in zip(eager_dets, fast_dets, strict=True)) < 1e-4
     with pytest.raises(ValueError, match="inference mode must be one of"):
         run_test(task, tmp_path / "weights.pth", mode="turbo")
+
+
+def test_metrics_log_writes_tensorboard_events_when_the_extra_is_installed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from detr2d.runtime.logs import MetricsLog
+
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        installed = False
+    else:
+        installed = True
+    with caplog.at_level(logging.INFO):
+        log = MetricsLog(tmp_path, is_main=True)
+    log.write({"iter": 5, "loss": 1.5, "lr": 1e-4, "val": {"AP": 0.5}}, 5, "train_iter")
+    log.close()
+    assert json.loads((tmp_path / "log.jsonl").read_text()) == {
+        "iter": 5,
+        "loss": 1.5,
+        "lr": 1e-4,
+        "val": {"AP": 0.5},
+    }
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    if installed:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        accumulator = EventAccumulator(str(tmp_path / "tensorboard"))
+        accumulator.Reload()
+        assert set(accumulator.Tags()["scalars"]) == {
+            "train_iter/iter",
+            "train_iter/loss",
+            "train_iter/lr",
+            "train_iter/val/AP",
+        }
+        assert accumulator.Scalars("train_iter/val/AP")[0].value == pytest.approx(0.5)
+    else:
+        assert not events and "tensorboard not installed" in caplog.text
+    assert MetricsLog(tmp_path / "other", is_main=False).path is None  # other ranks write nothing
+
+
+def test_the_published_config_refuses_frozen_batch_norm_without_weights() -> None:
+    config = load_config(REPO / "configs" / "detr2d" / "deformable_detr.py", ["model.pretrained=none"])
+    with pytest.raises(
+        ValueError, match=r"frozen batch norm .* but no pretrained weights.*model.backbone_norm=bn"
+    ):
+        CocoDetectionTask(config).build_model(pretrained=True)
+    CocoDetectionTask(config).build_model()  # test / predict: the checkpoint brings the weights

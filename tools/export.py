@@ -6,9 +6,11 @@ Examples::
     python tools/export.py configs/bev/bevformer_tiny.py CKPT --format onnx --out bev.onnx --check
     python tools/export.py configs/detr2d/demo.py --format onnx --out demo.onnx model.num_classes=5
 
-Without a checkpoint the weights are random (useful to try the pipeline). The image size defaults to
-the config's evaluation size (COCO: ``augment.eval_size`` x ``augment.max_size``; nuScenes:
-``data.image_size``). What the graphs take and return: :mod:`detr2d.export`.
+Without a checkpoint the weights are random (useful to try the pipeline). The image size (of the
+example images traced) defaults to the config's evaluation size (COCO: ``augment.eval_size`` x
+``augment.max_size``; nuScenes: ``data.image_size``). Deformable DETR graphs accept any image size
+from the model's ``min_image_size`` up (``--check`` compares at the traced size and at the transposed
+one); BEV graphs are fixed to it. What the graphs take and return: :mod:`detr2d.export`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from configs import load_config  # noqa: E402
 from detr2d.export import (  # noqa: E402
     FORMATS,
     BevFrameForExport,
+    Detr2dForExport,
     camera_ring,
     export_model,
     onnx_max_errors,
@@ -72,14 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     size = (args.height or height, args.width or width)
     wrapper, example = prepare_export(model.eval(), size)
     export_model(wrapper, example, args.format, args.out, opset=args.opset)
-    print(f"wrote {args.out}: {type(model).__name__}, images {size[0]} x {size[1]}, format {args.format}")
+    dynamic = isinstance(wrapper, Detr2dForExport)
+    sizes = f"any H, W >= {wrapper.min_image_size}" if dynamic else f"{size[0]} x {size[1]}"
+    print(f"wrote {args.out}: {type(model).__name__}, images {sizes}, format {args.format}")
     if args.check and args.format == "onnx":
-        _, fresh = prepare_export(model, size)
-        if isinstance(wrapper, BevFrameForExport):  # a camera ring instead of the all-seeing example rig
-            fresh = (fresh[0], camera_ring(model.num_cams, size), *fresh[2:])
-        diffs = onnx_max_errors(wrapper, args.out, fresh)
-        errors = ", ".join(f"{n} {e:.2e}" for n, e in zip(wrapper.output_names, diffs, strict=True))
-        print(f"ONNX Runtime vs PyTorch, max |diff|: {errors}")
+        for check_size in (size, size[::-1]) if dynamic else (size,):
+            _, fresh = prepare_export(model, check_size)
+            if isinstance(wrapper, BevFrameForExport):  # a camera ring instead of the all-seeing example rig
+                fresh = (fresh[0], camera_ring(model.num_cams, check_size), *fresh[2:])
+            diffs = onnx_max_errors(wrapper, args.out, fresh)
+            errors = ", ".join(f"{n} {e:.2e}" for n, e in zip(wrapper.output_names, diffs, strict=True))
+            print(f"ONNX Runtime vs PyTorch at {check_size[0]} x {check_size[1]}, max |diff|: {errors}")
 
 
 if __name__ == "__main__":
