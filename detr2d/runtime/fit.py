@@ -243,7 +243,8 @@ def fit(
     torch.use_deterministic_algorithms(train_cfg["deterministic"], warn_only=True)
 
     seed_everything(train_cfg["seed"])  # same initial weights on every process, whatever their number
-    model = task.build_model(pretrained=resume is None).to(info.device)
+    # the configured backbone weights start a fresh run; a resumed run or init_from brings its own weights
+    model = task.build_model(pretrained=resume is None and init_from is None).to(info.device)
     if init_from is not None:
         logger.info("initialized from %s:\n%s", init_from, task.init_from(model, init_from))
     criterion = task.build_criterion().to(info.device)
