@@ -5,9 +5,8 @@ BEV 50 x 50, 100 queries, 192 x 108 images and one history frame per sample. Thr
 the published recipe make it learn in a CPU budget (each is a model option; BENCHMARKS.md has the
 runs): Group DETR query groups in training, the BEV positional embedding in the decoder's memory
 (without it the head predicted one heading for every car) and a pillar z range around the objects.
-On the 2-core VM training takes ~46 minutes and reaches NDS 0.369 / mAP 0.292 on the
-synthetic val split (goal: 0.35; 12 epochs: 0.340). Data: ``tools/create_data.py synthetic-nuscenes`` then
-``tools/create_data.py nuscenes`` (see tools/demo_bev.sh for the arguments).
+Time, NDS and mAP on the synthetic val split: BENCHMARKS.md. Data: ``tools/create_data.py
+synthetic-nuscenes`` then ``tools/create_data.py nuscenes`` (see tools/demo_bev.sh for the arguments).
 """
 
 _base_ = "base.py"
