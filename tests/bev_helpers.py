@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,3 +169,36 @@ def loss_terms(model: MultiViewDetector3D, batch: dict) -> dict[str, torch.Tenso
     """Raw loss terms of ``model`` on ``batch``: ``criterion(model(batch), targets)``."""
     targets = {key: batch[key] for key in ("gt_boxes", "gt_labels")}
     return criterion_of(model)(model(batch), targets)
+
+
+def tiny_demo_overrides(root: Path) -> list[str]:
+    """configs/bev/demo.py shrunk to seconds on generated data under ``root``: 64 x 36 images, C = 32,
+    BEV 8 x 8, one encoder layer, 10 queries."""
+    return [
+        f"data.root={root}",
+        f"data.infos_dir={root / 'infos'}",
+        "data.image_size=[64,36]",
+        "model.embed_dims=32",
+        "model.ffn_dims=32",
+        "model.bev_h=8",
+        "model.bev_w=8",
+        "model.encoder_layers=1",
+        "model.decoder_layers=2",
+        "model.num_queries=10",
+        "train.progress=False",
+    ]
+
+
+def kill_training_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """Make the runtime's epoch ``epoch`` raise KeyboardInterrupt (a run killed mid-training);
+    ``monkeypatch.undo()`` lifts it."""
+    from detr2d.runtime import fit as fit_module
+
+    train_one_epoch = fit_module.train_one_epoch
+
+    def killed(*args, **kwargs):
+        if args[6] == epoch:  # the epoch argument
+            raise KeyboardInterrupt
+        return train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", killed)

@@ -15,34 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from bev_helpers import one_thread  # noqa: F401 (autouse fixture)
+from bev_helpers import kill_training_in_epoch, one_thread, tiny_demo_overrides  # noqa: F401 (autouse fixture)
 
 from bev.task import NuScenesDetectionTask
 from configs import load_config
 from datasets.nuscenes import SyntheticSpec, create_nuscenes_infos, generate_synthetic_nuscenes
 from datasets.nuscenes.synthetic import VERSION
-from detr2d.runtime import fit as fit_module
 from detr2d.runtime.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "bev" / "demo.py"
-
-
-def tiny_overrides(root: Path) -> list[str]:
-    """The demo config shrunk to seconds: 64 x 36 images, C = 32, BEV 8 x 8, one encoder layer, 10 queries."""
-    return [
-        f"data.root={root}",
-        f"data.infos_dir={root / 'infos'}",
-        "data.image_size=[64,36]",
-        "model.embed_dims=32",
-        "model.ffn_dims=32",
-        "model.bev_h=8",
-        "model.bev_w=8",
-        "model.encoder_layers=1",
-        "model.decoder_layers=2",
-        "model.num_queries=10",
-        "train.progress=False",
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +47,7 @@ def run_tool(name: str, args: list[str]) -> None:
 
 
 def test_demo_config_trains_with_history_and_tests_without(tiny_root: Path) -> None:
-    config = load_config(DEMO, tiny_overrides(tiny_root))
+    config = load_config(DEMO, tiny_demo_overrides(tiny_root))
     assert config["task"] == "nuscenes_detection" and config["data"]["num_history"] >= 1
     task = NuScenesDetectionTask(config)
     train_item = task.build_dataset("train")[0]
@@ -75,7 +57,7 @@ def test_demo_config_trains_with_history_and_tests_without(tiny_root: Path) -> N
 
 
 def test_tools_train_test_predict(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    overrides = tiny_overrides(tiny_root)
+    overrides = tiny_demo_overrides(tiny_root)
     run = tmp_path / "run"
     run_tool(
         "train.py",
@@ -142,7 +124,7 @@ def test_resume_equals_uninterrupted_run(
     """A run killed during epoch 1 and resumed from its checkpoint ends exactly where an uninterrupted
     one does: model, optimizer, per-iteration schedule and RNG states all carry over."""
     overrides = [
-        *tiny_overrides(tiny_root),
+        *tiny_demo_overrides(tiny_root),
         "schedule.epochs=2",
         "schedule.warmup_iters=3",
         "train.deterministic=True",
@@ -150,14 +132,7 @@ def test_resume_equals_uninterrupted_run(
     config = load_config(DEMO, overrides)
     fit(NuScenesDetectionTask(config), tmp_path / "full")
 
-    train_one_epoch = fit_module.train_one_epoch
-
-    def killed_in_epoch_1(*args, **kwargs):
-        if args[6] == 1:  # the epoch argument
-            raise KeyboardInterrupt
-        return train_one_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(fit_module, "train_one_epoch", killed_in_epoch_1)
+    kill_training_in_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         fit(NuScenesDetectionTask(config), tmp_path / "part")
     monkeypatch.undo()
@@ -179,7 +154,7 @@ def test_resume_equals_uninterrupted_run(
 def test_torchrun_two_processes_train_and_test(tiny_root: Path, tmp_path: Path) -> None:
     """DDP training on gloo, then the sequential test with each process taking whole val scenes."""
     overrides = [
-        *tiny_overrides(tiny_root),
+        *tiny_demo_overrides(tiny_root),
         "schedule.epochs=1",
         "schedule.warmup_iters=1",
         "train.eval_every=1",
@@ -207,7 +182,7 @@ def test_init_from_a_coco_checkpoint_loads_the_image_backbone(tiny_root: Path, t
 
     coco = CocoDetectionTask(load_config(REPO / "configs" / "detr2d" / "demo.py")).build_model()
     torch.save({"model": coco.state_dict()}, tmp_path / "coco.pth")
-    task = NuScenesDetectionTask(load_config(DEMO, tiny_overrides(tiny_root)))
+    task = NuScenesDetectionTask(load_config(DEMO, tiny_demo_overrides(tiny_root)))
     model = task.build_model()
     report = task.init_from(model, tmp_path / "coco.pth")
     assert "under 'backbone.0.body.'" in report

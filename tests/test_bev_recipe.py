@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from bev_helpers import one_thread  # noqa: F401 (autouse fixture)
+from bev_helpers import kill_training_in_epoch, one_thread, tiny_demo_overrides  # noqa: F401 (autouse fixture)
 from nuscenes.eval.common.utils import quaternion_yaw
 from nuscenes_fixtures import dataset, val_infos  # noqa: F401
 from pyquaternion import Quaternion
@@ -33,7 +33,6 @@ from datasets.nuscenes.augment import (
 )
 from datasets.nuscenes.dataset import NuScenesMultiViewDataset
 from datasets.nuscenes.synthetic import VERSION
-from detr2d.runtime import fit as fit_module
 from detr2d.runtime.fit import fit
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "bev"
@@ -438,35 +437,18 @@ def test_training_with_the_recipe_resumes_exactly(tiny_root: Path, tmp_path: Pat
     exactly where an uninterrupted one does (the dataset's draws are seeded per (seed, epoch, index),
     GridMask draws from torch's checkpointed RNG)."""
     overrides = [
-        f"data.root={tiny_root}",
-        f"data.infos_dir={tiny_root / 'infos'}",
-        "data.image_size=[64,36]",
+        *tiny_demo_overrides(tiny_root),
         "data.num_history=2",
         "data.random_history=True",
         "data.photometric_distortion={}",
         "data.grid_mask={'prob': 1.0}",
-        "model.embed_dims=32",
-        "model.ffn_dims=32",
-        "model.bev_h=8",
-        "model.bev_w=8",
-        "model.encoder_layers=1",
-        "model.decoder_layers=2",
-        "model.num_queries=10",
         "schedule.epochs=2",
         "schedule.warmup_iters=3",
         "train.deterministic=True",
-        "train.progress=False",
     ]
     config = load_config(CONFIGS / "demo.py", overrides)
     fit(NuScenesDetectionTask(config), tmp_path / "full")
-    train_one_epoch = fit_module.train_one_epoch
-
-    def killed_in_epoch_1(*args, **kwargs):
-        if args[6] == 1:  # the epoch argument
-            raise KeyboardInterrupt
-        return train_one_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(fit_module, "train_one_epoch", killed_in_epoch_1)
+    kill_training_in_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         fit(NuScenesDetectionTask(config), tmp_path / "part")
     monkeypatch.undo()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bev_helpers import one_thread  # noqa: F401 (autouse fixture)
+from bev_helpers import one_thread, tiny_demo_overrides  # noqa: F401 (autouse fixture)
 from nuscenes.eval.common.loaders import load_prediction
 from nuscenes.eval.detection.data_classes import DetectionBox
 
@@ -43,19 +43,7 @@ def test_split_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def overrides(root: Path) -> list[str]:
-    return [
-        f"data.root={root}",
-        f"data.infos_dir={root / 'infos'}",
-        f"data.val_split={SPLIT}",
-        "data.image_size=[64,36]",
-        "model.embed_dims=32",
-        "model.ffn_dims=32",
-        "model.bev_h=8",
-        "model.bev_w=8",
-        "model.encoder_layers=1",
-        "model.decoder_layers=2",
-        "model.num_queries=10",
-    ]
+    return [*tiny_demo_overrides(root), f"data.val_split={SPLIT}"]
 
 
 def test_format_only_writes_a_submission_the_devkit_loads(
