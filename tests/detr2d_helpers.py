@@ -14,3 +14,6 @@ TINY = dict(
     ffn_dims=64,
     num_queries=12,
 )
+
+#: Narrower still (32 channels, 2 heads, 3 classes): the export and fast-path tests.
+NARROW = dict(TINY, embed_dims=32, num_heads=2, ffn_dims=32, num_queries=10, num_classes=3)

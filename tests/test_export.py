@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from detr2d_helpers import NARROW
 
 from bev import build_bev_model
 from detr2d import VARIANTS, build_model
@@ -37,17 +38,7 @@ def random_offsets(model: torch.nn.Module) -> torch.nn.Module:
 
 def small_detr2d(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_model(
-        name,
-        backbone="resnet18",
-        embed_dims=32,
-        num_heads=2,
-        encoder_layers=1,
-        decoder_layers=2,
-        ffn_dims=32,
-        num_queries=10,
-        num_classes=3,
-    )
+    model = build_model(name, **NARROW)
     return random_offsets(model)
 
 
@@ -295,18 +286,7 @@ def test_torch_export_detr2d_with_mask(tmp_path, cpu_backend, padding):
     """With a mask input the traced graph always runs the masked math (eager skips it when nothing is
     padded): at the traced size it equals eager for other masks, an unpadded one included."""
     torch.manual_seed(0)
-    model = build_model(
-        "deformable_detr",
-        backbone="resnet18",
-        embed_dims=32,
-        num_heads=2,
-        encoder_layers=1,
-        decoder_layers=2,
-        ffn_dims=32,
-        num_queries=10,
-        num_classes=3,
-        padding=padding,
-    )
+    model = build_model("deformable_detr", **NARROW, padding=padding)
     wrapper = MaskedDetr2d(random_offsets(model))
     mask = torch.zeros(2, 80, 112, dtype=torch.bool)
     mask[0, 60:], mask[1, :, 90:] = True, True

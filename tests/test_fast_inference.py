@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from detr2d_helpers import NARROW
 from torch import nn
 
 from bev import build_bev_model
@@ -69,18 +70,7 @@ def test_fold_conv_bn_checks_channels():
 
 def test_detr2d_fast_path_equals_eager_and_leaves_the_model_alone(cpu_backend):
     torch.manual_seed(0)
-    model = build_model(
-        "deformable_detr_two_stage",
-        backbone="resnet18",
-        embed_dims=32,
-        num_heads=2,
-        encoder_layers=1,
-        decoder_layers=2,
-        ffn_dims=32,
-        num_queries=10,
-        num_classes=3,
-        op_backend="reference",
-    ).eval()
+    model = build_model("deformable_detr_two_stage", **NARROW, op_backend="reference").eval()
     randomize_norms(model)
     fast = optimize_for_inference(model)
     assert count(fast, (FrozenBatchNorm2d,)) == 0 and count(model, (FrozenBatchNorm2d,)) == 20
