@@ -9,16 +9,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from nuscenes import NuScenes
 from nuscenes.can_bus.can_bus_api import NuScenesCanBus
 from nuscenes.eval.detection.utils import category_to_detection_name
 from nuscenes.utils.data_classes import LidarPointCloud
 from nuscenes.utils.geometry_utils import points_in_box
-from nuscenes.utils.splits import mini_train, mini_val
+from nuscenes.utils.splits import mini_train, mini_val, train, val
 from nuscenes_fixtures import dataset, nusc  # noqa: F401
 
 from datasets.nuscenes.constants import CAMERA_NAMES, CLASS_NAMES, LIDAR_NAME
 from datasets.nuscenes.database import REQUIRED_TABLES
-from datasets.nuscenes.synthetic import SyntheticSpec, generate_synthetic_nuscenes
+from datasets.nuscenes.splits import scene_names_of_split
+from datasets.nuscenes.synthetic import SCENE_NAMES, SyntheticSpec, generate_synthetic_nuscenes
 
 
 def test_devkit_loads_all_tables_and_scene_names_follow_the_mini_splits(dataset, nusc):  # noqa: F811
@@ -101,8 +103,26 @@ def test_can_bus_files_load_with_the_devkit(dataset, nusc):  # noqa: F811
     assert len(can_bus.get_messages(scene["name"], "route")) > 2
 
 
+def test_more_than_ten_scenes_take_trainval_names_four_train_per_val(tmp_path: Path):
+    root = generate_synthetic_nuscenes(
+        tmp_path, SyntheticSpec(num_scenes=15, samples_per_scene=2, image_size=(32, 18), lidar_azimuths=16)
+    )
+    database = NuScenes("v1.0-mini", str(root), verbose=False)
+    names = [scene["name"] for scene in database.scene]
+    assert len(set(names)) == 15 and set(mini_train) | set(mini_val) <= set(names)
+    extra = [name for name in names if name not in mini_train and name not in mini_val]
+    assert [name in val for name in extra] == [False] * 4 + [True]
+    assert [name in train for name in extra] == [True] * 4 + [False]
+    assert len(scene_names_of_split(database, "synthetic_train")) == 12
+    val_names = [name for name in names if name in mini_val or name == extra[-1]]
+    assert scene_names_of_split(database, "synthetic_val") == val_names
+    assert len(NuScenesCanBus(dataroot=str(root)).get_messages(extra[-1], "pose")) > 0
+
+
 def test_bad_generator_arguments_are_named(tmp_path: Path):
     with pytest.raises(ValueError, match="num_scenes"):
-        generate_synthetic_nuscenes(tmp_path / "a", SyntheticSpec(num_scenes=11))
+        generate_synthetic_nuscenes(tmp_path / "a", SyntheticSpec(num_scenes=0))
+    with pytest.raises(ValueError, match="num_scenes"):
+        generate_synthetic_nuscenes(tmp_path / "a", SyntheticSpec(num_scenes=len(SCENE_NAMES) + 1))
     with pytest.raises(ValueError, match="samples_per_scene"):
         generate_synthetic_nuscenes(tmp_path / "b", SyntheticSpec(samples_per_scene=1))

@@ -45,6 +45,6 @@ data = dict(
     num_workers=0,
 )
 optim = dict(lr=1e-3, lr_backbone=1e-3)  # from scratch: the backbone learns at the full rate
-# 14 x 320 iterations (8 train scenes x 40 samples, batch 1); the cosine advances every iteration
-schedule = dict(epochs=14, warmup_iters=100, cosine_by_epoch=False)
+# 18 x 320 iterations (32 train scenes x 10 samples, batch 1); the cosine advances every iteration
+schedule = dict(epochs=18, warmup_iters=100, cosine_by_epoch=False)
 train = dict(batch_size=1, eval_every=0, keep_every=0)

@@ -2,8 +2,9 @@
 
 Layout under ``root``: ``v1.0-mini/`` (13 tables + ``splits.json``), ``maps/*.png`` (placeholders),
 ``samples/<CHANNEL>/*.jpg|*.pcd.bin`` (keyframes only) and, optionally, ``can_bus/`` (pose, route,
-meta per scene). Scene names come from the real mini splits, alternating train and val, so the stock
-``mini_train``/``mini_val`` splits (and the custom ``synthetic_train``/``synthetic_val``) work.
+meta per scene). Scene names are real ones: the ten mini scenes first, alternating train and val, so the
+stock ``mini_train``/``mini_val`` splits work for up to 10 scenes; more scenes take trainval names, four
+train scenes for each val scene. The custom ``synthetic_train``/``synthetic_val`` splits cover them all.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import cv2
 import numpy as np
 from nuscenes.utils.data_classes import Box
 from nuscenes.utils.geometry_utils import points_in_box, transform_matrix
-from nuscenes.utils.splits import mini_train, mini_val
+from nuscenes.utils.splits import mini_train, mini_val, train, val
 from pyquaternion import Quaternion
 
 from datasets.nuscenes.calibration import N015_CALIBRATION
+from datasets.nuscenes.can_bus import CAN_BUS_BLACKLIST
 from datasets.nuscenes.constants import CAMERA_NAMES, LIDAR_NAME
 from datasets.nuscenes.database import REQUIRED_TABLES
 from datasets.nuscenes.synthetic_camera import camera_rays, draw_boxes, render_background, sun_direction
@@ -42,8 +44,30 @@ CAMERA_DELAY_US: dict[str, int] = {
     "CAM_FRONT_LEFT": 4_500,
 }
 CAN_BUS_RATE_HZ = 50
-#: Scene names in generation order: train and val alternate so that even 2 scenes cover both splits.
-SCENE_NAMES: tuple[str, ...] = (mini_train[0], mini_val[0], mini_train[1], mini_val[1], *mini_train[2:])
+
+
+def _scene_names() -> tuple[str, ...]:
+    """Scene names in generation order: the ten mini scenes first (train and val alternate so that even
+    2 scenes cover both splits, and the devkit's ``mini_train``/``mini_val`` work), then further
+    trainval scene names with CAN bus data, four train scenes for each val scene."""
+    mini = (mini_train[0], mini_val[0], mini_train[1], mini_val[1], *mini_train[2:])
+    usable = [name for name in (*train, *val) if name not in mini and int(name[-4:]) not in CAN_BUS_BLACKLIST]
+    more_train = [name for name in usable if name in train]
+    more_val = [name for name in usable if name in val]
+    more = []
+    for index, name in enumerate(more_val):
+        more += [*more_train[4 * index : 4 * index + 4], name]
+    return (*mini, *more)
+
+
+SCENE_NAMES: tuple[str, ...] = _scene_names()
+
+
+def _is_val_scene(name: str) -> bool:
+    """The split of a scene name: a mini scene follows the mini splits, any other the trainval splits."""
+    return name in mini_val or (name in val and name not in mini_train)
+
+
 LOCATIONS = ("singapore-onenorth", "boston-seaport", "singapore-queenstown", "singapore-hollandvillage")
 ALL_CATEGORIES = (
     "human.pedestrian.adult",
@@ -98,7 +122,7 @@ class SyntheticSpec:
     def validate(self) -> None:
         if not 1 <= self.num_scenes <= len(SCENE_NAMES):
             raise ValueError(
-                f"num_scenes must be in [1, {len(SCENE_NAMES)}] (the real mini scene names), "
+                f"num_scenes must be in [1, {len(SCENE_NAMES)}] (real nuScenes scene names, mini first), "
                 f"got {self.num_scenes}"
             )
         if self.samples_per_scene < 2:
@@ -204,8 +228,8 @@ class _Writer:
             (table_dir / f"{name}.json").write_text(json.dumps(records, indent=1))
         scene_names = [scene["name"] for scene in self.tables["scene"]]
         splits = {
-            "synthetic_train": [name for name in scene_names if name in mini_train],
-            "synthetic_val": [name for name in scene_names if name in mini_val],
+            "synthetic_train": [name for name in scene_names if not _is_val_scene(name)],
+            "synthetic_val": [name for name in scene_names if _is_val_scene(name)],
         }
         (table_dir / "splits.json").write_text(json.dumps(splits, indent=1))
 
