@@ -69,7 +69,7 @@ stamp "5/5 BEV and camera pictures of 6 val samples -> $OUT/predict"
   --limit 6 --score-threshold 0.3 --out "$OUT/predict" "${DATA_ARGS[@]}"
 
 read -r nds map < <("$PYTHON" -c "import json, sys; m = json.load(open(sys.argv[1])); print(f\"{m['NDS']:.3f} {m['mAP']:.3f}\")" "$OUT/eval/metrics.json")
-stamp "done in $(($(date +%s) - start)) s: nuScenes NDS = $nds (target >= 0.35), mAP = $map on the synthetic val split"
+stamp "done in $(($(date +%s) - start)) s: nuScenes NDS = $nds (target >= 0.40), mAP = $map on the synthetic val split"
 echo "  training log:  $OUT/log.jsonl, $OUT/train.log"
 echo "  checkpoint:    $OUT/checkpoint.pth"
 echo "  metrics:       $OUT/eval/metrics.json (devkit: $OUT/eval/metrics_summary.json, results_nusc.json)"

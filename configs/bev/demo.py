@@ -1,6 +1,7 @@
-"""Demo: a small BEVFormer trained from scratch on the synthetic nuScenes data (``tools/demo_bev.sh``).
+"""Demo: a small BEVFormer trained on the synthetic nuScenes data (``tools/demo_bev.sh``).
 
-ResNet-18 up to layer2 (stride 8, trainable batch norm, every stage learning from scratch), C = 64,
+ResNet-18 up to layer2 (stride 8, trainable batch norm, every stage learning; ``tools/demo_bev.sh``
+starts it from the COCO demo's checkpoint with ``--init-from``, without it from scratch), C = 64,
 BEV 50 x 50, 100 queries, 192 x 108 images and one history frame per sample. Three departures from
 the published recipe make it learn in a CPU budget (each is a model option; BENCHMARKS.md has the
 runs): Group DETR query groups in training, the BEV positional embedding in the decoder's memory
