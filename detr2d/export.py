@@ -16,11 +16,16 @@ scaling to image size) stays outside the graph:
   are left out of it (``ego_motion`` with the published alignment). DETR3D-style (no BEV):
   ``img``, ``lidar2img`` -> ``cls_logits``, ``box_code``.
 
-ONNX goes through the TorchScript exporter with the op lowered to ``GridSample`` (:mod:`ops.onnx`)
-and, for the BEV models, a few aten operators lowered here where the built-in lowering is missing or
-wrong: ``linalg.inv`` (the ego-motion inverse; Cramer's rule with ``Det``, in float32), ``sort`` with
-``stable=True`` (``TopK``), ``index_add`` with repeated indices (``ScatterElements`` add), ``atan2``
-and ``deg2rad`` (the published alignment).
+ONNX goes through the TorchScript exporter with the custom ops lowered to standard operators
+(:mod:`ops.onnx`): the deformable attention to ``GridSample``, and the modulated deformable
+convolution of the DCN backbones (the published ResNet-101-DCN of ``bevformer_small``,
+``bevformer_base`` and ``detr3d``) to ``GridSample`` (every kernel point sampled into kh x kw tiles)
+times the mask, then a ``Conv`` of stride (kh, kw) with the layer's weight (not ONNX's opset-19
+``DeformConv``, which older ONNX Runtime releases do not implement). For the BEV models, a few aten
+operators are lowered here where the built-in lowering is missing or wrong: ``linalg.inv`` (the
+ego-motion inverse; Cramer's rule with ``Det``, in float32), ``sort`` with ``stable=True``
+(``TopK``), ``index_add`` with repeated indices (``ScatterElements`` add), ``atan2`` and
+``deg2rad`` (the published alignment).
 
 Image sizes. Deformable DETR's graphs (ONNX and ``torch.export``) leave H and W free (the model takes
 its level sizes from the feature maps' shapes, see :class:`Detr2dForExport`): one file serves every

@@ -18,7 +18,7 @@ from detr2d.export import (
     onnx_max_errors,
     prepare_export,
 )
-from ops import MSDeformAttn, ms_deform_attn
+from ops import ModulatedDeformConv2d, MSDeformAttn, ms_deform_attn
 
 EXTRA = "needs the optional extra: pip install .[export]"
 onnx = pytest.importorskip("onnx", reason=f"ONNX export {EXTRA} (onnx)")
@@ -29,10 +29,14 @@ NO_DCN = (False, False, False, False)
 
 
 def random_offsets(model: torch.nn.Module) -> torch.nn.Module:
-    """Offsets that depend on the query (the init's are constant), so that sampling moves around."""
+    """Offsets that depend on the query (the init's are constant), so that sampling moves around, and
+    deformable convolutions with offsets of a few pixels and a mask (the init's are zero and 0.5)."""
     for module in model.modules():
         if hasattr(module, "sampling_offsets"):
             torch.nn.init.normal_(module.sampling_offsets.weight, std=0.5)
+        if isinstance(module, ModulatedDeformConv2d):
+            torch.nn.init.normal_(module.conv_offset.weight, std=0.01)
+            torch.nn.init.normal_(module.conv_offset.bias)
     return model.eval()
 
 
@@ -52,14 +56,18 @@ PUBLISHED = dict(  # bevformer_tiny's temporal alignment and quirks, on the demo
 )
 
 
+#: the published models' backbone (ResNet-101-DCN) at a smaller depth: DCN in layer3-4, caffe style
+R50_DCN = dict(backbone="resnet50", backbone_style="caffe", backbone_dcn=(False, False, True, True))
+
+
 def small_bev(head: str, **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
     common = dict(backbone="resnet18", backbone_dcn=NO_DCN, embed_dims=32, num_heads=2, ffn_dims=32)
+    common.update(overrides)
     if head == "bev":
         model = build_bev_model(
             "bev_demo",
             **common,
-            **overrides,
             bev_h=6,
             bev_w=6,
             encoder_layers=1,
@@ -179,6 +187,21 @@ def test_detr3d_onnx_equals_pytorch(tmp_path):
     export_model(wrapper, example, "onnx", path)
     inputs = (torch.randn(1, model.num_cams, 3, 64, 96), camera_ring(model.num_cams, (64, 96)))
     assert max(onnx_max_errors(wrapper, path, inputs)) < TOL
+
+
+def test_detr3d_dcn_backbone_onnx_equals_pytorch(tmp_path, cpu_backend):
+    """The published models' modulated deformable convolutions (the native op) lower to GridSample +
+    Conv: with offsets of a few pixels on 6 x 8 and 3 x 4 maps, the graph equals PyTorch."""
+    model = small_bev("detr3d", **R50_DCN)
+    deformable = [m for m in model.modules() if isinstance(m, ModulatedDeformConv2d)]
+    assert len(deformable) == 9  # layer3: 6 blocks, layer4: 3
+    wrapper, example = prepare_export(model, (96, 128))
+    path = tmp_path / "detr3d_dcn.onnx"
+    proto = export_model(wrapper, example, "onnx", path)  # onnx.checker inside
+    assert sum(node.op_type == "GridSample" for node in proto.graph.node) >= len(deformable)
+    inputs = (torch.randn(1, model.num_cams, 3, 96, 128), camera_ring(model.num_cams, (96, 128)))
+    errors = onnx_max_errors(wrapper, path, inputs)
+    assert max(errors) < TOL, errors
 
 
 class Helpers(torch.nn.Module):
