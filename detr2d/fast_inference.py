@@ -13,7 +13,11 @@ parts) whose outputs equal the eager model's within float tolerance:
 - every module that calls the deformable attention op (or the deformable convolution of DCN
   backbones) runs its native kernel on the model's device (see :func:`ops.resolve_backend`); the
   attention kernel picks its dense (head-major) path on its own when the sampling is dense;
-- optionally the whole model goes through ``torch.compile``.
+- optionally the whole model goes through ``torch.compile`` (Inductor's default: weights stay inputs
+  of the graph; its freezing, which makes them constants with prepacked oneDNN/MKL kernels, measured
+  slower on CPU, see BENCHMARKS.md);
+- optionally (``keep_heap``) the process's glibc allocator keeps freed memory
+  (:func:`keep_freed_memory_in_heap`).
 
 Training is untouched: the caller's model is copied, never modified.
 """
@@ -21,7 +25,12 @@ Training is untouched: the caller's model is copied, never modified.
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
+import logging
+import platform
 import re
+import sys
 
 import torch
 from torch import nn
@@ -33,6 +42,10 @@ from .backbone import FrozenBatchNorm2d
 _FOLDABLE = (FrozenBatchNorm2d, nn.BatchNorm2d)
 _CONVS = (nn.Conv2d, ModulatedDeformConv2d)  # outputs linear in (weight, bias): a batch norm folds in
 _NUMBERED = re.compile(r"^(conv|bn)(\d+)$")
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (glibc <malloc.h>)
+_TRIM_THRESHOLD = 2**31 - 1  # bytes (mallopt takes an int): freed heap memory is kept, not trimmed
+
+logger = logging.getLogger(__name__)
 
 
 def _bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,12 +137,38 @@ def set_op_backend(model: nn.Module, backend: str | None) -> int:
     return len(modules)
 
 
-def optimize_for_inference(model: nn.Module, compile: bool = False) -> nn.Module:
+@functools.cache
+def keep_freed_memory_in_heap() -> bool:
+    """Make glibc malloc keep freed memory for reuse, for the rest of the process; True if applied.
+
+    glibc serves every allocation over its mmap threshold (at most 32 MB) with a fresh ``mmap`` and
+    unmaps it when freed: a detector's large activation maps then cost page faults on every forward
+    (about 500k per Deformable DETR forward at 800 x 1333). ``mallopt(M_MMAP_MAX, 0)`` serves them from
+    the heap instead and a large ``M_TRIM_THRESHOLD`` keeps the freed heap, so the process stays at its
+    peak memory. Process-wide (every later allocation of the process), meant for inference processes;
+    applied once (later calls return the first result); False where the C library is not glibc.
+    """
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        logger.info("keep_freed_memory_in_heap: not glibc, allocator unchanged")
+        return False
+    libc = ctypes.CDLL(None)
+    applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    logger.info("keep_freed_memory_in_heap: glibc malloc keeps freed memory (process-wide): %s", applied)
+    return applied
+
+
+def optimize_for_inference(model: nn.Module, compile: bool = False, keep_heap: bool = False) -> nn.Module:
     """An evaluation-only copy of ``model`` that runs faster with the same outputs.
 
     Args:
         model: a detector (any ``nn.Module``); it is copied, not changed.
-        compile: also wrap the copy in ``torch.compile`` (first call compiles: minutes on a CPU).
+        compile: also compile the copy with ``torch.compile`` (the first call compiles: about 35 s for
+            Deformable DETR R50 on 2 CPU cores; a new image size recompiles, with dynamic sizes from the
+            second). A model whose inference does not go through ``forward`` names the submodules to
+            compile with a ``compiled_parts()`` method (a BEV detector's ``predict`` calls its backbone,
+            neck, encoder and head); they are compiled in place (``nn.Module.compile``, same names).
+            Any other model is wrapped whole.
+        keep_heap: also call :func:`keep_freed_memory_in_heap` (process-wide).
 
     Returns:
         The optimized copy, in eval mode, without gradients. Call it like ``model``, under
@@ -141,4 +180,13 @@ def optimize_for_inference(model: nn.Module, compile: bool = False) -> nn.Module
     fast = fast.to(memory_format=torch.channels_last)
     parameter = next(fast.parameters(), None)
     set_op_backend(fast, resolve_backend(parameter.device if parameter is not None else torch.device("cpu")))
-    return torch.compile(fast) if compile else fast
+    if keep_heap:
+        keep_freed_memory_in_heap()
+    if not compile:
+        return fast
+    parts = getattr(fast, "compiled_parts", None)
+    if parts is None:
+        return torch.compile(fast)
+    for part in parts():
+        part.compile()
+    return fast

@@ -1,6 +1,12 @@
-"""The inference fast path: batch norm folded into convolutions, channels-last, native op; same outputs."""
+"""The inference fast path: batch norm folded into convolutions, channels-last, native op, optionally
+compiled; same outputs. The allocator switch: large buffers from the kept heap."""
 
 from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +17,8 @@ from bev import build_bev_model
 from detr2d import FrozenBatchNorm2d, ResNetBackbone, build_model
 from detr2d.fast_inference import fold_batch_norms, fold_conv_bn, optimize_for_inference, set_op_backend
 from ops import ModulatedDeformConv2d
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def randomize_norms(model: nn.Module) -> None:
@@ -92,14 +100,18 @@ def test_detr2d_fast_path_equals_eager_and_leaves_the_model_alone(cpu_backend):
     )
 
 
-def test_bev_fast_path_equals_eager(cpu_backend):
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_bev_fast_path_equals_eager(cpu_backend, compile):
     torch.manual_seed(0)
     model = build_bev_model(
         "bev_demo", embed_dims=32, num_heads=2, ffn_dims=32, bev_h=6, bev_w=6, num_queries=10
     ).eval()
     randomize_norms(model)
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, compile=compile)
     assert count(fast, (FrozenBatchNorm2d, nn.BatchNorm2d)) == 0
+    # predict() calls the parts, not forward: they are what gets compiled
+    compiled = [part._compiled_call_impl is not None for part in fast.compiled_parts()]
+    assert compiled == [compile] * 4
     img = torch.randn(1, model.num_cams, 3, 64, 96)
     lidar2img = torch.eye(4).expand(1, model.num_cams, 4, 4).clone()
     lidar2img[..., 0, 3], lidar2img[..., 1, 3] = 48.0, 32.0
@@ -119,7 +131,7 @@ def test_set_op_backend_switches_every_attention(cpu_backend):
 
 
 @pytest.mark.slow
-def test_compiled_fast_path_equals_eager(cpu_backend):
+def test_compiled_fast_path_equals_eager_at_two_sizes(cpu_backend):
     torch.manual_seed(0)
     model = build_model(
         "deformable_detr",
@@ -134,7 +146,50 @@ def test_compiled_fast_path_equals_eager(cpu_backend):
     ).eval()
     randomize_norms(model)
     fast = optimize_for_inference(model, compile=True)
-    images = torch.randn(1, 3, 64, 96)
-    with torch.inference_mode():
-        expected, got = model(images), fast(images)
-    torch.testing.assert_close(got["pred_logits"], expected["pred_logits"], atol=1e-4, rtol=1e-4)
+    for size in ((64, 96), (80, 112)):  # the second size recompiles (dynamic sizes)
+        images = torch.randn(1, 3, *size)
+        with torch.inference_mode():
+            expected, got = model(images), fast(images)
+        for key in ("pred_logits", "pred_boxes"):
+            torch.testing.assert_close(got[key], expected[key], atol=1e-4, rtol=1e-4)
+
+
+# Runs in a child process: the allocator setting is process-wide. Prints whether it applied, the bytes
+# glibc holds in mmap-ed chunks while a 64 MB tensor lives, and the heap's size once it is freed.
+KEEP_HEAP_SCRIPT = """
+import ctypes, sys, torch
+from torch import nn
+from detr2d.fast_inference import keep_freed_memory_in_heap, optimize_for_inference
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+optimize_for_inference(nn.Linear(2, 2), keep_heap=sys.argv[1] == "keep")
+big = torch.ones(2**24)
+mapped = libc.mallinfo2().hblkhd
+del big
+print(keep_freed_memory_in_heap() if sys.argv[1] == "keep" else None, mapped, libc.mallinfo2().arena)
+"""
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="a glibc allocator setting"
+)
+def test_keep_heap_serves_large_buffers_from_the_kept_heap():
+    def run(mode: str) -> list[str]:
+        child = subprocess.run(
+            [sys.executable, "-c", KEEP_HEAP_SCRIPT, mode],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert child.returncode == 0, child.stderr
+        return child.stdout.split()
+
+    big = 2**26  # bytes of the tensor
+    applied, mapped, heap = run("keep")
+    assert applied == "True" and int(mapped) < big and int(heap) >= big  # from the heap, kept after free
+    _, mapped, _ = run("plain")
+    assert int(mapped) >= big  # glibc's default: a fresh mapping, unmapped when freed

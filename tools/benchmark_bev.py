@@ -19,10 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark_detr2d import inference_paths, print_report, time_paths  # noqa: E402
+from benchmark_detr2d import add_keep_heap, inference_paths, print_report, time_paths  # noqa: E402
 
 from bev import VARIANTS, build_bev_model  # noqa: E402
 from detr2d.export import BevFrameForExport, bev_example_inputs, camera_ring  # noqa: E402
+from detr2d.fast_inference import keep_freed_memory_in_heap  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,9 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
     parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime even when installed")
+    add_keep_heap(parser)
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.keep_heap:
+        keep_freed_memory_in_heap()
 
     torch.manual_seed(0)
     model = build_bev_model(args.model).eval()
@@ -48,14 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     frame = (example[0], camera_ring(model.num_cams, size), *example[2:])
     load_before = os.getloadavg()[0]
     wrapper = None if args.no_onnx else (BevFrameForExport(model), example)
-    paths = inference_paths(model, lambda m: m.predict(*frame), wrapper, args.compile)
+    paths, rows = inference_paths(model, lambda m: m.predict(*frame), wrapper, args.compile)
     times = time_paths(paths, args.runs, args.warmup)
     rows = [
         ("model", f"{args.model} (random weights)"),
         ("input", f"1 x {model.num_cams} x 3 x {args.height} x {args.width}, previous BEV given"),
         ("load average (1 min) before / after", f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"),
+        *rows,
     ]
-    print_report("BEV detector, one frame, CPU", times, rows, args.warmup)
+    print_report("BEV detector, one frame, CPU", times, rows, args.warmup, args.keep_heap)
 
 
 if __name__ == "__main__":

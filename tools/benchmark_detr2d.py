@@ -1,7 +1,9 @@
 """CPU inference time of a Deformable DETR variant (random weights) on one image, every inference path
 in one run: the model on the reference (grid_sample) op, the eager model on the native op, the fast path
-(:func:`detr2d.fast_inference.optimize_for_inference`), optionally compiled, and ONNX Runtime when the
-``export`` extra is installed. Runs alternate between the paths so that they share the machine's load.
+(:func:`detr2d.fast_inference.optimize_for_inference`), optionally compiled (the compilation, i.e. the
+first call, is timed apart), and ONNX Runtime when the ``export`` extra is
+installed. Runs alternate between the paths so that they share the machine's load. ``--keep-heap``
+makes glibc keep freed memory for the whole process (every path).
 
 Example: ``python tools/benchmark_detr2d.py --model deformable_detr --height 800 --width 1333 --runs 3``
 """
@@ -25,9 +27,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detr2d import VARIANTS, build_model  # noqa: E402
-from detr2d.fast_inference import optimize_for_inference, set_op_backend  # noqa: E402
+from detr2d.fast_inference import (  # noqa: E402
+    keep_freed_memory_in_heap,
+    optimize_for_inference,
+    set_op_backend,
+)
 
 TimedPath = tuple[str, Callable[[], object]]
+Row = tuple[str, str]
 
 
 def cpu_model() -> str:
@@ -40,9 +47,11 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def allocator() -> str:
+def allocator(keep_heap: bool) -> str:
     preload = os.environ.get("LD_PRELOAD", "")
-    return "jemalloc" if "jemalloc" in preload else ("tcmalloc" if "tcmalloc" in preload else "glibc malloc")
+    if "jemalloc" in preload or "tcmalloc" in preload:
+        return "jemalloc" if "jemalloc" in preload else "tcmalloc"
+    return "glibc malloc, freed memory kept (M_MMAP_MAX=0)" if keep_heap else "glibc malloc"
 
 
 def onnxruntime_path(
@@ -81,7 +90,7 @@ def time_paths(paths: list[TimedPath], runs: int, warmup: int) -> dict[str, list
 
 
 def print_report(
-    title: str, times: dict[str, list[tuple[float, float]]], rows: list[tuple[str, str]], warmup: int
+    title: str, times: dict[str, list[tuple[float, float]]], rows: list[Row], warmup: int, keep_heap: bool
 ) -> None:
     """Markdown tables: the paths (median wall and CPU time, runs, speed-ups over the first path) and the
     machine. On a loaded machine the CPU time is the steadier measure of the work done."""
@@ -106,11 +115,26 @@ def print_report(
         ("machine", f"{cpu_model()}, {os.cpu_count()} cores"),
         ("torch threads", str(torch.get_num_threads())),
         ("torch", torch.__version__),
-        ("allocator", allocator()),
+        ("allocator", allocator(keep_heap)),
     ]
     print("\n| what | value |\n|---|---|")
     for key, value in rows:
         print(f"| {key} | {value} |")
+
+
+def compiled_path(model: torch.nn.Module, call: Callable[[torch.nn.Module], object]) -> tuple[TimedPath, Row]:
+    """The fast path under ``torch.compile``, compiled here by a first call: the path and a
+    row with the wall and CPU seconds of that first call (compiling, on a warm or cold Inductor cache)."""
+    compiled = optimize_for_inference(model, compile=True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        call(compiled)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    row = (
+        "first call of the compiled path (compiles)",
+        f"{wall:.0f} s wall, {cpu:.0f} s CPU of this process",
+    )
+    return ("fast path + torch.compile", lambda: call(compiled)), row
 
 
 def inference_paths(
@@ -118,8 +142,9 @@ def inference_paths(
     call: Callable[[torch.nn.Module], object],
     wrapper_and_example: tuple[torch.nn.Module, tuple[torch.Tensor, ...]] | None,
     compile: bool,
-) -> list[TimedPath]:
-    """The paths to compare for one ``model`` (eval mode); ``call(m)`` runs model ``m`` once."""
+) -> tuple[list[TimedPath], list[Row]]:
+    """The paths to compare for one ``model`` (eval mode), ``call(m)`` running model ``m`` once, and the
+    report rows of their preparation (compile time)."""
     reference = copy.deepcopy(model)
     set_op_backend(reference, "reference")
     paths: list[TimedPath] = [
@@ -128,14 +153,25 @@ def inference_paths(
     ]
     fast = optimize_for_inference(model)
     paths.append(("fast path", lambda: call(fast)))
+    rows: list[Row] = []
     if compile:
-        compiled = optimize_for_inference(model, compile=True)
-        paths.append(("fast path + torch.compile", lambda: call(compiled)))
+        path, row = compiled_path(model, call)
+        paths.append(path)
+        rows.append(row)
     if wrapper_and_example is not None:
         ort_call = onnxruntime_path(*wrapper_and_example, threads=torch.get_num_threads())
         if ort_call is not None:
             paths.append(("onnxruntime (GridSample)", ort_call))
-    return paths
+    return paths, rows
+
+
+def add_keep_heap(parser: argparse.ArgumentParser) -> None:
+    """The ``--keep-heap`` switch (also of ``tools/benchmark_bev.py``)."""
+    parser.add_argument(
+        "--keep-heap",
+        action="store_true",
+        help="glibc keeps freed memory (keep_freed_memory_in_heap), for every path of the process",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,9 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
     parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime even when installed")
+    add_keep_heap(parser)
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.keep_heap:
+        keep_freed_memory_in_heap()
 
     from detr2d.export import Detr2dForExport
 
@@ -159,15 +198,15 @@ def main(argv: list[str] | None = None) -> None:
     images = torch.randn(1, 3, args.height, args.width)
     load_before = os.getloadavg()[0]
     wrapper = None if args.no_onnx else (Detr2dForExport(model), (images,))
-    times = time_paths(
-        inference_paths(model, lambda m: m(images), wrapper, args.compile), args.runs, args.warmup
-    )
+    paths, rows = inference_paths(model, lambda m: m(images), wrapper, args.compile)
+    times = time_paths(paths, args.runs, args.warmup)
     rows = [
         ("model", f"{args.model} (R50, random weights)"),
         ("input", f"1 x 3 x {args.height} x {args.width}"),
         ("load average (1 min) before / after", f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"),
+        *rows,
     ]
-    print_report("Deformable DETR inference, CPU", times, rows, args.warmup)
+    print_report("Deformable DETR inference, CPU", times, rows, args.warmup, args.keep_heap)
 
 
 if __name__ == "__main__":
