@@ -15,7 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detr2d.runtime.cli import add_inference_mode, load_task, parser_with_config, split_overrides  # noqa: E402
+from detr2d.runtime.cli import (  # noqa: E402
+    add_inference_mode,
+    inference_mode,
+    load_task,
+    parser_with_config,
+    split_overrides,
+)
 from detr2d.runtime.evaluate import run_predict  # noqa: E402
 from detr2d.runtime.logs import setup_logging  # noqa: E402
 
@@ -37,7 +43,7 @@ def main() -> None:
         parser.error("no inputs: pass image files / folders (BEV: infos files)")
     setup_logging(None, is_main=True)
     _, errors = run_predict(
-        task, args.checkpoint, inputs, args.out, args.score_threshold, args.limit, args.inference
+        task, args.checkpoint, inputs, args.out, args.score_threshold, args.limit, inference_mode(args)
     )
     if errors:
         sys.exit(f"{len(errors)} input(s) could not be read; see {Path(args.out) / 'predictions.json'}")
