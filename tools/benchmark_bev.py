@@ -9,7 +9,6 @@ Example: ``python tools/benchmark_bev.py --model bevformer_tiny --runs 1 --threa
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -19,29 +18,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark_detr2d import add_keep_heap, inference_paths, print_report, time_paths  # noqa: E402
+from benchmark_detr2d import inference_paths, parse_benchmark_args, print_report, time_paths  # noqa: E402
 
 from bev import VARIANTS, build_bev_model  # noqa: E402
 from detr2d.export import BevFrameForExport, bev_example_inputs, camera_ring  # noqa: E402
-from detr2d.fast_inference import keep_freed_memory_in_heap  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="bevformer_tiny", choices=sorted(VARIANTS))
-    parser.add_argument("--height", type=int, default=450)
-    parser.add_argument("--width", type=int, default=800)
-    parser.add_argument("--runs", type=int, default=1, help="timed frames per path (median reported)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
-    parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime even when installed")
-    add_keep_heap(parser)
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.keep_heap:
-        keep_freed_memory_in_heap()
+    models = ["bevformer_tiny", *sorted(set(VARIANTS) - {"bevformer_tiny"})]
+    args = parse_benchmark_args(argv, __doc__.splitlines()[0], models, (450, 800), runs=1)
 
     torch.manual_seed(0)
     model = build_bev_model(args.model).eval()

@@ -165,31 +165,37 @@ def inference_paths(
     return paths, rows
 
 
-def add_keep_heap(parser: argparse.ArgumentParser) -> None:
-    """The ``--keep-heap`` switch (also of ``tools/benchmark_bev.py``)."""
+def parse_benchmark_args(
+    argv: list[str] | None, description: str, models: list[str], size: tuple[int, int], runs: int
+) -> argparse.Namespace:
+    """The arguments of both inference benchmarks (this one and ``tools/benchmark_bev.py``), with the
+    process settings they ask for (threads, kept heap) applied. ``models[0]`` is the default model,
+    ``size`` the default (height, width)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default=models[0], choices=sorted(models))
+    parser.add_argument("--height", type=int, default=size[0])
+    parser.add_argument("--width", type=int, default=size[1])
+    parser.add_argument("--runs", type=int, default=runs, help="timed calls per path (median reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime even when installed")
     parser.add_argument(
         "--keep-heap",
         action="store_true",
         help="glibc keeps freed memory (keep_freed_memory_in_heap), for every path of the process",
     )
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="deformable_detr", choices=sorted(VARIANTS))
-    parser.add_argument("--height", type=int, default=800)
-    parser.add_argument("--width", type=int, default=1333)
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per path (median reported)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
-    parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime even when installed")
-    add_keep_heap(parser)
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.keep_heap:
         keep_freed_memory_in_heap()
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    models = ["deformable_detr", *sorted(set(VARIANTS) - {"deformable_detr"})]
+    args = parse_benchmark_args(argv, __doc__.splitlines()[0], models, (800, 1333), runs=3)
 
     from detr2d.export import Detr2dForExport
 
