@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from bev import DetectionLoss3D, MultiViewDetector3D, bev_model_settings, build_bev_model
+from datasets.nuscenes import SyntheticSpec, create_nuscenes_infos, generate_synthetic_nuscenes
+from datasets.nuscenes.synthetic import VERSION
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +27,16 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four scenes (two train, two val) of three samples, 96 x 54 images, with infos (a generated
+    nuScenes root for the tools' end-to-end tests)."""
+    spec = SyntheticSpec(num_scenes=4, samples_per_scene=3, image_size=(96, 54), objects_per_class=1, seed=3)
+    root = generate_synthetic_nuscenes(tmp_path_factory.mktemp("bev_tiny") / "nuscenes", spec)
+    create_nuscenes_infos(root, VERSION, root / "infos")
+    return root
 
 
 IMG_SHAPE = (32, 64)  # (H, W) of the tiny test images

@@ -15,25 +15,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from bev_helpers import kill_training_in_epoch, one_thread, tiny_demo_overrides  # noqa: F401 (autouse fixture)
+from bev_helpers import (  # noqa: F401 (fixtures: one_thread autouse, tiny_root)
+    kill_training_in_epoch,
+    one_thread,
+    tiny_demo_overrides,
+    tiny_root,
+)
 
 from bev.task import NuScenesDetectionTask
 from configs import load_config
-from datasets.nuscenes import SyntheticSpec, create_nuscenes_infos, generate_synthetic_nuscenes
-from datasets.nuscenes.synthetic import VERSION
 from detr2d.runtime.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "bev" / "demo.py"
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four scenes (two train, two val) of three samples, 96 x 54 images, with infos."""
-    spec = SyntheticSpec(num_scenes=4, samples_per_scene=3, image_size=(96, 54), objects_per_class=1, seed=3)
-    root = generate_synthetic_nuscenes(tmp_path_factory.mktemp("bev_tiny") / "nuscenes", spec)
-    create_nuscenes_infos(root, VERSION, root / "infos")
-    return root
 
 
 def run_tool(name: str, args: list[str]) -> None:
@@ -46,7 +40,7 @@ def run_tool(name: str, args: list[str]) -> None:
         sys.argv = argv
 
 
-def test_demo_config_trains_with_history_and_tests_without(tiny_root: Path) -> None:
+def test_demo_config_trains_with_history_and_tests_without(tiny_root: Path) -> None:  # noqa: F811
     config = load_config(DEMO, tiny_demo_overrides(tiny_root))
     assert config["task"] == "nuscenes_detection" and config["data"]["num_history"] >= 1
     task = NuScenesDetectionTask(config)
@@ -56,7 +50,7 @@ def test_demo_config_trains_with_history_and_tests_without(tiny_root: Path) -> N
     assert val_item["img"].shape[:2] == (1, 6)  # the tester carries the previous BEV instead
 
 
-def test_tools_train_test_predict(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_tools_train_test_predict(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: F811
     overrides = tiny_demo_overrides(tiny_root)
     run = tmp_path / "run"
     run_tool(
@@ -119,7 +113,9 @@ def test_tools_train_test_predict(tiny_root: Path, tmp_path: Path, capsys: pytes
 
 
 def test_resume_equals_uninterrupted_run(
-    tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_root: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A run killed during epoch 1 and resumed from its checkpoint ends exactly where an uninterrupted
     one does: model, optimizer, per-iteration schedule and RNG states all carry over."""
@@ -151,7 +147,7 @@ def test_resume_equals_uninterrupted_run(
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_train_and_test(tiny_root: Path, tmp_path: Path) -> None:
+def test_torchrun_two_processes_train_and_test(tiny_root: Path, tmp_path: Path) -> None:  # noqa: F811
     """DDP training on gloo, then the sequential test with each process taking whole val scenes."""
     overrides = [
         *tiny_demo_overrides(tiny_root),
@@ -176,7 +172,7 @@ def test_torchrun_two_processes_train_and_test(tiny_root: Path, tmp_path: Path) 
     assert len(results) == 6
 
 
-def test_init_from_a_coco_checkpoint_loads_the_image_backbone(tiny_root: Path, tmp_path: Path) -> None:
+def test_init_from_a_coco_checkpoint_loads_the_image_backbone(tiny_root: Path, tmp_path: Path) -> None:  # noqa: F811
     """COCO as the first stage: the BEV demo's ResNet-18 starts from the 2D demo model's."""
     from detr2d.task import CocoDetectionTask
 

@@ -11,7 +11,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from bev_helpers import kill_training_in_epoch, one_thread, tiny_demo_overrides  # noqa: F401 (autouse fixture)
+from bev_helpers import (  # noqa: F401 (fixtures: one_thread autouse, tiny_root)
+    kill_training_in_epoch,
+    one_thread,
+    tiny_demo_overrides,
+    tiny_root,
+)
 from nuscenes.eval.common.utils import quaternion_yaw
 from nuscenes_fixtures import dataset, val_infos  # noqa: F401
 from pyquaternion import Quaternion
@@ -20,7 +25,6 @@ from bev.augment import GridMask
 from bev.task import NuScenesDetectionTask
 from bev.temporal_alignment import published_can_bus
 from configs import load_config
-from datasets.nuscenes import SyntheticSpec, create_nuscenes_infos, generate_synthetic_nuscenes
 from datasets.nuscenes.augment import (
     PhotoMetricDistortion,
     adjust_brightness,
@@ -32,7 +36,6 @@ from datasets.nuscenes.augment import (
     shift_hue,
 )
 from datasets.nuscenes.dataset import NuScenesMultiViewDataset
-from datasets.nuscenes.synthetic import VERSION
 from detr2d.runtime.fit import fit
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "bev"
@@ -423,16 +426,7 @@ def test_train_dataset_of_a_published_recipe_is_augmented_and_val_is_not(dataset
 # ---- the whole recipe in training ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four scenes (two train, two val) of three samples, 96 x 54 images, with infos."""
-    spec = SyntheticSpec(num_scenes=4, samples_per_scene=3, image_size=(96, 54), objects_per_class=1, seed=3)
-    root = generate_synthetic_nuscenes(tmp_path_factory.mktemp("recipe") / "nuscenes", spec)
-    create_nuscenes_infos(root, VERSION, root / "infos")
-    return root
-
-
-def test_training_with_the_recipe_resumes_exactly(tiny_root: Path, tmp_path: Path, monkeypatch) -> None:
+def test_training_with_the_recipe_resumes_exactly(tiny_root: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
     """Random queue, photometric distortion and GridMask on: a run killed in epoch 1 and resumed ends
     exactly where an uninterrupted one does (the dataset's draws are seeded per (seed, epoch, index),
     GridMask draws from torch's checkpointed RNG)."""
