@@ -18,7 +18,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark_detr2d import inference_paths, parse_benchmark_args, print_report, time_paths  # noqa: E402
+from benchmark_detr2d import (  # noqa: E402
+    inference_paths,
+    parse_benchmark_args,
+    print_report,
+    select_paths,
+    time_paths,
+)
 
 from bev import VARIANTS, build_bev_model  # noqa: E402
 from detr2d.export import BevFrameForExport, bev_example_inputs, camera_ring  # noqa: E402
@@ -38,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
     wrapper = None if args.no_onnx else (BevFrameForExport(model), example)
     paths, rows = inference_paths(model, lambda m: m.predict(*frame), wrapper, args.compile)
-    times = time_paths(paths, args.runs, args.warmup)
+    times = time_paths(select_paths(paths, args.only), args.runs, args.warmup)
     rows = [
         ("model", f"{args.model} (random weights)"),
         ("input", f"1 x {model.num_cams} x 3 x {args.height} x {args.width}, previous BEV given"),

@@ -165,6 +165,14 @@ def inference_paths(
     return paths, rows
 
 
+def select_paths(paths: list[TimedPath], only: str | None) -> list[TimedPath]:
+    """``paths`` whose name starts with ``only`` (all with None); ValueError naming the choices if none."""
+    chosen = [path for path in paths if only is None or path[0].startswith(only)]
+    if not chosen:
+        raise ValueError(f"--only {only!r} matches no path of {[name for name, _ in paths]}")
+    return chosen
+
+
 def parse_benchmark_args(
     argv: list[str] | None, description: str, models: list[str], size: tuple[int, int], runs: int
 ) -> argparse.Namespace:
@@ -180,6 +188,12 @@ def parse_benchmark_args(
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
     parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime even when installed")
+    parser.add_argument(
+        "--only",
+        metavar="PREFIX",
+        help="time only the paths whose name starts with PREFIX (e.g. 'reference', 'fast path +'): one path "
+        "per process, so that the paths' allocations cannot change each other's allocator state",
+    )
     parser.add_argument(
         "--keep-heap",
         action="store_true",
@@ -205,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
     wrapper = None if args.no_onnx else (Detr2dForExport(model), (images,))
     paths, rows = inference_paths(model, lambda m: m(images), wrapper, args.compile)
-    times = time_paths(paths, args.runs, args.warmup)
+    times = time_paths(select_paths(paths, args.only), args.runs, args.warmup)
     rows = [
         ("model", f"{args.model} (R50, random weights)"),
         ("input", f"1 x 3 x {args.height} x {args.width}"),
