@@ -13,6 +13,8 @@ parts) whose outputs equal the eager model's within float tolerance:
 - every module that calls the deformable attention op (or the deformable convolution of DCN
   backbones) runs its native kernel on the model's device (see :func:`ops.resolve_backend`); the
   attention kernel picks its dense (head-major) path on its own when the sampling is dense;
+- on CPU, float32 linear layers run oneDNN's matrix product on a prepacked weight
+  (:func:`pack_linear_layers`);
 - optionally the whole model goes through ``torch.compile`` (Inductor's default: weights stay inputs
   of the graph; its freezing, which makes them constants with prepacked oneDNN/MKL kernels, measured
   slower on CPU, see BENCHMARKS.md);

@@ -15,7 +15,14 @@ from torch import nn
 
 from bev import build_bev_model
 from detr2d import FrozenBatchNorm2d, ResNetBackbone, build_model
-from detr2d.fast_inference import fold_batch_norms, fold_conv_bn, optimize_for_inference, set_op_backend
+from detr2d.fast_inference import (
+    PackedLinear,
+    fold_batch_norms,
+    fold_conv_bn,
+    optimize_for_inference,
+    pack_linear_layers,
+    set_op_backend,
+)
 from ops import ModulatedDeformConv2d
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,3 +200,18 @@ def test_keep_heap_serves_large_buffers_from_the_kept_heap():
     assert applied == "True" and int(mapped) < big and int(heap) >= big  # from the heap, kept after free
     _, mapped, _ = run("plain")
     assert int(mapped) >= big  # glibc's default: a fresh mapping, unmapped when freed
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_packed_linear_layers_equal_the_plain_ones_and_spare_attention_projections():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    attention = nn.MultiheadAttention(8, 2, batch_first=True).eval()  # reads out_proj.weight itself
+    both = nn.ModuleList([model, attention])
+    x = torch.randn(2, 5, 16)
+    with torch.inference_mode():
+        expected = attention(*[model(x)] * 3)[0]
+        assert pack_linear_layers(both) == 2
+        assert isinstance(model[0], PackedLinear) and type(attention.out_proj) is not PackedLinear
+        torch.testing.assert_close(attention(*[model(x)] * 3)[0], expected, atol=1e-5, rtol=1e-5)
+        assert model(x[:0]).shape == (0, 5, 8)  # empty batches pass
