@@ -154,6 +154,7 @@ def test_torchrun_two_processes_train_and_test(tiny_root: Path, tmp_path: Path) 
         "schedule.epochs=1",
         "schedule.warmup_iters=1",
         "train.eval_every=1",
+        "train.batch_size=2",  # the total over the processes: one sample each
     ]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
