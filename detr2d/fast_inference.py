@@ -15,9 +15,9 @@ parts) whose outputs equal the eager model's within float tolerance:
   attention kernel picks its dense (head-major) path on its own when the sampling is dense;
 - on CPU, float32 linear layers run oneDNN's matrix product on a prepacked weight
   (:func:`pack_linear_layers`);
-- optionally the whole model goes through ``torch.compile`` (Inductor's default: weights stay inputs
-  of the graph; its freezing, which makes them constants with prepacked oneDNN/MKL kernels, measured
-  slower on CPU, see BENCHMARKS.md);
+- optionally ``torch.compile``: the whole model, or the parts its ``compiled_parts()`` names (Inductor's
+  default: weights stay inputs of the graph; its freezing, which makes them constants with prepacked
+  oneDNN/MKL kernels, measured slower on CPU, see BENCHMARKS.md);
 - optionally (``keep_heap``) the process's glibc allocator keeps freed memory
   (:func:`keep_freed_memory_in_heap`).
 
@@ -149,10 +149,6 @@ class PackedLinear(nn.Module):
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32:  # e.g. under autocast: the plain product
-            return nn.functional.linear(
-                x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
-            )
         return packed_linear(x, self.packed_weight, self.bias)
 
 

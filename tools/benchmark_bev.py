@@ -31,8 +31,7 @@ from detr2d.export import BevFrameForExport, bev_example_inputs, camera_ring  # 
 
 
 def main(argv: list[str] | None = None) -> None:
-    models = ["bevformer_tiny", *sorted(set(VARIANTS) - {"bevformer_tiny"})]
-    args = parse_benchmark_args(argv, __doc__.splitlines()[0], models, (450, 800), runs=1)
+    args = parse_benchmark_args(argv, __doc__.splitlines()[0], "bevformer_tiny", VARIANTS, (450, 800), runs=1)
 
     torch.manual_seed(0)
     model = build_bev_model(args.model).eval()

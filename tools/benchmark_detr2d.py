@@ -19,7 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -174,13 +174,18 @@ def select_paths(paths: list[TimedPath], only: str | None) -> list[TimedPath]:
 
 
 def parse_benchmark_args(
-    argv: list[str] | None, description: str, models: list[str], size: tuple[int, int], runs: int
+    argv: list[str] | None,
+    description: str,
+    model: str,
+    models: Iterable[str],
+    size: tuple[int, int],
+    runs: int,
 ) -> argparse.Namespace:
     """The arguments of both inference benchmarks (this one and ``tools/benchmark_bev.py``), with the
-    process settings they ask for (threads, kept heap) applied. ``models[0]`` is the default model,
-    ``size`` the default (height, width)."""
+    process settings they ask for (threads, kept heap) applied. ``model`` (one of ``models``), ``size``
+    (height, width) and ``runs`` are the defaults."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", default=models[0], choices=sorted(models))
+    parser.add_argument("--model", default=model, choices=sorted(models))
     parser.add_argument("--height", type=int, default=size[0])
     parser.add_argument("--width", type=int, default=size[1])
     parser.add_argument("--runs", type=int, default=runs, help="timed calls per path (median reported)")
@@ -208,8 +213,9 @@ def parse_benchmark_args(
 
 
 def main(argv: list[str] | None = None) -> None:
-    models = ["deformable_detr", *sorted(set(VARIANTS) - {"deformable_detr"})]
-    args = parse_benchmark_args(argv, __doc__.splitlines()[0], models, (800, 1333), runs=3)
+    args = parse_benchmark_args(
+        argv, __doc__.splitlines()[0], "deformable_detr", VARIANTS, (800, 1333), runs=3
+    )
 
     from detr2d.export import Detr2dForExport
 
