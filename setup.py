@@ -23,7 +23,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "ops" / "csrc"
-CPU_SOURCES = ["register.cpp", "ms_deform_attn_cpu.cpp", "deform_conv_cpu.cpp"]
+CPU_SOURCES = ["register.cpp", "ms_deform_attn_cpu.cpp", "deform_conv_cpu.cpp", "cpu_arena.cpp"]
 CUDA_SOURCES = ["ms_deform_attn_cuda.cu", "deform_conv_cuda.cu"]
 PACKAGES = ("ops", "detr2d", "bev", "datasets", "configs")
 REQUIREMENTS = [

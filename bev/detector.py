@@ -120,10 +120,9 @@ class MultiViewDetector3D(nn.Module):
         feats = [level.view(batch, num_cams, *level.shape[1:]) for level in levels]
         return feats, (height + pad_h, width + pad_w)
 
-    def compiled_parts(self) -> list[nn.Module]:
-        """The submodules ``torch.compile`` compiles for inference
-        (:func:`detr2d.fast_inference.optimize_for_inference`): ``predict`` and ``forward_test`` call
-        them, not ``forward``."""
+    def inference_parts(self) -> list[nn.Module]:
+        """The submodules ``predict`` and ``forward_test`` call (not ``forward``): what
+        :func:`detr2d.fast_inference.optimize_for_inference` compiles and runs in its CPU arena."""
         return [part for part in (self.backbone, self.neck, self.encoder, self.head) if part is not None]
 
     def predict(

@@ -15,11 +15,11 @@ parts) whose outputs equal the eager model's within float tolerance:
   attention kernel picks its dense (head-major) path on its own when the sampling is dense;
 - on CPU, float32 linear layers run oneDNN's matrix product on a prepacked weight
   (:func:`pack_linear_layers`);
-- optionally ``torch.compile``: the whole model, or the parts its ``compiled_parts()`` names (Inductor's
-  default: weights stay inputs of the graph; its freezing, which makes them constants with prepacked
-  oneDNN/MKL kernels, measured slower on CPU, see BENCHMARKS.md);
-- optionally (``keep_heap``) the process's glibc allocator keeps freed memory
-  (:func:`keep_freed_memory_in_heap`).
+- on CPU, inference runs inside :func:`ops.arena.cpu_arena`: large buffers come from a cache of the
+  blocks freed by earlier calls instead of fresh mappings (page faults) from glibc;
+- optionally ``torch.compile`` (Inductor's default: weights stay inputs of the graph; its freezing,
+  which makes them constants with prepacked oneDNN/MKL kernels, measured slower on CPU, see
+  BENCHMARKS.md).
 
 Training is untouched: the caller's model is copied, never modified.
 """
@@ -27,27 +27,22 @@ Training is untouched: the caller's model is copied, never modified.
 from __future__ import annotations
 
 import copy
-import ctypes
 import functools
-import logging
-import platform
 import re
-import sys
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ops import ModulatedDeformConv2d, resolve_backend
+from ops.arena import cpu_arena
 
 from .backbone import FrozenBatchNorm2d
 
 _FOLDABLE = (FrozenBatchNorm2d, nn.BatchNorm2d)
 _CONVS = (nn.Conv2d, ModulatedDeformConv2d)  # outputs linear in (weight, bias): a batch norm folds in
 _NUMBERED = re.compile(r"^(conv|bn)(\d+)$")
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (glibc <malloc.h>)
-_TRIM_THRESHOLD = 2**31 - 1  # bytes (mallopt takes an int): freed heap memory is kept, not trimmed
-
-logger = logging.getLogger(__name__)
 
 
 def _bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,41 +183,34 @@ def set_op_backend(model: nn.Module, backend: str | None) -> int:
     return len(modules)
 
 
-@functools.cache
-def keep_freed_memory_in_heap() -> bool:
-    """Make glibc malloc keep freed memory for reuse, for the rest of the process; True if applied.
+def _in_cpu_arena(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward`` run inside :func:`ops.arena.cpu_arena`: its large CPU buffers come from the arena."""
 
-    glibc serves every allocation over its mmap threshold (at most 32 MB) with a fresh ``mmap`` and
-    unmaps it when freed: a detector's large activation maps then cost page faults on every forward
-    (about 500k per Deformable DETR forward at 800 x 1333). ``mallopt(M_MMAP_MAX, 0)`` serves them from
-    the heap instead and a large ``M_TRIM_THRESHOLD`` keeps the freed heap, so the process stays at its
-    peak memory. Process-wide (every later allocation of the process), meant for inference processes;
-    applied once (later calls return the first result); False where the C library is not glibc.
-    """
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        logger.info("keep_freed_memory_in_heap: not glibc, allocator unchanged")
-        return False
-    libc = ctypes.CDLL(None)
-    applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
-    logger.info("keep_freed_memory_in_heap: glibc malloc keeps freed memory (process-wide): %s", applied)
-    return applied
+    @functools.wraps(forward)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with cpu_arena():
+            return forward(*args, **kwargs)
+
+    return run
 
 
-def optimize_for_inference(model: nn.Module, compile: bool = False, keep_heap: bool = False) -> nn.Module:
+def optimize_for_inference(model: nn.Module, compile: bool = False, arena: bool = True) -> nn.Module:
     """An evaluation-only copy of ``model`` that runs faster with the same outputs.
 
     Args:
         model: a detector (any ``nn.Module``); it is copied, not changed.
-        compile: also compile the copy with ``torch.compile`` (the first call compiles: about 35 s for
+        compile: also compile with ``torch.compile`` (the first call compiles: about 35 s for
             Deformable DETR R50 on 2 CPU cores; a new image size recompiles, with dynamic sizes from the
-            second). A model whose inference does not go through ``forward`` names the submodules to
-            compile with a ``compiled_parts()`` method (a BEV detector's ``predict`` calls its backbone,
-            neck, encoder and head); they are compiled in place (``nn.Module.compile``, same names).
-            Any other model is wrapped whole.
-        keep_heap: also call :func:`keep_freed_memory_in_heap` (process-wide).
+            second).
+        arena: on CPU, run inference inside :func:`ops.arena.cpu_arena` (large buffers reused from one
+            call to the next instead of mapped afresh).
+
+    What is compiled and run in the arena is the model's ``forward``, or, for a model whose inference
+    does not go through ``forward``, each submodule its ``inference_parts()`` names (a BEV detector's
+    ``predict`` calls its backbone, neck, encoder and head): their ``forward`` is replaced on the copy.
 
     Returns:
-        The optimized copy, in eval mode, without gradients. Call it like ``model``, under
+        The optimized copy (same class), in eval mode, without gradients. Call it like ``model``, under
         ``torch.inference_mode()``; images may stay contiguous (NCHW): convolutions return
         channels-last maps from channels-last weights.
     """
@@ -230,15 +218,14 @@ def optimize_for_inference(model: nn.Module, compile: bool = False, keep_heap: b
     fold_batch_norms(fast)
     fast = fast.to(memory_format=torch.channels_last)
     parameter = next(fast.parameters(), None)
-    set_op_backend(fast, resolve_backend(parameter.device if parameter is not None else torch.device("cpu")))
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    set_op_backend(fast, resolve_backend(device))
     pack_linear_layers(fast)
-    if keep_heap:
-        keep_freed_memory_in_heap()
-    if not compile:
+    in_arena = arena and device.type == "cpu"
+    if not (compile or in_arena):
         return fast
-    parts = getattr(fast, "compiled_parts", None)
-    if parts is None:
-        return torch.compile(fast)
-    for part in parts():
-        part.compile()
+    parts = fast.inference_parts() if hasattr(fast, "inference_parts") else [fast]
+    for part in parts:
+        forward = torch.compile(part.forward) if compile else part.forward
+        part.forward = _in_cpu_arena(forward) if in_arena else forward
     return fast

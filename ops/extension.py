@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-CPU_SOURCES = ("register.cpp", "ms_deform_attn_cpu.cpp", "deform_conv_cpu.cpp")
+CPU_SOURCES = ("register.cpp", "ms_deform_attn_cpu.cpp", "deform_conv_cpu.cpp", "cpu_arena.cpp")
 CUDA_SOURCES = ("ms_deform_attn_cuda.cu", "deform_conv_cuda.cu")
 CXX_FLAGS = ("-O3", "-fopenmp")
 LD_FLAGS = ("-fopenmp",)

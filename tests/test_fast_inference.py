@@ -1,12 +1,7 @@
 """The inference fast path: batch norm folded into convolutions, channels-last, native op, optionally
-compiled; same outputs. The allocator switch: large buffers from the kept heap."""
+compiled; same outputs; inference in the CPU arena."""
 
 from __future__ import annotations
-
-import platform
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,8 +19,7 @@ from detr2d.fast_inference import (
     set_op_backend,
 )
 from ops import ModulatedDeformConv2d
-
-REPO = Path(__file__).resolve().parents[1]
+from ops.arena import cpu_arena_available, cpu_arena_stats, release_cpu_arena
 
 
 def randomize_norms(model: nn.Module) -> None:
@@ -116,8 +110,10 @@ def test_bev_fast_path_equals_eager(cpu_backend, compile):
     randomize_norms(model)
     fast = optimize_for_inference(model, compile=compile)
     assert count(fast, (FrozenBatchNorm2d, nn.BatchNorm2d)) == 0
-    # predict() calls the parts, not forward: they are what gets compiled
-    compiled = [part._compiled_call_impl is not None for part in fast.compiled_parts()]
+    # predict() calls the parts, not forward: they are what gets compiled and run in the arena
+    forwards = [part.forward for part in fast.inference_parts()]
+    assert all(hasattr(forward, "__wrapped__") for forward in forwards)  # the arena's scope
+    compiled = [hasattr(forward.__wrapped__, "_torchdynamo_orig_callable") for forward in forwards]
     assert compiled == [compile] * 4
     img = torch.randn(1, model.num_cams, 3, 64, 96)
     lidar2img = torch.eye(4).expand(1, model.num_cams, 4, 4).clone()
@@ -161,45 +157,27 @@ def test_compiled_fast_path_equals_eager_at_two_sizes(cpu_backend):
             torch.testing.assert_close(got[key], expected[key], atol=1e-4, rtol=1e-4)
 
 
-# Runs in a child process: the allocator setting is process-wide. Prints whether it applied, the bytes
-# glibc holds in mmap-ed chunks while a 64 MB tensor lives, and the heap's size once it is freed.
-KEEP_HEAP_SCRIPT = """
-import ctypes, sys, torch
-from torch import nn
-from detr2d.fast_inference import keep_freed_memory_in_heap, optimize_for_inference
-FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS]
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = MallInfo2
-optimize_for_inference(nn.Linear(2, 2), keep_heap=sys.argv[1] == "keep")
-big = torch.ones(2**24)
-mapped = libc.mallinfo2().hblkhd
-del big
-print(keep_freed_memory_in_heap() if sys.argv[1] == "keep" else None, mapped, libc.mallinfo2().arena)
-"""
-
-
-@pytest.mark.skipif(
-    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="a glibc allocator setting"
-)
-def test_keep_heap_serves_large_buffers_from_the_kept_heap():
-    def run(mode: str) -> list[str]:
-        child = subprocess.run(
-            [sys.executable, "-c", KEEP_HEAP_SCRIPT, mode],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert child.returncode == 0, child.stderr
-        return child.stdout.split()
-
-    big = 2**26  # bytes of the tensor
-    applied, mapped, heap = run("keep")
-    assert applied == "True" and int(mapped) < big and int(heap) >= big  # from the heap, kept after free
-    _, mapped, _ = run("plain")
-    assert int(mapped) >= big  # glibc's default: a fresh mapping, unmapped when freed
+@pytest.mark.skipif(not cpu_arena_available(), reason="the CPU arena needs the native library")
+def test_fast_path_reuses_its_buffers_from_one_call_to_the_next(cpu_backend):
+    torch.manual_seed(0)
+    model = build_model("deformable_detr", **NARROW).eval()
+    images = torch.randn(1, 3, 160, 224)
+    with torch.inference_mode():
+        expected = model(images)["pred_boxes"]
+        without = optimize_for_inference(model, arena=False)
+        before = cpu_arena_stats()
+        without(images)
+        assert cpu_arena_stats()[:5] == before[:5]  # arena=False: nothing from the arena
+        fast = optimize_for_inference(model)
+        release_cpu_arena()  # earlier tests' blocks would serve the first call
+        fast(images)
+        first = cpu_arena_stats()
+        got = fast(images)["pred_boxes"]
+        second = cpu_arena_stats()
+    assert first.misses > before.misses and first.open_scopes == 0
+    assert second.misses == first.misses  # the second call found every large buffer in the cache
+    assert second.hits - first.hits == first.hits + first.misses - before.hits - before.misses
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")

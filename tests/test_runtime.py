@@ -3,7 +3,6 @@ and the guard against another top-level ``datasets`` package."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -17,7 +16,6 @@ from test_coco_train import DEMO, tiny_overrides, tiny_root  # noqa: F401 (fixtu
 from torch import nn
 
 from configs import load_config
-from detr2d.runtime import cli
 from detr2d.runtime.cli import split_overrides
 from detr2d.runtime.evaluate import check_finite, run_predict, run_test
 from detr2d.runtime.fit import fit
@@ -329,13 +327,3 @@ def test_the_published_config_refuses_frozen_batch_norm_without_weights() -> Non
     ):
         CocoDetectionTask(config).build_model(pretrained=True)
     CocoDetectionTask(config).build_model()  # test / predict: the checkpoint brings the weights
-
-
-def test_keep_heap_flag_applies_the_allocator_setting_only_when_given(monkeypatch) -> None:
-    calls = []
-    monkeypatch.setattr(cli, "keep_freed_memory_in_heap", lambda: calls.append(True) or True)
-    parser = argparse.ArgumentParser()
-    cli.add_inference_mode(parser)
-    assert cli.inference_mode(parser.parse_args(["--inference", "fast"])) == "fast" and calls == []
-    assert cli.inference_mode(parser.parse_args(["--inference", "compile", "--keep-heap"])) == "compile"
-    assert calls == [True]

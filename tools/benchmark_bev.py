@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     frame = (example[0], camera_ring(model.num_cams, size), *example[2:])
     load_before = os.getloadavg()[0]
     wrapper = None if args.no_onnx else (BevFrameForExport(model), example)
-    paths, rows = inference_paths(model, lambda m: m.predict(*frame), wrapper, args.compile)
+    paths, rows = inference_paths(
+        model, lambda m: m.predict(*frame), wrapper, args.compile, not args.no_arena
+    )
     times = time_paths(select_paths(paths, args.only), args.runs, args.warmup)
     rows = [
         ("model", f"{args.model} (random weights)"),
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         ("load average (1 min) before / after", f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"),
         *rows,
     ]
-    print_report("BEV detector, one frame, CPU", times, rows, args.warmup, args.keep_heap)
+    print_report("BEV detector, one frame, CPU", times, rows, args.warmup, not args.no_arena)
 
 
 if __name__ == "__main__":

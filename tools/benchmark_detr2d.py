@@ -2,8 +2,8 @@
 in one run: the model on the reference (grid_sample) op, the eager model on the native op, the fast path
 (:func:`detr2d.fast_inference.optimize_for_inference`), optionally compiled (the compilation, i.e. the
 first call, is timed apart), and ONNX Runtime when the ``export`` extra is
-installed. Runs alternate between the paths so that they share the machine's load. ``--keep-heap``
-makes glibc keep freed memory for the whole process (every path).
+installed. Runs alternate between the paths so that they share the machine's load. The fast paths run
+in the CPU arena (:mod:`ops.arena`) unless ``--no-arena``.
 
 Example: ``python tools/benchmark_detr2d.py --model deformable_detr --height 800 --width 1333 --runs 3``
 """
@@ -27,11 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detr2d import VARIANTS, build_model  # noqa: E402
-from detr2d.fast_inference import (  # noqa: E402
-    keep_freed_memory_in_heap,
-    optimize_for_inference,
-    set_op_backend,
-)
+from detr2d.fast_inference import optimize_for_inference, set_op_backend  # noqa: E402
 
 TimedPath = tuple[str, Callable[[], object]]
 Row = tuple[str, str]
@@ -47,11 +43,10 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def allocator(keep_heap: bool) -> str:
+def allocator(arena: bool) -> str:
     preload = os.environ.get("LD_PRELOAD", "")
-    if "jemalloc" in preload or "tcmalloc" in preload:
-        return "jemalloc" if "jemalloc" in preload else "tcmalloc"
-    return "glibc malloc, freed memory kept (M_MMAP_MAX=0)" if keep_heap else "glibc malloc"
+    system = next((name for name in ("jemalloc", "tcmalloc") if name in preload), "glibc malloc")
+    return f"{system}; fast paths in the CPU arena" if arena else f"{system}; no arena (--no-arena)"
 
 
 def onnxruntime_path(
@@ -90,7 +85,7 @@ def time_paths(paths: list[TimedPath], runs: int, warmup: int) -> dict[str, list
 
 
 def print_report(
-    title: str, times: dict[str, list[tuple[float, float]]], rows: list[Row], warmup: int, keep_heap: bool
+    title: str, times: dict[str, list[tuple[float, float]]], rows: list[Row], warmup: int, arena: bool
 ) -> None:
     """Markdown tables: the paths (median wall and CPU time, runs, speed-ups over the first path) and the
     machine. On a loaded machine the CPU time is the steadier measure of the work done."""
@@ -115,17 +110,19 @@ def print_report(
         ("machine", f"{cpu_model()}, {os.cpu_count()} cores"),
         ("torch threads", str(torch.get_num_threads())),
         ("torch", torch.__version__),
-        ("allocator", allocator(keep_heap)),
+        ("allocator", allocator(arena)),
     ]
     print("\n| what | value |\n|---|---|")
     for key, value in rows:
         print(f"| {key} | {value} |")
 
 
-def compiled_path(model: torch.nn.Module, call: Callable[[torch.nn.Module], object]) -> tuple[TimedPath, Row]:
+def compiled_path(
+    model: torch.nn.Module, call: Callable[[torch.nn.Module], object], arena: bool
+) -> tuple[TimedPath, Row]:
     """The fast path under ``torch.compile``, compiled here by a first call: the path and a
     row with the wall and CPU seconds of that first call (compiling, on a warm or cold Inductor cache)."""
-    compiled = optimize_for_inference(model, compile=True)
+    compiled = optimize_for_inference(model, compile=True, arena=arena)
     wall, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         call(compiled)
@@ -142,20 +139,21 @@ def inference_paths(
     call: Callable[[torch.nn.Module], object],
     wrapper_and_example: tuple[torch.nn.Module, tuple[torch.Tensor, ...]] | None,
     compile: bool,
+    arena: bool,
 ) -> tuple[list[TimedPath], list[Row]]:
     """The paths to compare for one ``model`` (eval mode), ``call(m)`` running model ``m`` once, and the
-    report rows of their preparation (compile time)."""
+    report rows of their preparation (compile time); the fast paths in the CPU arena if ``arena``."""
     reference = copy.deepcopy(model)
     set_op_backend(reference, "reference")
     paths: list[TimedPath] = [
         ("reference op (grid_sample)", lambda: call(reference)),
         ("eager (native op)", lambda: call(model)),
     ]
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, arena=arena)
     paths.append(("fast path", lambda: call(fast)))
     rows: list[Row] = []
     if compile:
-        path, row = compiled_path(model, call)
+        path, row = compiled_path(model, call, arena)
         paths.append(path)
         rows.append(row)
     if wrapper_and_example is not None:
@@ -182,7 +180,7 @@ def parse_benchmark_args(
     runs: int,
 ) -> argparse.Namespace:
     """The arguments of both inference benchmarks (this one and ``tools/benchmark_bev.py``), with the
-    process settings they ask for (threads, kept heap) applied. ``model`` (one of ``models``), ``size``
+    thread count they ask for applied. ``model`` (one of ``models``), ``size``
     (height, width) and ``runs`` are the defaults."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default=model, choices=sorted(models))
@@ -200,15 +198,11 @@ def parse_benchmark_args(
         "per process, so that the paths' allocations cannot change each other's allocator state",
     )
     parser.add_argument(
-        "--keep-heap",
-        action="store_true",
-        help="glibc keeps freed memory (keep_freed_memory_in_heap), for every path of the process",
+        "--no-arena", action="store_true", help="run the fast paths without the CPU arena (ops.arena)"
     )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.keep_heap:
-        keep_freed_memory_in_heap()
     return args
 
 
@@ -224,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     images = torch.randn(1, 3, args.height, args.width)
     load_before = os.getloadavg()[0]
     wrapper = None if args.no_onnx else (Detr2dForExport(model), (images,))
-    paths, rows = inference_paths(model, lambda m: m(images), wrapper, args.compile)
+    paths, rows = inference_paths(model, lambda m: m(images), wrapper, args.compile, not args.no_arena)
     times = time_paths(select_paths(paths, args.only), args.runs, args.warmup)
     rows = [
         ("model", f"{args.model} (R50, random weights)"),
@@ -232,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         ("load average (1 min) before / after", f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"),
         *rows,
     ]
-    print_report("Deformable DETR inference, CPU", times, rows, args.warmup, args.keep_heap)
+    print_report("Deformable DETR inference, CPU", times, rows, args.warmup, not args.no_arena)
 
 
 if __name__ == "__main__":

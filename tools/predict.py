@@ -17,7 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detr2d.runtime.cli import (  # noqa: E402
     add_inference_mode,
-    inference_mode,
     load_task,
     parser_with_config,
     split_overrides,
@@ -43,7 +42,7 @@ def main() -> None:
         parser.error("no inputs: pass image files / folders (BEV: infos files)")
     setup_logging(None, is_main=True)
     _, errors = run_predict(
-        task, args.checkpoint, inputs, args.out, args.score_threshold, args.limit, inference_mode(args)
+        task, args.checkpoint, inputs, args.out, args.score_threshold, args.limit, args.inference
     )
     if errors:
         sys.exit(f"{len(errors)} input(s) could not be read; see {Path(args.out) / 'predictions.json'}")

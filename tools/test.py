@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detr2d.runtime.cli import add_inference_mode, inference_mode, load_task, parser_with_config  # noqa: E402
+from detr2d.runtime.cli import add_inference_mode, load_task, parser_with_config  # noqa: E402
 from detr2d.runtime.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from detr2d.runtime.evaluate import run_test  # noqa: E402
 from detr2d.runtime.logs import setup_logging  # noqa: E402
@@ -38,7 +38,7 @@ def main() -> None:
     info = init_distributed()
     setup_logging(None, info.is_main)
     try:
-        result = run_test(task, args.checkpoint, args.out, args.format_only, inference_mode(args))
+        result = run_test(task, args.checkpoint, args.out, args.format_only, args.inference)
         if info.is_main:
             print(result.table)
     finally:

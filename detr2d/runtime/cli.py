@@ -12,7 +12,6 @@ from pathlib import Path
 
 from configs import Config, load_config
 
-from ..fast_inference import keep_freed_memory_in_heap
 from .evaluate import INFERENCE_MODES
 from .task import Task
 from .tasks import build_task
@@ -36,23 +35,10 @@ def add_inference_mode(parser: argparse.ArgumentParser) -> None:
         "--inference",
         choices=INFERENCE_MODES,
         default="eager",
-        help="eager: the model as trained; fast: batch norm folded, channels-last, native ops; "
-        "compile: fast under torch.compile (default: %(default)s)",
+        help="eager: the model as trained; fast: batch norm folded, channels-last, native ops, "
+        "prepacked linear layers, large CPU buffers from an arena; compile: fast under torch.compile "
+        "(default: %(default)s)",
     )
-    parser.add_argument(
-        "--keep-heap",
-        action="store_true",
-        help="glibc keeps freed memory for this process: fewer page faults on large activations, "
-        "memory stays at its peak (detr2d.fast_inference.keep_freed_memory_in_heap)",
-    )
-
-
-def inference_mode(args: argparse.Namespace) -> str:
-    """The ``--inference`` mode of :func:`add_inference_mode`'s arguments, after applying ``--keep-heap``
-    to this process."""
-    if args.keep_heap:
-        keep_freed_memory_in_heap()
-    return args.inference
 
 
 def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:

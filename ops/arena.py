@@ -1,0 +1,69 @@
+"""A caching allocator for large CPU buffers, open while an inference scope is (``cpu_arena``).
+
+glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh mapping and unmaps
+it when it is freed, so a detector's activation maps cost page faults on every forward (the kernel
+zeroes each new page). Inside ``with cpu_arena():`` CPU allocations of at least 256 KiB come from a
+cache of blocks freed earlier (one free list per size class, at most 1/16 slack); the blocks return to
+the cache when their tensors are freed, inside the scope or after, up to :func:`set_cpu_arena_limit`
+bytes (4 GiB unless set; beyond it they are freed). Outside every scope, allocations go to PyTorch's
+CPU allocator unchanged. Scopes nest and count process-wide (every thread's allocations while one is
+open). The native library (``ops/csrc/cpu_arena.cpp``) installs itself in front of PyTorch's CPU
+allocator on the first scope; without the native library a scope does nothing and yields False.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+
+from .extension import load_native
+
+
+class CpuArenaStats(NamedTuple):
+    """Bytes held by live tensors (``in_use``) and by the cache (``cached``), the most ever in use,
+    allocations served from the cache (``hits``) and fresh (``misses``), the cache limit, open scopes."""
+
+    in_use: int
+    cached: int
+    peak_in_use: int
+    hits: int
+    misses: int
+    limit: int
+    open_scopes: int
+
+
+def cpu_arena_available() -> bool:
+    """Whether the native library (and so the arena) is loaded."""
+    return load_native().cpu
+
+
+@contextlib.contextmanager
+def cpu_arena() -> Iterator[bool]:
+    """Serve large CPU allocations from the arena inside the ``with`` block; yields whether it is on."""
+    on = cpu_arena_available() and bool(torch.ops.deformbev_native.cpu_arena_enter())
+    try:
+        yield on
+    finally:
+        if on:
+            torch.ops.deformbev_native.cpu_arena_exit()
+
+
+def cpu_arena_stats() -> CpuArenaStats:
+    """The arena's counters (all zero before its first scope or without the native library)."""
+    if not cpu_arena_available():
+        return CpuArenaStats(0, 0, 0, 0, 0, 0, 0)
+    return CpuArenaStats(*torch.ops.deformbev_native.cpu_arena_stats())
+
+
+def release_cpu_arena() -> int:
+    """Free every cached block (live tensors keep theirs); returns the bytes freed."""
+    return int(torch.ops.deformbev_native.cpu_arena_release()) if cpu_arena_available() else 0
+
+
+def set_cpu_arena_limit(bytes_: int) -> None:
+    """Cache at most ``bytes_`` of freed blocks (blocks freed beyond it go back to the system)."""
+    if cpu_arena_available():
+        torch.ops.deformbev_native.cpu_arena_set_limit(int(bytes_))

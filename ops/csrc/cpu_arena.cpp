@@ -1,0 +1,213 @@
+// A caching allocator for large CPU buffers, open while an inference scope is (ops/arena.py).
+//
+// glibc serves every allocation above its mmap threshold with a fresh mapping and unmaps it when it is
+// freed, so a detector's activation maps cost page faults (the kernel zeroes each new page) on every
+// forward. While at least one scope is open (cpu_arena_enter/exit, counted, process-wide), allocations
+// of at least kMinBytes are served from a cache of freed blocks, one free list per size class (at most
+// 1/16 slack). A block goes back to its list when it is freed, inside a scope or after, unless the cache
+// would exceed its limit; then it is freed. Outside a scope every allocation goes to the allocator that
+// was installed before, with its own deleter called on free.
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
+#include <torch/library.h>
+
+#include <pthread.h>
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+constexpr size_t kMinBytes = size_t{1} << 18;  // 256 KiB: smaller buffers stay with glibc's heap
+
+// n rounded up to a multiple of 1/16 of the next power of two: 8 classes per doubling.
+size_t size_class(size_t n) {
+  size_t power = 1;
+  while (power < n) power <<= 1;
+  const size_t step = power / 16;
+  return (n + step - 1) / step * step;
+}
+
+class Arena final : public c10::Allocator {
+ public:
+  explicit Arena(c10::Allocator* fallback) : fallback_(fallback), fallback_delete_(fallback->raw_deleter()) {}
+
+  c10::DataPtr allocate(size_t nbytes) override {
+    if (nbytes >= kMinBytes && depth_.load(std::memory_order_relaxed) > 0) {
+      void* ptr = take(size_class(nbytes));
+      return {ptr, ptr, &Arena::delete_block, c10::Device(c10::DeviceType::CPU)};
+    }
+    // The fallback's blocks carry its context == data (its raw_deleter is not null: see install()).
+    c10::DataPtr data = fallback_->allocate(nbytes);
+    void* ptr = data.get();
+    const c10::Device device = data.device();
+    data.release_context();
+    return {ptr, ptr, &Arena::delete_block, device};
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &Arena::delete_block; }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  static Arena* instance() { return instance_.load(std::memory_order_acquire); }
+
+  // Installs the arena in front of the current CPU allocator once; false where that is not possible.
+  static bool install() {
+    static std::mutex install_mutex;
+    std::lock_guard<std::mutex> lock(install_mutex);
+    if (instance() != nullptr) return true;
+    c10::Allocator* current = c10::GetCPUAllocator();
+    if (current == nullptr || current->raw_deleter() == nullptr) return false;
+    auto* arena = new Arena(current);  // lives as long as the process: tensors may still point to it
+    c10::SetCPUAllocator(arena, /*priority=*/UINT8_MAX);
+    if (c10::GetCPUAllocator() != arena) return false;  // leaked on purpose: never handed out
+    instance_.store(arena, std::memory_order_release);
+    // A fork (a DataLoader worker) while another thread holds the lock would leave the child's copy locked.
+    pthread_atfork([] { instance()->mutex_.lock(); }, [] { instance()->mutex_.unlock(); },
+                   [] { instance()->mutex_.unlock(); });
+    return true;
+  }
+
+  void enter() { depth_.fetch_add(1); }
+  void exit() { depth_.fetch_sub(1); }
+
+  int64_t release_cached() {
+    std::vector<void*> blocks;
+    int64_t released = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto& [bytes, list] : free_) {
+        released += static_cast<int64_t>(bytes * list.size());
+        blocks.insert(blocks.end(), list.begin(), list.end());
+      }
+      free_.clear();
+      cached_ = 0;
+    }
+    for (void* block : blocks) c10::free_cpu(block);
+    return released;
+  }
+
+  void set_limit(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    limit_ = bytes;
+  }
+
+  std::vector<int64_t> stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {static_cast<int64_t>(in_use_), static_cast<int64_t>(cached_), static_cast<int64_t>(peak_),
+            hits_, misses_, static_cast<int64_t>(limit_), depth_.load()};
+  }
+
+ private:
+  void* take(size_t bytes) {
+    void* ptr = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto list = free_.find(bytes);
+      if (list != free_.end() && !list->second.empty()) {
+        ptr = list->second.back();
+        list->second.pop_back();
+        cached_ -= bytes;
+        ++hits_;
+      } else {
+        ++misses_;
+      }
+    }
+    if (ptr == nullptr) {
+      try {
+        ptr = c10::alloc_cpu(bytes);
+      } catch (const c10::Error&) {
+        release_cached();  // out of memory: give the cache back and try once more
+        ptr = c10::alloc_cpu(bytes);
+      }
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    live_.emplace(ptr, bytes);
+    live_count_.fetch_add(1, std::memory_order_release);
+    in_use_ += bytes;
+    peak_ = std::max(peak_, in_use_);
+    return ptr;
+  }
+
+  static void delete_block(void* ptr) { instance()->give_back(ptr); }
+
+  void give_back(void* ptr) {
+    if (live_count_.load(std::memory_order_acquire) > 0) {
+      bool owned = false;
+      bool keep = false;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto block = live_.find(ptr);
+        if (block != live_.end()) {
+          owned = true;
+          const size_t bytes = block->second;
+          live_.erase(block);
+          live_count_.fetch_sub(1, std::memory_order_release);
+          in_use_ -= bytes;
+          keep = cached_ + bytes <= limit_;
+          if (keep) {
+            free_[bytes].push_back(ptr);
+            cached_ += bytes;
+          }
+        }
+      }
+      if (owned) {
+        if (!keep) c10::free_cpu(ptr);
+        return;
+      }
+    }
+    fallback_delete_(ptr);
+  }
+
+  static std::atomic<Arena*> instance_;
+  c10::Allocator* fallback_;
+  c10::DeleterFnPtr fallback_delete_;
+  std::atomic<int64_t> depth_{0};
+  std::atomic<int64_t> live_count_{0};
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  std::unordered_map<void*, size_t> live_;
+  size_t in_use_ = 0, cached_ = 0, peak_ = 0;
+  size_t limit_ = size_t{4} << 30;
+  int64_t hits_ = 0, misses_ = 0;
+};
+
+std::atomic<Arena*> Arena::instance_{nullptr};
+
+bool cpu_arena_enter() {
+  if (!Arena::install()) return false;
+  Arena::instance()->enter();
+  return true;
+}
+
+void cpu_arena_exit() {
+  TORCH_CHECK(Arena::instance() != nullptr, "cpu_arena_exit: no scope was entered");
+  Arena::instance()->exit();
+}
+
+int64_t cpu_arena_release() { return Arena::instance() ? Arena::instance()->release_cached() : 0; }
+
+void cpu_arena_set_limit(int64_t bytes) {
+  TORCH_CHECK(bytes >= 0, "cpu_arena_set_limit: the limit must be >= 0 bytes, got ", bytes);
+  TORCH_CHECK(Arena::install(), "cpu_arena_set_limit: the arena could not be installed");
+  Arena::instance()->set_limit(static_cast<size_t>(bytes));
+}
+
+std::vector<int64_t> cpu_arena_stats() {
+  return Arena::instance() ? Arena::instance()->stats() : std::vector<int64_t>{0, 0, 0, 0, 0, 0, 0};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(deformbev_native, m) {
+  m.def("cpu_arena_enter() -> bool", &cpu_arena_enter);
+  m.def("cpu_arena_exit() -> ()", &cpu_arena_exit);
+  m.def("cpu_arena_release() -> int", &cpu_arena_release);
+  m.def("cpu_arena_set_limit(int bytes) -> ()", &cpu_arena_set_limit);
+  m.def("cpu_arena_stats() -> int[]", &cpu_arena_stats);
+}

@@ -1,0 +1,129 @@
+"""The CPU arena (ops.arena): large buffers reused inside a scope, everything else unchanged.
+
+The arena counts process-wide, so every check compares counters before and after."""
+
+from __future__ import annotations
+
+import resource
+import threading
+
+import pytest
+import torch
+
+from ops.arena import (
+    cpu_arena,
+    cpu_arena_available,
+    cpu_arena_stats,
+    release_cpu_arena,
+    set_cpu_arena_limit,
+)
+
+pytestmark = pytest.mark.skipif(not cpu_arena_available(), reason="the CPU arena needs the native library")
+
+MB = 2**20
+
+
+def test_a_freed_block_serves_the_next_allocation_of_its_size_class():
+    with cpu_arena() as on:
+        assert on and cpu_arena_stats().open_scopes >= 1
+        first = torch.empty(MB)  # 4 MiB
+        pointer = first.data_ptr()
+        del first
+        before = cpu_arena_stats()
+        second = torch.empty(MB - 1000)  # same size class (1/16 of 4 MiB slack)
+        after = cpu_arena_stats()
+    assert second.data_ptr() == pointer
+    assert (after.hits - before.hits, after.misses - before.misses) == (1, 0)
+    assert after.in_use - before.in_use == 4 * MB
+
+
+def test_small_buffers_and_buffers_outside_a_scope_do_not_use_the_arena():
+    before = cpu_arena_stats()
+    big = torch.empty(4 * MB)
+    with cpu_arena():
+        small = torch.empty(1000)
+    assert cpu_arena_stats()[:5] == before[:5]
+    del big, small
+
+
+def test_scopes_nest_close_on_errors_and_blocks_freed_after_a_scope_return_to_the_cache():
+    base = cpu_arena_stats().open_scopes
+    with cpu_arena(), cpu_arena():
+        assert cpu_arena_stats().open_scopes == base + 2
+        kept = torch.ones(3 * MB)
+    with pytest.raises(RuntimeError, match="boom"), cpu_arena():
+        raise RuntimeError("boom")
+    assert cpu_arena_stats().open_scopes == base
+    before = cpu_arena_stats()
+    assert kept.sum().item() == 3 * MB  # the data outlives the scope
+    del kept
+    after = cpu_arena_stats()
+    assert before.in_use - after.in_use == 12 * MB and after.cached - before.cached == 12 * MB
+
+
+def test_the_limit_bounds_the_cache_and_release_empties_it():
+    released = release_cpu_arena()
+    assert released >= 0 and cpu_arena_stats().cached == 0
+    set_cpu_arena_limit(5 * MB)
+    try:
+        with cpu_arena():
+            blocks = [torch.empty(MB) for _ in range(2)]  # 4 MiB each
+        del blocks  # the first fits under 5 MiB, the second is freed
+        assert cpu_arena_stats().cached == 4 * MB
+        assert release_cpu_arena() == 4 * MB and cpu_arena_stats().cached == 0
+        with pytest.raises(RuntimeError, match="must be >= 0"):
+            set_cpu_arena_limit(-1)
+    finally:
+        set_cpu_arena_limit(4 * 2**30)
+
+
+def test_a_reused_buffer_costs_no_page_faults():
+    """What the arena is for: glibc maps a 64 MiB buffer afresh each time (a page fault per page)."""
+    pages = 64 * MB // resource.getpagesize()
+    with cpu_arena():
+        buffer = torch.empty(16 * MB)
+        buffer.fill_(1.0)
+        del buffer
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        buffer = torch.empty(16 * MB)
+        buffer.fill_(2.0)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    assert faults < pages // 100, f"{faults} page faults filling a reused buffer of {pages} pages"
+    del buffer
+
+
+def test_results_are_unchanged_and_threads_share_the_arena_safely():
+    a, b = torch.randn(512, 700), torch.randn(700, 600)
+    expected = a @ b
+    errors: list[BaseException] = []
+    before = cpu_arena_stats()
+
+    def work() -> None:
+        try:
+            for _ in range(20):
+                torch.testing.assert_close(a @ b, expected)  # 1.6 MiB results
+                torch.ones(MB).add_(1)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    with cpu_arena():
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors
+    after = cpu_arena_stats()
+    assert after.in_use == before.in_use and after.hits - before.hits >= 100
+
+
+def test_dataloader_workers_fork_from_inside_a_scope():
+    data = torch.utils.data.TensorDataset(torch.arange(8.0))
+
+    def collate(items: list) -> torch.Tensor:
+        return torch.full((MB,), float(sum(x[0] for x in items)))
+
+    loader = torch.utils.data.DataLoader(data, batch_size=4, num_workers=2, collate_fn=collate)
+    with cpu_arena():
+        sums = [batch[0].item() for batch in loader]
+    assert sums == [6.0, 22.0]
