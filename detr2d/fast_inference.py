@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ops import ModulatedDeformConv2d, resolve_backend
-from ops.arena import cpu_arena
+from ops.arena import enter_cpu_arena, exit_cpu_arena
 
 from .backbone import FrozenBatchNorm2d
 
@@ -184,14 +184,19 @@ def set_op_backend(model: nn.Module, backend: str | None) -> int:
 
 
 def _in_cpu_arena(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """``forward`` run inside :func:`ops.arena.cpu_arena`: its large CPU buffers come from the arena."""
+    """``forward`` run inside a :func:`ops.arena.cpu_arena` scope: its large CPU buffers come from the
+    arena. ``torch.compile`` skips this wrapper's own frame and still compiles ``forward``."""
 
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:
-        with cpu_arena():
+        opened = enter_cpu_arena()
+        try:
             return forward(*args, **kwargs)
+        finally:
+            if opened:
+                exit_cpu_arena()
 
-    return run
+    return torch.compiler.disable(run, recursive=False)
 
 
 def optimize_for_inference(model: nn.Module, compile: bool = False, arena: bool = True) -> nn.Module:

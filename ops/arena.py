@@ -36,19 +36,32 @@ class CpuArenaStats(NamedTuple):
 
 
 def cpu_arena_available() -> bool:
-    """Whether the native library (and so the arena) is loaded."""
-    return load_native().cpu
+    """Whether the native library is loaded and has the arena (a library built before it has not)."""
+    return load_native().cpu and hasattr(torch.ops.deformbev_native, "cpu_arena_enter")
+
+
+@torch.compiler.disable
+def enter_cpu_arena() -> bool:
+    """Open a scope (see :func:`cpu_arena`); returns whether it opened. Each True needs one
+    :func:`exit_cpu_arena`. ``torch.compile`` runs it as it is, outside any graph."""
+    return cpu_arena_available() and bool(torch.ops.deformbev_native.cpu_arena_enter())
+
+
+@torch.compiler.disable
+def exit_cpu_arena() -> None:
+    """Close a scope that :func:`enter_cpu_arena` opened; RuntimeError when none is open."""
+    torch.ops.deformbev_native.cpu_arena_exit()
 
 
 @contextlib.contextmanager
 def cpu_arena() -> Iterator[bool]:
     """Serve large CPU allocations from the arena inside the ``with`` block; yields whether it is on."""
-    on = cpu_arena_available() and bool(torch.ops.deformbev_native.cpu_arena_enter())
+    on = enter_cpu_arena()
     try:
         yield on
     finally:
         if on:
-            torch.ops.deformbev_native.cpu_arena_exit()
+            exit_cpu_arena()
 
 
 def cpu_arena_stats() -> CpuArenaStats:

@@ -3,6 +3,8 @@ compiled; same outputs; inference in the CPU arena."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from detr2d_helpers import NARROW
@@ -178,6 +180,21 @@ def test_fast_path_reuses_its_buffers_from_one_call_to_the_next(cpu_backend):
     assert second.misses == first.misses  # the second call found every large buffer in the cache
     assert second.hits - first.hits == first.hits + first.misses - before.hits - before.misses
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_compiling_the_fast_path_afterwards_compiles_through_the_arena_scope(cpu_backend):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
+    compiled = torch.compile(optimize_for_inference(model))  # not compile=True: the user's own
+    frames, before = torch._dynamo.utils.counters["frames"]["ok"], cpu_arena_stats()
+    images = torch.randn(1, 3, 96, 96)  # 8 x 94 x 94 float maps: 276 KiB, from the arena
+    with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.testing.assert_close(compiled(images), model(images), atol=1e-4, rtol=1e-4)
+    assert torch._dynamo.utils.counters["frames"]["ok"] > frames  # the model's forward was compiled
+    after = cpu_arena_stats()
+    assert after.hits + after.misses > before.hits + before.misses and after.open_scopes == 0
+    assert not [str(w.message) for w in caught if "Dynamo" in str(w.message)]  # the scope is not traced
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")

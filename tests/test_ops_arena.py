@@ -54,6 +54,10 @@ def test_scopes_nest_close_on_errors_and_blocks_freed_after_a_scope_return_to_th
     with pytest.raises(RuntimeError, match="boom"), cpu_arena():
         raise RuntimeError("boom")
     assert cpu_arena_stats().open_scopes == base
+    if base == 0:
+        with pytest.raises(RuntimeError, match="no scope is open"):
+            torch.ops.deformbev_native.cpu_arena_exit()
+        assert cpu_arena_stats().open_scopes == 0
     before = cpu_arena_stats()
     assert kept.sum().item() == 3 * MB  # the data outlives the scope
     del kept

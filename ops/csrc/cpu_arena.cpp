@@ -74,7 +74,12 @@ class Arena final : public c10::Allocator {
   }
 
   void enter() { depth_.fetch_add(1); }
-  void exit() { depth_.fetch_sub(1); }
+  void exit() {
+    if (depth_.fetch_sub(1) <= 0) {
+      depth_.fetch_add(1);
+      TORCH_CHECK(false, "cpu_arena_exit: no scope is open (an exit without its enter)");
+    }
+  }
 
   int64_t release_cached() {
     std::vector<void*> blocks;
@@ -186,7 +191,7 @@ bool cpu_arena_enter() {
 }
 
 void cpu_arena_exit() {
-  TORCH_CHECK(Arena::instance() != nullptr, "cpu_arena_exit: no scope was entered");
+  TORCH_CHECK(Arena::instance() != nullptr, "cpu_arena_exit: no scope is open (the arena was never entered)");
   Arena::instance()->exit();
 }
 
