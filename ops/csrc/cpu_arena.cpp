@@ -43,6 +43,7 @@ class Arena final : public c10::Allocator {
     // The fallback's blocks carry its context == data (its raw_deleter is not null: see install()).
     c10::DataPtr data = fallback_->allocate(nbytes);
     void* ptr = data.get();
+    TORCH_INTERNAL_ASSERT(ptr == data.get_context(), "cpu arena: the CPU allocator's context is not its data");
     const c10::Device device = data.device();
     data.release_context();
     return {ptr, ptr, &Arena::delete_block, device};
