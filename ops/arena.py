@@ -3,9 +3,10 @@
 glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh mapping and unmaps
 it when it is freed, so a detector's activation maps cost page faults on every forward (the kernel
 zeroes each new page). Inside ``with cpu_arena():`` CPU allocations of at least 256 KiB come from a
-cache of blocks freed earlier (one free list per size class, at most 1/16 slack); the blocks return to
-the cache when their tensors are freed, inside the scope or after, up to :func:`set_cpu_arena_limit`
-bytes (4 GiB unless set; beyond it they are freed). Outside every scope, allocations go to PyTorch's
+cache of blocks freed earlier (one free list per size class, less than 1/8 slack); the blocks return
+to the cache when their tensors are freed, inside the scope or after, up to :func:`set_cpu_arena_limit`
+bytes (4 GiB unless set; beyond it the least recently freed blocks are freed, so the cache follows
+changing input sizes). Outside every scope, allocations go to PyTorch's
 CPU allocator unchanged. Scopes nest and count process-wide (every thread's allocations while one is
 open). The native library (``ops/csrc/cpu_arena.cpp``) installs itself in front of PyTorch's CPU
 allocator on the first scope; without the native library a scope does nothing and yields False.
@@ -77,6 +78,6 @@ def release_cpu_arena() -> int:
 
 
 def set_cpu_arena_limit(bytes_: int) -> None:
-    """Cache at most ``bytes_`` of freed blocks (blocks freed beyond it go back to the system)."""
+    """Cache at most ``bytes_`` of freed blocks (the least recently freed go back to the system)."""
     if cpu_arena_available():
         torch.ops.deformbev_native.cpu_arena_set_limit(int(bytes_))

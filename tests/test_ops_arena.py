@@ -72,11 +72,31 @@ def test_the_limit_bounds_the_cache_and_release_empties_it():
     try:
         with cpu_arena():
             blocks = [torch.empty(MB) for _ in range(2)]  # 4 MiB each
-        del blocks  # the first fits under 5 MiB, the second is freed
+        del blocks  # one 4 MiB block fits under 5 MiB
         assert cpu_arena_stats().cached == 4 * MB
         assert release_cpu_arena() == 4 * MB and cpu_arena_stats().cached == 0
         with pytest.raises(RuntimeError, match="must be >= 0"):
             set_cpu_arena_limit(-1)
+    finally:
+        set_cpu_arena_limit(4 * 2**30)
+
+
+def test_beyond_the_limit_the_least_recently_freed_blocks_leave_the_cache():
+    release_cpu_arena()
+    set_cpu_arena_limit(9 * MB)
+    try:
+        with cpu_arena():
+            old, new = torch.empty(MB), torch.empty(3 * MB // 2)  # 4 MiB, then 6 MiB: two size classes
+            new_pointer = new.data_ptr()
+            del old
+            del new  # 10 MiB would be cached: the 4 MiB block, the older, is freed
+            assert cpu_arena_stats().cached == 6 * MB
+            before = cpu_arena_stats()
+            again = torch.empty(3 * MB // 2)
+            assert again.data_ptr() == new_pointer and cpu_arena_stats().hits == before.hits + 1
+            del again
+        set_cpu_arena_limit(0)  # lowering the limit evicts at once
+        assert cpu_arena_stats().cached == 0
     finally:
         set_cpu_arena_limit(4 * 2**30)
 

@@ -3,18 +3,20 @@
 // glibc serves every allocation above its mmap threshold with a fresh mapping and unmaps it when it is
 // freed, so a detector's activation maps cost page faults (the kernel zeroes each new page) on every
 // forward. While at least one scope is open (cpu_arena_enter/exit, counted, process-wide), allocations
-// of at least kMinBytes are served from a cache of freed blocks, one free list per size class (at most
-// 1/16 slack). A block goes back to its list when it is freed, inside a scope or after, unless the cache
-// would exceed its limit; then it is freed. Outside a scope every allocation goes to the allocator that
-// was installed before, with its own deleter called on free.
+// of at least kMinBytes are served from a cache of freed blocks, one free list per size class (less
+// than 1/8 slack). A block goes back to its list when it is freed, inside a scope or after; beyond the
+// cache's limit the least recently freed blocks are freed, so the cache follows changing input sizes.
+// Outside a scope every allocation goes to the allocator installed before, whose deleter frees it.
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <list>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -87,10 +89,9 @@ class Arena final : public c10::Allocator {
     int64_t released = 0;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      for (auto& [bytes, list] : free_) {
-        released += static_cast<int64_t>(bytes * list.size());
-        blocks.insert(blocks.end(), list.begin(), list.end());
-      }
+      released = static_cast<int64_t>(cached_);
+      for (const Cached& block : order_) blocks.push_back(block.ptr);
+      order_.clear();
       free_.clear();
       cached_ = 0;
     }
@@ -99,8 +100,13 @@ class Arena final : public c10::Allocator {
   }
 
   void set_limit(size_t bytes) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    limit_ = bytes;
+    std::vector<void*> evicted;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      limit_ = bytes;
+      evict_to_limit(evicted);
+    }
+    for (void* block : evicted) c10::free_cpu(block);
   }
 
   std::vector<int64_t> stats() {
@@ -116,7 +122,8 @@ class Arena final : public c10::Allocator {
       std::lock_guard<std::mutex> lock(mutex_);
       auto list = free_.find(bytes);
       if (list != free_.end() && !list->second.empty()) {
-        ptr = list->second.back();
+        ptr = list->second.back()->ptr;  // the most recently freed block of the class
+        order_.erase(list->second.back());
         list->second.pop_back();
         cached_ -= bytes;
         ++hits_;
@@ -145,7 +152,7 @@ class Arena final : public c10::Allocator {
   void give_back(void* ptr) {
     if (live_count_.load(std::memory_order_acquire) > 0) {
       bool owned = false;
-      bool keep = false;
+      std::vector<void*> evicted;
       {
         std::lock_guard<std::mutex> lock(mutex_);
         auto block = live_.find(ptr);
@@ -155,19 +162,30 @@ class Arena final : public c10::Allocator {
           live_.erase(block);
           live_count_.fetch_sub(1, std::memory_order_release);
           in_use_ -= bytes;
-          keep = cached_ + bytes <= limit_;
-          if (keep) {
-            free_[bytes].push_back(ptr);
-            cached_ += bytes;
-          }
+          free_[bytes].push_back(order_.insert(order_.end(), Cached{ptr, bytes}));
+          cached_ += bytes;
+          evict_to_limit(evicted);
         }
       }
       if (owned) {
-        if (!keep) c10::free_cpu(ptr);
+        for (void* block : evicted) c10::free_cpu(block);
         return;
       }
     }
     fallback_delete_(ptr);
+  }
+
+  // Takes the least recently freed blocks out of the cache until it fits its limit (lock held);
+  // the caller frees them after unlocking.
+  void evict_to_limit(std::vector<void*>& evicted) {
+    while (cached_ > limit_) {
+      const Cached oldest = order_.front();
+      std::vector<std::list<Cached>::iterator>& list = free_[oldest.bytes];
+      list.erase(std::find(list.begin(), list.end(), order_.begin()));
+      order_.pop_front();
+      cached_ -= oldest.bytes;
+      evicted.push_back(oldest.ptr);
+    }
   }
 
   static std::atomic<Arena*> instance_;
@@ -175,8 +193,13 @@ class Arena final : public c10::Allocator {
   c10::DeleterFnPtr fallback_delete_;
   std::atomic<int64_t> depth_{0};
   std::atomic<int64_t> live_count_{0};
+  struct Cached {
+    void* ptr;
+    size_t bytes;
+  };
   std::mutex mutex_;
-  std::unordered_map<size_t, std::vector<void*>> free_;
+  std::list<Cached> order_;  // the cached blocks, least recently freed first
+  std::unordered_map<size_t, std::vector<std::list<Cached>::iterator>> free_;  // per size class
   std::unordered_map<void*, size_t> live_;
   size_t in_use_ = 0, cached_ = 0, peak_ = 0;
   size_t limit_ = size_t{4} << 30;
