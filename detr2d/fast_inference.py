@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ops import ModulatedDeformConv2d, resolve_backend
-from ops.arena import enter_cpu_arena, exit_cpu_arena
+from ops.arena import cpu_arena
 
 from .backbone import FrozenBatchNorm2d
 
@@ -189,12 +189,8 @@ def _in_cpu_arena(forward: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:
-        opened = enter_cpu_arena()
-        try:
+        with cpu_arena():
             return forward(*args, **kwargs)
-        finally:
-            if opened:
-                exit_cpu_arena()
 
     return torch.compiler.disable(run, recursive=False)
 
