@@ -59,21 +59,23 @@ class Arena final : public c10::Allocator {
 
   static Arena* instance() { return instance_.load(std::memory_order_acquire); }
 
-  // Installs the arena in front of the current CPU allocator once; false where that is not possible.
+  // Installs the arena in front of the current CPU allocator, once per process (later calls return the
+  // first result); false where that is not possible.
   static bool install() {
-    static std::mutex install_mutex;
-    std::lock_guard<std::mutex> lock(install_mutex);
-    if (instance() != nullptr) return true;
-    c10::Allocator* current = c10::GetCPUAllocator();
-    if (current == nullptr || current->raw_deleter() == nullptr) return false;
-    auto* arena = new Arena(current);  // lives as long as the process: tensors may still point to it
-    c10::SetCPUAllocator(arena, /*priority=*/UINT8_MAX);
-    if (c10::GetCPUAllocator() != arena) return false;  // leaked on purpose: never handed out
-    instance_.store(arena, std::memory_order_release);
-    // A fork (a DataLoader worker) while another thread holds the lock would leave the child's copy locked.
-    pthread_atfork([] { instance()->mutex_.lock(); }, [] { instance()->mutex_.unlock(); },
-                   [] { instance()->mutex_.unlock(); });
-    return true;
+    static const bool installed = [] {
+      c10::Allocator* current = c10::GetCPUAllocator();
+      if (current == nullptr || current->raw_deleter() == nullptr) return false;
+      auto* arena = new Arena(current);  // lives as long as the process: tensors may still point to it
+      c10::SetCPUAllocator(arena, /*priority=*/UINT8_MAX);
+      if (c10::GetCPUAllocator() != arena) return false;  // another allocator outranks it: never used
+      instance_.store(arena, std::memory_order_release);
+      // A fork (a DataLoader worker) while another thread holds the lock would leave the child's copy
+      // locked.
+      pthread_atfork([] { instance()->mutex_.lock(); }, [] { instance()->mutex_.unlock(); },
+                     [] { instance()->mutex_.unlock(); });
+      return true;
+    }();
+    return installed;
   }
 
   void enter() { depth_.fetch_add(1); }
