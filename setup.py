@@ -35,7 +35,7 @@ REQUIREMENTS = [
 
 def with_cuda() -> bool:
     """``ops.extension.build_cuda_kernels``: CUDA kernels whenever torch has CUDA and a CUDA toolkit is
-    found (no GPU needed here), FORCE_CUDA=1 forces, DEFORMBEV_MSDA_NO_CUDA=1 prevents. The module is
+    found (no GPU needed here), FORCE_CUDA=1 forces, DEFORMBEV_OPS_NO_CUDA=1 prevents. The module is
     loaded from its file, without importing the ``ops`` package."""
     spec = importlib.util.spec_from_file_location("deformbev_ops_extension", ROOT / "ops" / "extension.py")
     extension = importlib.util.module_from_spec(spec)

@@ -91,8 +91,8 @@ class HungarianAssigner3D:
             ``query_index`` (M,) and ``gt_index`` (M,) int64 on the inputs' device, M = min(Q, K),
             sorted by query index.
         """
-        num_query, num_gt = box_code.shape[0], gt_code.shape[0]
-        if cls_logits.shape[0] != num_query or gt_labels.shape != (num_gt,):
+        num_queries, num_gt = box_code.shape[0], gt_code.shape[0]
+        if cls_logits.shape[0] != num_queries or gt_labels.shape != (num_gt,):
             raise ValueError(
                 f"inconsistent shapes: cls_logits {tuple(cls_logits.shape)}, "
                 f"box_code {tuple(box_code.shape)}, "

@@ -75,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "num_query_groups": 1,  # Group DETR: query groups in training (1: published; test uses one group)
     "max_num": 300,
     "bev_pos_in_memory": False,  # True: the decoder reads BEV + positional embedding (published: bare BEV)
-    "op_backend": None,
+    "backend": None,
     "temporal_alignment": "published",  # or "planar": our warp of the previous BEV by the ego motion
     "use_can_bus": True,  # BEVFormer's can_bus_mlp output added to the BEV queries
     "can_bus_norm": True,  # can_bus_mlp ends in a LayerNorm
@@ -194,7 +194,7 @@ def published_transformer_init(encoder: BEVEncoder | None, head: DetectionDecode
 def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
     """Build variant ``name`` (see :data:`VARIANTS`), with any :data:`DEFAULTS` key overridden.
 
-    Example: ``build_bev_model("bev_demo", bev_h=10, bev_w=10, num_queries=20, op_backend="reference")``.
+    Example: ``build_bev_model("bev_demo", bev_h=10, bev_w=10, num_queries=20, backend="reference")``.
     """
     s = bev_model_settings(name, **overrides)
     backbone = _image_backbone(s)
@@ -202,7 +202,7 @@ def build_bev_model(name: str, **overrides: Any) -> MultiViewDetector3D:
     if s["num_levels"] < len(in_channels):
         raise ValueError(f"num_levels ({s['num_levels']}) is below the backbone's {len(in_channels)} levels")
     neck = FPNNeck(in_channels, s["embed_dims"], num_outs=s["num_levels"])
-    c, heads, dropout, backend = s["embed_dims"], s["num_heads"], s["dropout"], s["op_backend"]
+    c, heads, dropout, backend = s["embed_dims"], s["num_heads"], s["dropout"], s["backend"]
     encoder = None
     if s["head"] == "bev":
         encoder = BEVEncoder(

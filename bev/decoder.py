@@ -53,7 +53,7 @@ class BEVDecoderLayer(DecoderLayer):
         num_points: int = 4,
         backend: str | None = None,
     ) -> None:
-        super().__init__(embed_dims, ffn_dims, dropout, 1, num_heads, num_points, msda_backend=backend)
+        super().__init__(embed_dims, ffn_dims, dropout, 1, num_heads, num_points, backend=backend)
 
     def forward(  # type: ignore[override]
         self,
@@ -112,7 +112,7 @@ def regression_branch(embed_dims: int, num_fcs: int) -> nn.Sequential:
 class DetectionDecoder(nn.Module):
     """Object queries decoded by a stack of layers, with iterative refinement of 3-d reference points.
 
-    ``query_embedding`` (num_query, 2C) splits into query_pos (first C) and the query content; the
+    ``query_embedding`` (num_queries, 2C) splits into query_pos (first C) and the query content; the
     initial reference points are sigmoid(``reference_points``(query_pos)) in [0, 1]^3 over
     ``pc_range``. After layer l, ``cls_branches[l]`` gives logits and ``reg_branches[l]`` a raw code:
     its (0, 1) and 4 entries are added to the inverse-sigmoid of the reference (x, y) and z, and the
@@ -120,7 +120,7 @@ class DetectionDecoder(nn.Module):
     the next layer's reference points.
 
     With ``num_groups`` G > 1 (Group DETR, Chen et al., ICCV 2023) training decodes G independent groups
-    of ``num_query`` queries, each group reading the same memory and attending only to itself; the
+    of ``num_queries`` queries, each group reading the same memory and attending only to itself; the
     outputs are laid out as G times the batch (sample b, group g at b * G + g) and every group is
     matched to the ground truth on its own, so each object trains G queries per step. Evaluation
     decodes group 0 only: the extra groups cost nothing at test time.
@@ -133,7 +133,7 @@ class DetectionDecoder(nn.Module):
         layers: decoder layers called as ``layer(query, query_pos, reference_points, memory)``.
         num_classes: classes C_cls (10 for nuScenes).
         embed_dims: channels C.
-        num_query: object queries Q (900).
+        num_queries: object queries Q (900).
         pc_range: (x_min, y_min, z_min, x_max, y_max, z_max).
         num_branch_fcs: hidden layers of the cls and reg branches (2).
         num_groups: query groups in training (1: the published one-to-one decoder).
@@ -144,7 +144,7 @@ class DetectionDecoder(nn.Module):
         layers: Sequence[nn.Module],
         num_classes: int,
         embed_dims: int = 256,
-        num_query: int = 900,
+        num_queries: int = 900,
         pc_range: Sequence[float] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
         num_branch_fcs: int = 2,
         num_groups: int = 1,
@@ -158,10 +158,10 @@ class DetectionDecoder(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.num_classes = num_classes
         self.embed_dims = embed_dims
-        self.num_query = num_query
+        self.num_queries = num_queries
         self.pc_range = check_pc_range(pc_range)
         self.register_buffer("code_weights", torch.tensor(CODE_WEIGHTS))
-        self.query_embedding = nn.Embedding(num_groups * num_query, 2 * embed_dims)
+        self.query_embedding = nn.Embedding(num_groups * num_queries, 2 * embed_dims)
         self.reference_points = nn.Linear(embed_dims, 3)
         self.cls_branches = nn.ModuleList(
             classification_branch(embed_dims, num_classes, num_branch_fcs) for _ in layers
@@ -189,7 +189,9 @@ class DetectionDecoder(nn.Module):
             :class:`HeadOutput` of every layer, over B * :attr:`active_groups` samples.
         """
         groups = self.active_groups
-        embedding = self.query_embedding.weight[: groups * self.num_query].view(groups, self.num_query, -1)
+        embedding = self.query_embedding.weight[: groups * self.num_queries].view(
+            groups, self.num_queries, -1
+        )
         embedding = embedding[None].expand(batch_size, -1, -1, -1).flatten(0, 1)  # (B * G, Q, 2C)
         query_pos, query = embedding.split(self.embed_dims, dim=-1)
         if groups > 1:

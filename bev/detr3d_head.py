@@ -102,7 +102,7 @@ class Detr3DCrossAttention(nn.Module):
         Returns:
             (B, Q, C) the updated queries (residual included).
         """
-        batch, num_query, channels = query.shape
+        batch, num_queries, channels = query.shape
         num_cams, num_levels = self.num_cams, self.num_levels
         if len(memory.mlvl_feats) != num_levels:
             raise ValueError(f"expected {num_levels} feature levels, got {len(memory.mlvl_feats)}")
@@ -116,11 +116,11 @@ class Detr3DCrossAttention(nn.Module):
         uv, visible = project_to_cameras(points, memory.lidar2img, memory.img_shape)
         n = batch * num_cams
         weights = (
-            self.attention_weights(query + query_pos).sigmoid().view(batch, num_query, num_cams, num_levels)
+            self.attention_weights(query + query_pos).sigmoid().view(batch, num_queries, num_cams, num_levels)
         )
         weights = weights.permute(0, 2, 1, 3) * visible.to(weights.dtype)  # (B, Ncam, Q, L)
-        weights = weights.reshape(n, num_query, 1, num_levels, 1)
-        locations = uv.reshape(n, num_query, 1, 1, 1, 2).expand(n, num_query, 1, num_levels, 1, 2)
+        weights = weights.reshape(n, num_queries, 1, num_levels, 1)
+        locations = uv.reshape(n, num_queries, 1, 1, 1, 2).expand(n, num_queries, 1, num_levels, 1, 2)
         shapes = [feat.shape[-2:] for feat in memory.mlvl_feats]
         value = torch.cat([feat.flatten(3) for feat in memory.mlvl_feats], dim=3)  # (B, Ncam, C, S)
         value = value.transpose(2, 3).reshape(n, -1, 1, channels)
@@ -137,7 +137,7 @@ class Detr3DCrossAttention(nn.Module):
             self.im2col_step,
             backend=self.backend,
         )  # (B*Ncam, Q, C)
-        output = self.output_proj(sampled.view(batch, num_cams, num_query, channels).sum(dim=1))
+        output = self.output_proj(sampled.view(batch, num_cams, num_queries, channels).sum(dim=1))
         return query + self.dropout(output) + self.position_encoder(inverse_sigmoid(reference_points))
 
 

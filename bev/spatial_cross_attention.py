@@ -94,21 +94,21 @@ class SpatialCrossAttention(nn.Module):
             (B, Q, C) the attention output (before residual and dropout); queries no camera sees get
             ``output_proj`` of zeros.
         """
-        batch, num_query, channels = query.shape
+        batch, num_queries, channels = query.shape
         num_cams = value.shape[1]
         z = self.num_z_anchors
         if value.dim() != 4 or value.shape[0] != batch or value.shape[-1] != channels:
             raise ValueError(
                 f"value must have shape ({batch}, Ncam, S, {channels}), got {tuple(value.shape)}"
             )
-        if reference_points_cam.shape != (batch, num_cams, num_query, z, 2):
+        if reference_points_cam.shape != (batch, num_cams, num_queries, z, 2):
             raise ValueError(
-                f"reference_points_cam must have shape {(batch, num_cams, num_query, z, 2)}, "
+                f"reference_points_cam must have shape {(batch, num_cams, num_queries, z, 2)}, "
                 f"got {tuple(reference_points_cam.shape)}"
             )
-        if visible.shape != (batch, num_cams, num_query, z):
+        if visible.shape != (batch, num_cams, num_queries, z):
             raise ValueError(
-                f"visible must have shape {(batch, num_cams, num_query, z)}, got {tuple(visible.shape)}"
+                f"visible must have shape {(batch, num_cams, num_queries, z)}, got {tuple(visible.shape)}"
             )
         if spatial_shapes.shape != (self.num_levels, 2):
             raise ValueError(
@@ -127,14 +127,14 @@ class SpatialCrossAttention(nn.Module):
         gathered_refs = reference_points_cam.flatten(0, 1)[camera_rows, order]  # (B*Ncam, max_len, Z, 2)
 
         n = batch * num_cams
-        m, n_levels, n_points = self.num_heads, self.num_levels, self.num_points
+        m, num_levels, num_points = self.num_heads, self.num_levels, self.num_points
         projected = self.value_proj(value.flatten(0, 1)).view(n, value.shape[2], m, channels // m)
-        offsets = self.sampling_offsets(gathered_query).view(n, max_len, m, n_levels, n_points // z, z, 2)
+        offsets = self.sampling_offsets(gathered_query).view(n, max_len, m, num_levels, num_points // z, z, 2)
         normalizer = spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
         locations = gathered_refs[:, :, None, None, None, :, :] + offsets / normalizer[:, None, None, :]
-        locations = locations.reshape(n, max_len, m, n_levels, n_points, 2)
-        weights = self.attention_weights(gathered_query).view(n, max_len, m, n_levels * n_points)
-        weights = weights.softmax(-1).view(n, max_len, m, n_levels, n_points)
+        locations = locations.reshape(n, max_len, m, num_levels, num_points, 2)
+        weights = self.attention_weights(gathered_query).view(n, max_len, m, num_levels * num_points)
+        weights = weights.softmax(-1).view(n, max_len, m, num_levels, num_points)
         sampled = ms_deform_attn(
             projected,
             spatial_shapes,
@@ -146,8 +146,8 @@ class SpatialCrossAttention(nn.Module):
         )  # (B*Ncam, max_len, C)
 
         # Scatter back: sum over the cameras that see each query, then average.
-        target = (sample_index * num_query + order)[valid]
-        slots = sampled.new_zeros(batch * num_query, channels).index_add(0, target, sampled[valid])
-        num_seeing = seen.view(batch, num_cams, num_query).sum(dim=1).clamp(min=1)
-        slots = slots.view(batch, num_query, channels) / num_seeing[..., None].to(slots.dtype)
+        target = (sample_index * num_queries + order)[valid]
+        slots = sampled.new_zeros(batch * num_queries, channels).index_add(0, target, sampled[valid])
+        num_seeing = seen.view(batch, num_cams, num_queries).sum(dim=1).clamp(min=1)
+        slots = slots.view(batch, num_queries, channels) / num_seeing[..., None].to(slots.dtype)
         return self.output_proj(slots)

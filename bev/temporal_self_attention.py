@@ -91,9 +91,9 @@ class TemporalSelfAttention(nn.Module):
         Returns:
             (B, Q, C) the attention output (before residual and dropout).
         """
-        batch, num_query, channels = query.shape
-        if num_query != bev_h * bev_w:
-            raise ValueError(f"query has {num_query} positions but the BEV is {bev_h} x {bev_w}")
+        batch, num_queries, channels = query.shape
+        if num_queries != bev_h * bev_w:
+            raise ValueError(f"query has {num_queries} positions but the BEV is {bev_h} x {bev_w}")
         if history.shape != query.shape:
             raise ValueError(
                 f"history must have the query's shape {tuple(query.shape)}, got {tuple(history.shape)}"
@@ -108,22 +108,22 @@ class TemporalSelfAttention(nn.Module):
             reference_points = tsa_reference_points(
                 bev_h, bev_w, query.new_zeros(batch, 2, dtype=position_dtype)
             )
-        elif reference_points.shape != (batch, BEV_QUEUE, num_query, 2):
+        elif reference_points.shape != (batch, BEV_QUEUE, num_queries, 2):
             raise ValueError(
-                f"reference_points must have shape {(batch, BEV_QUEUE, num_query, 2)}, "
+                f"reference_points must have shape {(batch, BEV_QUEUE, num_queries, 2)}, "
                 f"got {tuple(reference_points.shape)}"
             )
         m, p = self.num_heads, self.num_points
         n = batch * BEV_QUEUE
         mixed = torch.cat([history, query + query_pos], dim=-1)  # (B, Q, 2C)
         # Queue entries are laid out sample-major: op batch index = b * 2 + t (t = 0 history, 1 current).
-        value = self.value_proj(torch.stack([history, current], dim=1)).view(n, num_query, m, channels // m)
-        offsets = self.sampling_offsets(mixed).view(batch, num_query, m, BEV_QUEUE, 1, p, 2)
-        offsets = offsets.permute(0, 3, 1, 2, 4, 5, 6).reshape(n, num_query, m, 1, p, 2)
-        weights = self.attention_weights(mixed).view(batch, num_query, m, BEV_QUEUE, p).softmax(-1)
-        weights = weights.permute(0, 3, 1, 2, 4).reshape(n, num_query, m, 1, p)
+        value = self.value_proj(torch.stack([history, current], dim=1)).view(n, num_queries, m, channels // m)
+        offsets = self.sampling_offsets(mixed).view(batch, num_queries, m, BEV_QUEUE, 1, p, 2)
+        offsets = offsets.permute(0, 3, 1, 2, 4, 5, 6).reshape(n, num_queries, m, 1, p, 2)
+        weights = self.attention_weights(mixed).view(batch, num_queries, m, BEV_QUEUE, p).softmax(-1)
+        weights = weights.permute(0, 3, 1, 2, 4).reshape(n, num_queries, m, 1, p)
         normalizer = query.new_tensor([bev_w, bev_h])
-        reference = reference_points.reshape(n, num_query, 2)  # float32 (at least) under autocast
+        reference = reference_points.reshape(n, num_queries, 2)  # float32 (at least) under autocast
         locations = reference[:, :, None, None, None, :] + offsets / normalizer
         spatial_shapes = torch.tensor([[bev_h, bev_w]], dtype=torch.int64, device=query.device)
         level_start_index = torch.zeros(1, dtype=torch.int64, device=query.device)
@@ -136,7 +136,7 @@ class TemporalSelfAttention(nn.Module):
             self.im2col_step,
             backend=self.backend,
         )  # (B*2, Q, C)
-        return self.output_proj(output.view(batch, BEV_QUEUE, num_query, channels).mean(dim=1))
+        return self.output_proj(output.view(batch, BEV_QUEUE, num_queries, channels).mean(dim=1))
 
 
 def tsa_reference_points(

@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -63,13 +64,17 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
     if not data.strip():
         raise ValueError(f"{what} file {path} is empty ({len(data)} bytes); expected JSON")
     try:
-        return json.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        return json.loads(text)
     except UnicodeDecodeError as error:
         raise ValueError(
             f"{what} file {path} is not JSON text: byte {error.start} is not UTF-8 (a binary file?)"
         ) from error
     except json.JSONDecodeError as error:
-        ends_early = error.pos >= len(data.rstrip()) or error.msg.startswith("Unterminated string")
+        # the text stops inside its last token (a cut number or word) or string
+        rest = text[error.pos :]
+        cut_token = re.fullmatch(r"[\w.+\-]*\s*", rest) is not None
+        ends_early = cut_token or error.msg.startswith("Unterminated string")
         truncated = " (truncated?)" if ends_early else ""
         raise ValueError(
             f"{what} file {path} is not valid JSON{truncated}: {error.msg} at line {error.lineno} "

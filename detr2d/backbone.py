@@ -630,7 +630,7 @@ class Joiner(nn.Sequential):
             masks: the batch's :class:`PaddingMasks`.
 
         Returns:
-            features (B, C_l, H_l, W_l), masks (B, H_l, W_l) bool, positions (B, d_model, H_l, W_l).
+            features (B, C_l, H_l, W_l), masks (B, H_l, W_l) bool, positions (B, embed_dims, H_l, W_l).
         """
         # Given a padded batch, the ResNet zeroes the padded inputs of its spatial layers (exact padding);
         # the original runs it on the padded batch as it is (official). Unpadded batches need no mask.

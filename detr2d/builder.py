@@ -40,7 +40,7 @@ class ModelConfig:
     with_box_refine: bool = False
     two_stage: bool = False
     aux_loss: bool = True
-    op_backend: str | None = None
+    backend: str | None = None
     padding: str = "exact"  # "official": the original's padded-batch behaviour (see detr2d.padding)
 
     def __post_init__(self) -> None:
@@ -95,11 +95,11 @@ def model_config(name: str = "deformable_detr", **overrides: Any) -> ModelConfig
     return ModelConfig(**{**VARIANTS[name], **overrides})
 
 
-def backbone_layers(num_feature_levels: int) -> tuple[str, ...]:
+def backbone_layers(num_levels: int) -> tuple[str, ...]:
     """ResNet layers feeding the levels: layer4 alone for one level, else the last of layer2-4."""
-    if num_feature_levels == 1:
+    if num_levels == 1:
         return ("layer4",)
-    return ("layer2", "layer3", "layer4")[-min(num_feature_levels, 3) :]
+    return ("layer2", "layer3", "layer4")[-min(num_levels, 3) :]
 
 
 def build_model_from_config(cfg: ModelConfig) -> DeformableDETR:
@@ -114,25 +114,25 @@ def build_model_from_config(cfg: ModelConfig) -> DeformableDETR:
     )
     backbone = Joiner(resnet, PositionEmbeddingSine(cfg.embed_dims // 2))
     transformer = DeformableTransformer(
-        d_model=cfg.embed_dims,
-        nhead=cfg.num_heads,
+        embed_dims=cfg.embed_dims,
+        num_heads=cfg.num_heads,
         num_encoder_layers=cfg.encoder_layers,
         num_decoder_layers=cfg.decoder_layers,
-        dim_feedforward=cfg.ffn_dims,
+        ffn_dims=cfg.ffn_dims,
         dropout=cfg.dropout,
-        num_feature_levels=cfg.num_levels,
-        dec_n_points=cfg.decoder_points,
-        enc_n_points=cfg.encoder_points,
+        num_levels=cfg.num_levels,
+        decoder_points=cfg.decoder_points,
+        encoder_points=cfg.encoder_points,
         two_stage=cfg.two_stage,
         two_stage_num_proposals=cfg.num_queries,
-        msda_backend=cfg.op_backend,
+        backend=cfg.backend,
     )
     return DeformableDETR(
         backbone,
         transformer,
         num_classes=cfg.num_classes,
         num_queries=cfg.num_queries,
-        num_feature_levels=cfg.num_levels,
+        num_levels=cfg.num_levels,
         aux_loss=cfg.aux_loss,
         with_box_refine=cfg.with_box_refine,
         padding=cfg.padding,
@@ -145,7 +145,7 @@ def build_model(name: str = "deformable_detr", **overrides: Any) -> DeformableDE
     Names: ``deformable_detr`` (multi-scale), ``deformable_detr_single_scale``,
     ``deformable_detr_single_scale_dc5``, ``deformable_detr_refine``, ``deformable_detr_two_stage``.
     Overrides: any :class:`ModelConfig` field (``num_classes``, ``num_queries``, ``embed_dims``,
-    ``backbone``, ``encoder_layers``, ``decoder_layers``, ``ffn_dims``, ``dropout``, ``op_backend``...).
+    ``backbone``, ``encoder_layers``, ``decoder_layers``, ``ffn_dims``, ``dropout``, ``backend``...).
     """
     return build_model_from_config(model_config(name, **overrides))
 

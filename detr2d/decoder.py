@@ -15,37 +15,37 @@ class DecoderLayer(nn.Module):
     """Self-attention -> norm2, deformable cross-attention -> norm1, FFN -> norm3 (official names).
 
     Args:
-        d_model: width C.
+        embed_dims: width C.
         d_ffn: FFN hidden width.
         dropout: dropout probability (also inside the self-attention).
-        n_levels: feature levels L.
-        n_heads: attention heads M.
-        n_points: sampling points P per head and level.
-        msda_backend: backend of the deformable attention op (None = automatic).
+        num_levels: feature levels L.
+        num_heads: attention heads M.
+        num_points: sampling points P per head and level.
+        backend: backend of the deformable attention op (None = automatic).
     """
 
     def __init__(
         self,
-        d_model: int = 256,
+        embed_dims: int = 256,
         d_ffn: int = 1024,
         dropout: float = 0.1,
-        n_levels: int = 4,
-        n_heads: int = 8,
-        n_points: int = 4,
-        msda_backend: str | None = None,
+        num_levels: int = 4,
+        num_heads: int = 8,
+        num_points: int = 4,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
-        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, backend=msda_backend)
+        self.cross_attn = MSDeformAttn(embed_dims, num_levels, num_heads, num_points, backend=backend)
         self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.self_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout, batch_first=True)
         self.dropout2 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.linear1 = nn.Linear(embed_dims, d_ffn)
         self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.linear2 = nn.Linear(d_ffn, embed_dims)
         self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(embed_dims)
 
     def forward(
         self,

@@ -39,14 +39,14 @@ class InputProjection(nn.Sequential):
     padded positions; with official padding both see the padded batch as it is.
     """
 
-    def __init__(self, in_channels: int, d_model: int, kernel_size: int = 1, stride: int = 1) -> None:
-        conv = nn.Conv2d(in_channels, d_model, kernel_size, stride=stride, padding=kernel_size // 2)
+    def __init__(self, in_channels: int, embed_dims: int, kernel_size: int = 1, stride: int = 1) -> None:
+        conv = nn.Conv2d(in_channels, embed_dims, kernel_size, stride=stride, padding=kernel_size // 2)
         nn.init.xavier_uniform_(conv.weight, gain=1)
         nn.init.zeros_(conv.bias)
-        super().__init__(conv, MaskedGroupNorm(32, d_model))
+        super().__init__(conv, MaskedGroupNorm(32, embed_dims))
 
     def forward(self, x: Tensor, masks: PaddingMasks) -> tuple[Tensor, Tensor]:
-        """(B, C_in, H, W) -> (B, d_model, H', W') and its (B, H', W') padding mask."""
+        """(B, C_in, H, W) -> (B, embed_dims, H', W') and its (B, H', W') padding mask."""
         y = self[0](masks.zero(x))
         return self[1](y, masks.norm_mask(y.shape[-2:])), masks.at(y.shape[-2:])
 
@@ -59,7 +59,7 @@ class DeformableDETR(nn.Module):
         transformer: the deformable transformer (its ``two_stage`` flag selects two-stage).
         num_classes: logits per query (91 for COCO: category ids are labels; sigmoid, no background).
         num_queries: object queries Q (also the number of two-stage proposals).
-        num_feature_levels: levels L; levels beyond the backbone's come from stride-2 3x3 convs.
+        num_levels: levels L; levels beyond the backbone's come from stride-2 3x3 convs.
         aux_loss: also return the outputs of the first D - 1 decoder layers.
         with_box_refine: iterative box refinement (independent heads per decoder layer).
         padding: ``"exact"`` (an image in a padded batch gets the predictions it gets alone) or
@@ -79,7 +79,7 @@ class DeformableDETR(nn.Module):
         transformer: DeformableTransformer,
         num_classes: int,
         num_queries: int,
-        num_feature_levels: int,
+        num_levels: int,
         aux_loss: bool = True,
         with_box_refine: bool = False,
         padding: str = "exact",
@@ -91,16 +91,16 @@ class DeformableDETR(nn.Module):
         if two_stage and not with_box_refine:
             raise ValueError("two_stage requires with_box_refine (as in the official release)")
         n_backbone = len(backbone.num_channels)
-        if num_feature_levels < n_backbone:
-            raise ValueError(f"num_feature_levels ({num_feature_levels}) < backbone levels ({n_backbone})")
+        if num_levels < n_backbone:
+            raise ValueError(f"num_levels ({num_levels}) < backbone levels ({n_backbone})")
         self.num_queries = num_queries
-        self.num_feature_levels = num_feature_levels
+        self.num_levels = num_levels
         self.aux_loss = aux_loss
         self.with_box_refine = with_box_refine
         self.two_stage = two_stage
         self.padding = padding
         self.transformer = transformer
-        d = transformer.d_model
+        d = transformer.embed_dims
         num_layers = transformer.decoder.num_layers
         num_pred = num_layers + 1 if two_stage else num_layers
 
@@ -122,7 +122,7 @@ class DeformableDETR(nn.Module):
 
         projections = [InputProjection(c, d) for c in backbone.num_channels]
         in_ch = backbone.num_channels[-1]
-        for _ in range(num_feature_levels - n_backbone):
+        for _ in range(num_levels - n_backbone):
             projections.append(InputProjection(in_ch, d, kernel_size=3, stride=2))
             in_ch = d
         self.input_proj = nn.ModuleList(projections)

@@ -76,7 +76,7 @@ class Detr2dForExport(nn.Module):
         super().__init__()
         self.model = model
         strides = list(model.backbone.strides)
-        while len(strides) < model.num_feature_levels:  # extra levels: stride-2 convs
+        while len(strides) < model.num_levels:  # extra levels: stride-2 convs
             strides.append(2 * strides[-1])
         size = strides[-1] + 1  # ceil(size / stride) == 2 on the coarsest level
         proposals = model.transformer.two_stage_num_proposals if model.two_stage else 0

@@ -37,7 +37,7 @@ class PositionEmbeddingSine(nn.Module):
     the ``num_pos_feats`` features of y followed by those of x.
 
     Args:
-        num_pos_feats: features per axis (half the model width; 128 for d_model 256).
+        num_pos_feats: features per axis (half the model width; 128 for embed_dims 256).
         temperature: frequency base T.
         scale: range of the normalized coordinates (2 pi).
     """

@@ -133,7 +133,7 @@ class Predictor:
 
         Our checkpoints (``{"model": state_dict, "config": {"model": {"name": variant, ...}, ...},
         "class_names": ...}``) describe their model, so ``path`` suffices; ``model_overrides`` (e.g.
-        ``op_backend``) apply on top of their config. An official release file (``{"model",
+        ``backend``) apply on top of their config. An official release file (``{"model",
         "optimizer", "args", ...}``) or a bare state_dict needs ``variant`` (one of
         :data:`detr2d.VARIANTS`) and ``model_overrides`` for anything not published; its
         ``num_classes`` is read from the class head. Names: the checkpoint's ``class_names``, else the

@@ -55,56 +55,56 @@ class DeformableTransformer(nn.Module):
     """Deformable DETR's encoder-decoder.
 
     Args:
-        d_model: width C.
-        nhead: attention heads.
+        embed_dims: width C.
+        num_heads: attention heads.
         num_encoder_layers: encoder depth.
         num_decoder_layers: decoder depth D.
-        dim_feedforward: FFN hidden width.
+        ffn_dims: FFN hidden width.
         dropout: dropout probability.
-        num_feature_levels: levels L.
-        dec_n_points: sampling points of the decoder cross-attention.
-        enc_n_points: sampling points of the encoder self-attention.
+        num_levels: levels L.
+        decoder_points: sampling points of the decoder cross-attention.
+        encoder_points: sampling points of the encoder self-attention.
         two_stage: build queries from the top encoder proposals (needs the heads attached to the
             decoder, see :meth:`Decoder.attach_heads`) instead of learned query embeddings.
         two_stage_num_proposals: how many proposals become queries.
-        msda_backend: backend of the deformable attention op (None = automatic).
+        backend: backend of the deformable attention op (None = automatic).
     """
 
     def __init__(
         self,
-        d_model: int = 256,
-        nhead: int = 8,
+        embed_dims: int = 256,
+        num_heads: int = 8,
         num_encoder_layers: int = 6,
         num_decoder_layers: int = 6,
-        dim_feedforward: int = 1024,
+        ffn_dims: int = 1024,
         dropout: float = 0.1,
-        num_feature_levels: int = 4,
-        dec_n_points: int = 4,
-        enc_n_points: int = 4,
+        num_levels: int = 4,
+        decoder_points: int = 4,
+        encoder_points: int = 4,
         two_stage: bool = False,
         two_stage_num_proposals: int = 300,
-        msda_backend: str | None = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
-        self.d_model = d_model
+        self.embed_dims = embed_dims
         self.two_stage = two_stage
         self.two_stage_num_proposals = two_stage_num_proposals
         enc_layer = EncoderLayer(
-            d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points, msda_backend
+            embed_dims, ffn_dims, dropout, num_levels, num_heads, encoder_points, backend
         )
         self.encoder = Encoder(enc_layer, num_encoder_layers)
         dec_layer = DecoderLayer(
-            d_model, dim_feedforward, dropout, num_feature_levels, nhead, dec_n_points, msda_backend
+            embed_dims, ffn_dims, dropout, num_levels, num_heads, decoder_points, backend
         )
         self.decoder = Decoder(dec_layer, num_decoder_layers)
-        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
+        self.level_embed = nn.Parameter(torch.empty(num_levels, embed_dims))
         if two_stage:
-            self.enc_output = nn.Linear(d_model, d_model)
-            self.enc_output_norm = nn.LayerNorm(d_model)
-            self.pos_trans = nn.Linear(2 * d_model, 2 * d_model)
-            self.pos_trans_norm = nn.LayerNorm(2 * d_model)
+            self.enc_output = nn.Linear(embed_dims, embed_dims)
+            self.enc_output_norm = nn.LayerNorm(embed_dims)
+            self.pos_trans = nn.Linear(2 * embed_dims, 2 * embed_dims)
+            self.pos_trans_norm = nn.LayerNorm(2 * embed_dims)
         else:
-            self.reference_points = nn.Linear(d_model, 2)
+            self.reference_points = nn.Linear(embed_dims, 2)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

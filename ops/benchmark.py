@@ -49,11 +49,11 @@ def make_inputs(
     starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
     s = int(sizes.sum())
     lq = s if case == "encoder" else DECODER_QUERIES
-    n_levels = len(shapes)
+    num_levels = len(shapes)
     value = torch.randn(batch, s, HEADS, CHANNELS, generator=g, device=device)
-    loc = torch.rand(batch, lq, HEADS, n_levels, POINTS, 2, generator=g, device=device) * 1.2 - 0.1
-    weights = torch.rand(batch, lq, HEADS, n_levels * POINTS, generator=g, device=device).softmax(-1)
-    weights = weights.view(batch, lq, HEADS, n_levels, POINTS)
+    loc = torch.rand(batch, lq, HEADS, num_levels, POINTS, 2, generator=g, device=device) * 1.2 - 0.1
+    weights = torch.rand(batch, lq, HEADS, num_levels * POINTS, generator=g, device=device).softmax(-1)
+    weights = weights.view(batch, lq, HEADS, num_levels, POINTS)
     floats = [t.to(dtype=dtype) for t in (value, loc, weights)]
     return floats[0], spatial_shapes.to(device), starts.to(device), floats[1], floats[2]
 

@@ -47,9 +47,9 @@ def _cuda_home() -> str | None:
 
 def build_cuda_kernels() -> bool:
     """Whether a build (``setup.py`` or just in time) compiles the CUDA kernels: never with
-    ``DEFORMBEV_MSDA_NO_CUDA=1``; always with ``FORCE_CUDA=1``; else when torch is a CUDA build and a
+    ``DEFORMBEV_OPS_NO_CUDA=1``; always with ``FORCE_CUDA=1``; else when torch is a CUDA build and a
     CUDA toolkit is found. Whether a GPU is visible does not matter (build machines often have none)."""
-    if os.environ.get("DEFORMBEV_MSDA_NO_CUDA", "") == "1":
+    if os.environ.get("DEFORMBEV_OPS_NO_CUDA", "") == "1":
         return False
     if os.environ.get("FORCE_CUDA", "") == "1":
         return True
@@ -67,8 +67,8 @@ def _cuda_registered() -> bool:
 
 def _load_aot() -> bool:
     """Load ``ops/_C*.so`` built by ``setup.py``; False when absent, built for another torch, older
-    than its sources (a kernel edited since the install), or disabled by ``DEFORMBEV_MSDA_JIT=1``."""
-    if os.environ.get("DEFORMBEV_MSDA_JIT", "") == "1":
+    than its sources (a kernel edited since the install), or disabled by ``DEFORMBEV_OPS_JIT=1``."""
+    if os.environ.get("DEFORMBEV_OPS_JIT", "") == "1":
         return False
     package = os.path.dirname(os.path.abspath(__file__))
     libraries = glob.glob(os.path.join(package, f"{AOT_LIBRARY}*.so"))
@@ -148,7 +148,7 @@ def ensure_cuda_kernels() -> bool:
         f"({status.source} build; {cause}), so CUDA tensors use the slow pure-PyTorch 'reference' backend. "
         "Fix: install the CUDA toolkit matching torch.version.cuda "
         f"({torch.version.cuda}), export CUDA_HOME (or put nvcc on PATH), then rebuild with "
-        "`pip install --no-build-isolation -e .` (or run with DEFORMBEV_MSDA_JIT=1).",
+        "`pip install --no-build-isolation -e .` (or run with DEFORMBEV_OPS_JIT=1).",
         RuntimeWarning,
         stacklevel=2,
     )

@@ -54,36 +54,36 @@ class MSDeformAttn(nn.Module):
     ``output_proj``.
 
     Args:
-        d_model: channels C of query and value; must be divisible by ``n_heads``.
-        n_levels: number of feature levels L.
-        n_heads: number of heads M.
-        n_points: sampling points P per head and level.
+        embed_dims: channels C of query and value; must be divisible by ``num_heads``.
+        num_levels: number of feature levels L.
+        num_heads: number of heads M.
+        num_points: sampling points P per head and level.
         im2col_step: forwarded to the op (accepted for compatibility; the op ignores it).
         backend: op backend (None = automatic, see :func:`ops.ms_deform_attn`).
     """
 
     def __init__(
         self,
-        d_model: int = 256,
-        n_levels: int = 4,
-        n_heads: int = 8,
-        n_points: int = 4,
+        embed_dims: int = 256,
+        num_levels: int = 4,
+        num_heads: int = 8,
+        num_points: int = 4,
         im2col_step: int = 64,
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        self.d_model = d_model
-        self.n_levels = n_levels
-        self.n_heads = n_heads
-        self.n_points = n_points
+        if embed_dims % num_heads != 0:
+            raise ValueError(f"embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})")
+        self.embed_dims = embed_dims
+        self.num_levels = num_levels
+        self.num_heads = num_heads
+        self.num_points = num_points
         self.im2col_step = im2col_step
         self.backend = backend
-        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
-        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = nn.Linear(d_model, d_model)
-        self.output_proj = nn.Linear(d_model, d_model)
+        self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(embed_dims, embed_dims)
+        self.output_proj = nn.Linear(embed_dims, embed_dims)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -93,9 +93,9 @@ class MSDeformAttn(nn.Module):
             self.attention_weights,
             self.value_proj,
             self.output_proj,
-            self.n_heads,
-            self.n_levels,
-            self.n_points,
+            self.num_heads,
+            self.num_levels,
+            self.num_points,
         )
 
     def forward(
@@ -126,24 +126,24 @@ class MSDeformAttn(nn.Module):
         """
         n, lq, _ = query.shape
         s = input_flatten.shape[1]
-        m, n_levels, n_points = self.n_heads, self.n_levels, self.n_points
+        m, num_levels, num_points = self.num_heads, self.num_levels, self.num_points
         if (
             reference_points.dim() != 4
-            or reference_points.shape[:3] != (n, lq, n_levels)
+            or reference_points.shape[:3] != (n, lq, num_levels)
             or (reference_points.shape[-1] not in (2, 4))
         ):
             raise ValueError(
-                f"reference_points must have shape ({n}, {lq}, {n_levels}, 2 or 4), "
+                f"reference_points must have shape ({n}, {lq}, {num_levels}, 2 or 4), "
                 f"got {tuple(reference_points.shape)}"
             )
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
-        value = value.view(n, s, m, self.d_model // m)
+        value = value.view(n, s, m, self.embed_dims // m)
         compute = compute_dtype(value.dtype)
-        offsets = self.sampling_offsets(query).to(compute).view(n, lq, m, n_levels, n_points, 2)
-        weights = self.attention_weights(query).to(compute).view(n, lq, m, n_levels * n_points)
-        weights = weights.softmax(-1).view(n, lq, m, n_levels, n_points)
+        offsets = self.sampling_offsets(query).to(compute).view(n, lq, m, num_levels, num_points, 2)
+        weights = self.attention_weights(query).to(compute).view(n, lq, m, num_levels * num_points)
+        weights = weights.softmax(-1).view(n, lq, m, num_levels, num_points)
         if reference_points.shape[-1] == 2:
             normalizer = input_spatial_shapes.flip(-1).to(compute)  # (L, 2) as (W, H)
             locations = (
@@ -152,7 +152,7 @@ class MSDeformAttn(nn.Module):
         else:
             locations = (
                 reference_points[:, :, None, :, None, :2]
-                + offsets / n_points * reference_points[:, :, None, :, None, 2:] * 0.5
+                + offsets / num_points * reference_points[:, :, None, :, None, 2:] * 0.5
             )
         output = ms_deform_attn(
             value,

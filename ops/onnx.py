@@ -76,7 +76,7 @@ def ms_deform_attn_symbolic(
 ):
     """ONNX graph of the op: inputs as :func:`ops.ms_deform_attn`, output (N, Lq, M * D)."""
     del level_start_index  # levels are split by spatial_shapes, as in the reference backend
-    n_levels = _num_levels(spatial_shapes, sampling_locations)
+    num_levels = _num_levels(spatial_shapes, sampling_locations)
     value_shape = g.op("Shape", value)  # (N, S, M, D)
     loc_shape = g.op("Shape", sampling_locations)
     batch, heads, channels = _dim(g, value_shape, 0), _dim(g, value_shape, 2), _dim(g, value_shape, 3)
@@ -88,8 +88,8 @@ def ms_deform_attn_symbolic(
     heights = g.op("Gather", spatial_shapes, _const(g, [0]), axis_i=1)  # (L, 1)
     widths = g.op("Gather", spatial_shapes, _const(g, [1]), axis_i=1)
     sizes = g.op("Reshape", g.op("Mul", heights, widths), minus_one)  # (L,)
-    levels = g.op("Split", value_t, sizes, axis_i=3, outputs=n_levels)
-    if n_levels == 1:
+    levels = g.op("Split", value_t, sizes, axis_i=3, outputs=num_levels)
+    if num_levels == 1:
         levels = [levels]
     two, one = _scalar(g, 2.0, sampling_locations), _scalar(g, 1.0, sampling_locations)
     grids = g.op("Sub", g.op("Mul", sampling_locations, two), one)
@@ -98,7 +98,7 @@ def ms_deform_attn_symbolic(
     mode = "linear" if g.opset >= 20 else "bilinear"
     grid_shape = g.op("Concat", minus_one, queries, points, _const(g, [2]), axis_i=0)
     sampled = []
-    for level in range(n_levels):
+    for level in range(num_levels):
         h = g.op("Reshape", g.op("Gather", heights, _const(g, [level]), axis_i=0), minus_one)
         w = g.op("Reshape", g.op("Gather", widths, _const(g, [level]), axis_i=0), minus_one)
         image = g.op("Reshape", levels[level], g.op("Concat", minus_one, channels, h, w, axis_i=0))
@@ -114,7 +114,12 @@ def ms_deform_attn_symbolic(
         "Reshape",
         weights,
         g.op(
-            "Concat", minus_one, _const(g, [1]), queries, g.op("Mul", points, _const(g, [n_levels])), axis_i=0
+            "Concat",
+            minus_one,
+            _const(g, [1]),
+            queries,
+            g.op("Mul", points, _const(g, [num_levels])),
+            axis_i=0,
         ),
     )
     summed = g.op("ReduceSum", g.op("Mul", stacked, weights), _const(g, [3]), keepdims_i=0)  # (N*M, D, Lq)

@@ -36,7 +36,7 @@ def ms_deform_attn_reference(
     """
     del level_start_index
     n, _, m, d = value.shape
-    _, lq, _, n_levels, n_points, _ = sampling_locations.shape
+    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
     compute = compute_dtype(value.dtype)
     locations = sampling_locations.to(compute).nan_to_num(nan=-1.0, posinf=-1.0, neginf=-1.0).clamp(-1.0, 2.0)
     sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
@@ -52,6 +52,6 @@ def ms_deform_attn_reference(
             F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
         )
     # (N*M, D, Lq, L*P) weighted by (N*M, 1, Lq, L*P)
-    weights = attention_weights.to(compute).transpose(1, 2).reshape(n * m, 1, lq, n_levels * n_points)
+    weights = attention_weights.to(compute).transpose(1, 2).reshape(n * m, 1, lq, num_levels * num_points)
     output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
     return output.view(n, m * d, lq).transpose(1, 2).to(value.dtype).contiguous()

@@ -48,22 +48,24 @@ def check_inputs(
     n, s, m, d = value.shape
     if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
         raise ValueError(f"spatial_shapes must have shape (L, 2), got {_shape(spatial_shapes)}")
-    n_levels = spatial_shapes.shape[0]
-    if level_start_index.shape != (n_levels,):
-        raise ValueError(f"level_start_index must have shape ({n_levels},), got {_shape(level_start_index)}")
+    num_levels = spatial_shapes.shape[0]
+    if level_start_index.shape != (num_levels,):
+        raise ValueError(
+            f"level_start_index must have shape ({num_levels},), got {_shape(level_start_index)}"
+        )
     if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
         raise ValueError(
             f"sampling_locations must have shape (N, Lq, M, L, P, 2), got {_shape(sampling_locations)}"
         )
-    lq, n_points = sampling_locations.shape[1], sampling_locations.shape[4]
-    expected = (n, lq, m, n_levels, n_points, 2)
+    lq, num_points = sampling_locations.shape[1], sampling_locations.shape[4]
+    expected = (n, lq, m, num_levels, num_points, 2)
     if _shape(sampling_locations) != expected:
         raise ValueError(f"sampling_locations must have shape {expected}, got {_shape(sampling_locations)}")
     if _shape(attention_weights) != expected[:-1]:
         raise ValueError(
             f"attention_weights must have shape {expected[:-1]}, got {_shape(attention_weights)}"
         )
-    if min(n, s, m, d, n_levels, n_points) == 0 and lq != 0:
+    if min(n, s, m, d, num_levels, num_points) == 0 and lq != 0:
         raise ValueError(
             f"empty dimension: value {_shape(value)}, spatial_shapes {_shape(spatial_shapes)}, "
             f"sampling_locations {_shape(sampling_locations)}"

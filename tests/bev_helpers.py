@@ -130,7 +130,7 @@ def published_tiny_model(
         **TINY_SIZES,
         "backbone_module": TinyBackbone(1 if levels == 1 else 2),
         "num_levels": levels,
-        "op_backend": backend,
+        "backend": backend,
     }
     settings.update(overrides)
     return build_bev_model(name, **settings)
@@ -157,7 +157,7 @@ def tiny_model(
         "head": head,
         "backbone_module": TinyBackbone(),
         "num_levels": 2,
-        "op_backend": backend,
+        "backend": backend,
     }
     settings.update(overrides)
     return build_bev_model("bev_demo", **settings)

@@ -53,12 +53,12 @@ def random_inputs(
     g = torch.Generator().manual_seed(seed)
     spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
     s = int(spatial_shapes.prod(1).sum())
-    n_levels = len(shapes)
+    num_levels = len(shapes)
     value = torch.randn(batch, s, heads, channels, generator=g, dtype=dtype)
-    loc = torch.rand(batch, queries, heads, n_levels, points, 2, generator=g, dtype=dtype)
+    loc = torch.rand(batch, queries, heads, num_levels, points, 2, generator=g, dtype=dtype)
     loc = loc * (1 + 2 * outside) - outside
-    weights = torch.rand(batch, queries, heads, n_levels * points, generator=g, dtype=dtype).softmax(-1)
-    weights = weights.view(batch, queries, heads, n_levels, points)
+    weights = torch.rand(batch, queries, heads, num_levels * points, generator=g, dtype=dtype).softmax(-1)
+    weights = weights.view(batch, queries, heads, num_levels, points)
     return OpInputs(value, spatial_shapes, level_start_index(spatial_shapes), loc, weights)
 
 
@@ -69,8 +69,8 @@ def random_case(seed: int, channels: int, dtype: torch.dtype = torch.float64) ->
     def randint(lo: int, hi: int) -> int:
         return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
-    n_levels = randint(1, 5)
-    shapes = [(randint(1, 13), randint(1, 17)) for _ in range(n_levels)]
+    num_levels = randint(1, 5)
+    shapes = [(randint(1, 13), randint(1, 17)) for _ in range(num_levels)]
     return random_inputs(
         seed,
         batch=randint(1, 3),

@@ -11,33 +11,33 @@ from bev import DetectionLoss3D, HeadOutput, HungarianAssigner3D, encode_boxes
 from bev.assigner import focal_cost
 
 
-def _case(seed: int, num_query: int, num_gt: int, num_classes: int = 3):
+def _case(seed: int, num_queries: int, num_gt: int, num_classes: int = 3):
     generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(num_query, num_classes, generator=generator)
-    code = torch.randn(num_query, 10, generator=generator)
+    logits = torch.randn(num_queries, num_classes, generator=generator)
+    code = torch.randn(num_queries, 10, generator=generator)
     labels = torch.randint(0, num_classes, (num_gt,), generator=generator)
     gt_code = torch.randn(num_gt, 10, generator=generator)
     return logits, code, labels, gt_code
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize(("num_query", "num_gt"), [(4, 2), (5, 3), (3, 3), (2, 4)])
-def test_assignment_matches_brute_force(seed, num_query, num_gt):
+@pytest.mark.parametrize(("num_queries", "num_gt"), [(4, 2), (5, 3), (3, 3), (2, 4)])
+def test_assignment_matches_brute_force(seed, num_queries, num_gt):
     assigner = HungarianAssigner3D()
-    logits, code, labels, gt_code = _case(seed, num_query, num_gt)
+    logits, code, labels, gt_code = _case(seed, num_queries, num_gt)
     cost = assigner.cost_matrix(logits, code, labels, gt_code)
     query_index, gt_index = assigner.assign(logits, code, labels, gt_code)
-    assert len(query_index) == min(num_query, num_gt)
+    assert len(query_index) == min(num_queries, num_gt)
     assert len(set(query_index.tolist())) == len(query_index) and len(set(gt_index.tolist())) == len(gt_index)
-    if num_gt <= num_query:
+    if num_gt <= num_queries:
         best = min(
             sum(float(cost[q, g]) for g, q in enumerate(p))
-            for p in itertools.permutations(range(num_query), num_gt)
+            for p in itertools.permutations(range(num_queries), num_gt)
         )
     else:
         best = min(
             sum(float(cost[q, g]) for q, g in enumerate(p))
-            for p in itertools.permutations(range(num_gt), num_query)
+            for p in itertools.permutations(range(num_gt), num_queries)
         )
     assert abs(float(cost[query_index, gt_index].sum()) - best) < 1e-5
 

@@ -34,12 +34,12 @@ def test_yaw_comes_back_wrapped():
 
 
 def test_decoder_keeps_top_scores_and_filters_centres():
-    num_query, num_classes = 6, 3
-    logits = torch.full((1, num_query, num_classes), -10.0)
+    num_queries, num_classes = 6, 3
+    logits = torch.full((1, num_queries, num_classes), -10.0)
     logits[0, 2, 1] = 3.0  # best
     logits[0, 4, 0] = 2.0  # second, but its centre is out of range
     logits[0, 0, 2] = 1.0  # third
-    code = encode_boxes(_boxes(num_query))[None]
+    code = encode_boxes(_boxes(num_queries))[None]
     code[0, 4, 0] = 70.0
     decoder = NMSFreeDecoder(num_classes, max_num=3)
     (result,) = decoder.decode(logits, code)

@@ -48,7 +48,7 @@ def fake_checkpoint(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def models() -> dict[str, torch.nn.Module]:
     """The four published models at full size (built once; ~10 s together)."""
-    return {name: build_bev_model(name, op_backend="reference") for name in PUBLISHED}
+    return {name: build_bev_model(name, backend="reference") for name in PUBLISHED}
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
@@ -154,7 +154,7 @@ def test_tools_load_a_released_file_and_our_checkpoints(models, tmp_path):
     exported = official_state_dict(model)
     assert all(torch.equal(exported[key], value) for key, value in released.items())
     torch.save({"model": model.state_dict()}, tmp_path / "ours.pth")
-    fresh = build_bev_model("bevformer_tiny", op_backend="reference")
+    fresh = build_bev_model("bevformer_tiny", backend="reference")
     task.load_weights(fresh, tmp_path / "ours.pth")
     pairs = zip(fresh.state_dict().values(), model.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)

@@ -305,20 +305,22 @@ def v1_encoder(
     ref_2d = torch.stack([ref_x.reshape(-1) / bev_w, ref_y.reshape(-1) / bev_h], -1)[None, :, None]
     shift_ref_2d = ref_2d  # the v1 release: no clone
     shift_ref_2d += torch.tensor([shift_x, shift_y])
-    num_query = bev_h * bev_w
-    hybrid_ref_2d = torch.stack([shift_ref_2d, ref_2d], 1).reshape(2, num_query, 1, 2)
-    queue = None if prev_bev is None else torch.stack([prev_bev, query], 1).reshape(2, num_query, channels)
+    num_queries = bev_h * bev_w
+    hybrid_ref_2d = torch.stack([shift_ref_2d, ref_2d], 1).reshape(2, num_queries, 1, 2)
+    queue = None if prev_bev is None else torch.stack([prev_bev, query], 1).reshape(2, num_queries, channels)
     for layer in encoder.layers:
         tsa = layer.temporal_self_attention
         heads, points = tsa.num_heads, tsa.num_points
-        tsa_value = torch.stack([query, query], 1).reshape(2, num_query, channels) if queue is None else queue
+        tsa_value = (
+            torch.stack([query, query], 1).reshape(2, num_queries, channels) if queue is None else queue
+        )
         tsa_query = torch.cat([tsa_value[:1], query + bev_pos], -1)
-        projected = tsa.value_proj(tsa_value).reshape(2, num_query, heads, -1)
-        offsets = tsa.sampling_offsets(tsa_query).view(1, num_query, heads, 2, 1, points, 2)
-        weights = tsa.attention_weights(tsa_query).view(1, num_query, heads, 2, points).softmax(-1)
-        weights = weights.view(1, num_query, heads, 2, 1, points).permute(0, 3, 1, 2, 4, 5)
-        weights = weights.reshape(2, num_query, heads, 1, points)
-        offsets = offsets.permute(0, 3, 1, 2, 4, 5, 6).reshape(2, num_query, heads, 1, points, 2)
+        projected = tsa.value_proj(tsa_value).reshape(2, num_queries, heads, -1)
+        offsets = tsa.sampling_offsets(tsa_query).view(1, num_queries, heads, 2, 1, points, 2)
+        weights = tsa.attention_weights(tsa_query).view(1, num_queries, heads, 2, points).softmax(-1)
+        weights = weights.view(1, num_queries, heads, 2, 1, points).permute(0, 3, 1, 2, 4, 5)
+        weights = weights.reshape(2, num_queries, heads, 1, points)
+        offsets = offsets.permute(0, 3, 1, 2, 4, 5, 6).reshape(2, num_queries, heads, 1, points, 2)
         locations = hybrid_ref_2d[:, :, None, :, None, :] + offsets / torch.tensor([bev_w, bev_h])
         output = ms_deform_attn(
             projected,
@@ -328,7 +330,7 @@ def v1_encoder(
             weights,
             backend="reference",
         )
-        output = output.permute(1, 2, 0).view(num_query, channels, 1, 2).mean(-1).permute(2, 0, 1)
+        output = output.permute(1, 2, 0).view(num_queries, channels, 1, 2).mean(-1).permute(2, 0, 1)
         x = layer.norm1(query + tsa.output_proj(output))
         sca = layer.spatial_cross_attention
         x = layer.norm2(x + sca(x, value, reference_points_cam, visible, spatial_shapes, level_start_index))
@@ -363,16 +365,16 @@ def detr3d_cross_attention_v1(
     img_shape: tuple[int, int],
 ) -> torch.Tensor:
     """DETR3D's Detr3DCrossAtten + feature_sampling, transcribed from its code (batch-first here)."""
-    batch, num_query, _ = query.shape
+    batch, num_queries, _ = query.shape
     num_cams, num_levels = attn.num_cams, attn.num_levels
-    weights = attn.attention_weights(query + query_pos).view(batch, 1, num_query, num_cams, 1, num_levels)
+    weights = attn.attention_weights(query + query_pos).view(batch, 1, num_queries, num_cams, 1, num_levels)
     low, high = torch.tensor(PC_RANGE[:3]), torch.tensor(PC_RANGE[3:])
     points = torch.cat(
         [reference_points * (high - low) + low, torch.ones_like(reference_points[..., :1])], -1
     )
-    points = points.view(batch, 1, num_query, 4).repeat(1, num_cams, 1, 1).unsqueeze(-1)
+    points = points.view(batch, 1, num_queries, 4).repeat(1, num_cams, 1, 1).unsqueeze(-1)
     cam = torch.matmul(
-        lidar2img.view(batch, num_cams, 1, 4, 4).repeat(1, 1, num_query, 1, 1), points
+        lidar2img.view(batch, num_cams, 1, 4, 4).repeat(1, 1, num_queries, 1, 1), points
     ).squeeze(-1)
     eps = 1e-5
     mask = cam[..., 2:3] > eps
@@ -381,16 +383,16 @@ def detr3d_cross_attention_v1(
     mask = (
         mask & (cam[..., 0:1] > -1.0) & (cam[..., 0:1] < 1.0) & (cam[..., 1:2] > -1.0) & (cam[..., 1:2] < 1.0)
     )
-    mask = mask.view(batch, num_cams, 1, num_query, 1, 1).permute(0, 2, 3, 1, 4, 5)
+    mask = mask.view(batch, num_cams, 1, num_queries, 1, 1).permute(0, 2, 3, 1, 4, 5)
     sampled = []
     for feat in mlvl_feats:
         _, _, channels, height, width = feat.shape
-        grid = cam.reshape(batch * num_cams, num_query, 1, 2)
+        grid = cam.reshape(batch * num_cams, num_queries, 1, 2)
         level = F.grid_sample(
             feat.reshape(batch * num_cams, channels, height, width), grid, align_corners=False
         )
-        sampled.append(level.view(batch, num_cams, channels, num_query, 1).permute(0, 2, 3, 1, 4))
-    output = torch.stack(sampled, -1).view(batch, channels, num_query, num_cams, 1, num_levels)
+        sampled.append(level.view(batch, num_cams, channels, num_queries, 1).permute(0, 2, 3, 1, 4))
+    output = torch.stack(sampled, -1).view(batch, channels, num_queries, num_cams, 1, num_levels)
     output = (output * (weights.sigmoid() * mask)).sum(-1).sum(-1).sum(-1).permute(0, 2, 1)
     return attn.output_proj(output) + query + attn.position_encoder(inverse_sigmoid(reference_points))
 
@@ -446,7 +448,7 @@ def test_batch_of_two_with_history_equals_each_sample_alone(name):
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_full_size_published_model_batch_of_two_equals_each_sample_alone(name):
     torch.manual_seed(0)
-    model = build_bev_model(name, op_backend="reference").eval()
+    model = build_bev_model(name, backend="reference").eval()
     batch = _published_batch(frames=2)
     batch["img"] = torch.randn(2, 2, 6, 3, 64, 96)
     batch["lidar2img"] = torch.stack(

@@ -89,7 +89,7 @@ def test_forward_returns_raw_outputs_in_both_modes_and_decode_gives_detections()
     model = tiny_model().eval()
     with torch.no_grad():
         outputs = model(_batch(with_history=True))
-    layers, queries = len(model.head.layers), model.head.num_query
+    layers, queries = len(model.head.layers), model.head.num_queries
     assert outputs.cls_logits.shape == (layers, 2, queries, model.head.num_classes)
     assert outputs.box_code.shape == (layers, 2, queries, 10)
     assert model.train()(_batch(with_history=True)).box_code.shape == (layers, 2, queries, 10)
@@ -125,9 +125,9 @@ def test_query_groups_train_independently_and_evaluation_decodes_group_zero():
         memory = BEVMemory(bev, model.encoder.bev_h, model.encoder.bev_w)
         evaluated = model.head(memory, 2)
         trained = model.head.train()(memory, 2)
-    num_query = model.head.num_query
-    assert evaluated.box_code.shape[1:3] == (2, num_query)
-    assert trained.box_code.shape[1:3] == (2 * groups, num_query)
+    num_queries = model.head.num_queries
+    assert evaluated.box_code.shape[1:3] == (2, num_queries)
+    assert trained.box_code.shape[1:3] == (2 * groups, num_queries)
     torch.testing.assert_close(trained.box_code[:, ::groups], evaluated.box_code)  # group 0 sees no other
     assert not torch.allclose(trained.box_code[:, 1], evaluated.box_code[:, 0])
     with pytest.raises(ValueError, match="num_groups"):
@@ -141,13 +141,13 @@ def test_query_groups_each_match_the_ground_truth(head):
     assert set(losses) == set(criterion_of(model).weight_dict)
     # the loss averages the groups: equal groups give the loss of one group
     with torch.no_grad():
-        model.head.query_embedding.weight[model.head.num_query :] = model.head.query_embedding.weight[
-            : model.head.num_query
+        model.head.query_embedding.weight[model.head.num_queries :] = model.head.query_embedding.weight[
+            : model.head.num_queries
         ]
     single = tiny_model(head=head, dropout=0.0).train()
     single.load_state_dict(
         {
-            k: v[: single.head.num_query] if k == "head.query_embedding.weight" else v
+            k: v[: single.head.num_queries] if k == "head.query_embedding.weight" else v
             for k, v in model.state_dict().items()
         }
     )
@@ -206,7 +206,7 @@ def test_variant_settings_follow_the_published_configs():
 
 
 def test_demo_variant_runs_on_the_real_resnet18():
-    model = build_bev_model("bev_demo", op_backend="reference").eval()
+    model = build_bev_model("bev_demo", backend="reference").eval()
     img = torch.randn(1, 6, 3, 64, 96)
     with torch.no_grad():
         detections, bev = model.forward_test(img, ring_lidar2img((64, 96))[None])

@@ -104,8 +104,8 @@ def test_backend_parity_cpu_vs_reference(name: str) -> None:
     if "cpu" not in available_backends():
         pytest.skip("the native 'cpu' backend of ops.ms_deform_attn is not available in this build")
     torch.manual_seed(0)
-    reference = build_model(name, op_backend="reference", **TINY).eval()
-    native = build_model(name, op_backend="cpu", **TINY).eval()
+    reference = build_model(name, backend="reference", **TINY).eval()
+    native = build_model(name, backend="cpu", **TINY).eval()
     native.load_state_dict(reference.state_dict())
     _, batch, mask = padded_batch(SIZES, seed=2)
     with torch.no_grad():
@@ -262,7 +262,7 @@ def test_valid_ratios_and_encoder_reference_points() -> None:
 
 def test_two_stage_proposals() -> None:
     """Cell centres of the valid region, size 0.05 * 2^level, logit space, inf where padded/invalid."""
-    transformer = DeformableTransformer(d_model=32, nhead=4, num_feature_levels=2, two_stage=True)
+    transformer = DeformableTransformer(embed_dims=32, num_heads=4, num_levels=2, two_stage=True)
     shapes = torch.tensor([[4, 4], [2, 2]])
     mask = torch.zeros(1, 4, 4, dtype=torch.bool)
     mask[0, :, 2:] = True  # level 0: valid 4 rows x 2 columns; level 1: 2 x 1

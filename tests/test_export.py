@@ -241,7 +241,9 @@ def test_torch_export_keeps_the_op_node(tmp_path, cpu_backend):
     """torch.export traces the deformable attention as one ``deformbev::ms_deform_attn`` node; the saved
     program loads back and equals eager."""
     torch.manual_seed(0)
-    attention = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=2, backend=cpu_backend).eval()
+    attention = MSDeformAttn(
+        embed_dims=32, num_levels=2, num_heads=4, num_points=2, backend=cpu_backend
+    ).eval()
     torch.nn.init.normal_(attention.sampling_offsets.weight, std=0.5)
     shapes = torch.tensor([[6, 5], [3, 3]])
     starts = torch.tensor([0, 30])

@@ -81,7 +81,7 @@ def test_fold_conv_bn_checks_channels():
 
 def test_detr2d_fast_path_equals_eager_and_leaves_the_model_alone(cpu_backend):
     torch.manual_seed(0)
-    model = build_model("deformable_detr_two_stage", **NARROW, op_backend="reference").eval()
+    model = build_model("deformable_detr_two_stage", **NARROW, backend="reference").eval()
     randomize_norms(model)
     fast = optimize_for_inference(model)
     assert count(fast, (FrozenBatchNorm2d,)) == 0 and count(model, (FrozenBatchNorm2d,)) == 20
@@ -128,7 +128,7 @@ def test_bev_fast_path_equals_eager(cpu_backend, compile):
 
 
 def test_set_op_backend_switches_every_attention(cpu_backend):
-    model = build_bev_model("bev_demo", bev_h=4, bev_w=4, num_queries=5, op_backend="reference")
+    model = build_bev_model("bev_demo", bev_h=4, bev_w=4, num_queries=5, backend="reference")
     changed = set_op_backend(model, cpu_backend)
     # 2 encoder layers x (temporal + spatial) + 3 decoder layers' cross-attention
     assert changed == 7

@@ -96,7 +96,7 @@ def test_module_compiles_under_autocast(cpu_backend):
     """MSDeformAttn under CPU autocast through torch.compile(fullgraph=True) (the fake registrations
     give the real dtypes): forward and backward equal eager."""
     torch.manual_seed(0)
-    module = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=2, backend=cpu_backend)
+    module = MSDeformAttn(embed_dims=32, num_levels=2, num_heads=4, num_points=2, backend=cpu_backend)
     torch.nn.init.normal_(module.sampling_offsets.weight, std=0.5)
     shapes, starts = torch.tensor([[6, 8], [3, 4]]), torch.tensor([0, 48])
     query, flat, ref = torch.randn(2, 7, 32), torch.randn(2, 60, 32), torch.rand(2, 7, 2, 2)
@@ -182,7 +182,7 @@ def test_deformable_detr_under_autocast(native_backends, backend, monkeypatch):
             num_queries=20,
             num_classes=5,
             dropout=0.0,
-            op_backend=backend,
+            backend=backend,
         ).train()
 
     g = torch.Generator().manual_seed(1)
@@ -228,7 +228,7 @@ def test_bev_detector_under_autocast(native_backends, head, backend, monkeypatch
             num_queries=20,
             max_num=50,
             dropout=0.0,
-            op_backend=backend,
+            backend=backend,
         ).train()
 
     img = torch.randn(2, 6, 3, *IMG_SHAPE, generator=torch.Generator().manual_seed(2))

@@ -50,7 +50,7 @@ def test_native_library_is_loaded_once(native_backends):
 
 
 def test_just_in_time_build_matches_reference(tmp_path):
-    """With DEFORMBEV_MSDA_JIT=1 the ahead-of-time library is ignored and ninja builds the op (cached in
+    """With DEFORMBEV_OPS_JIT=1 the ahead-of-time library is ignored and ninja builds the op (cached in
     torch's default extensions folder, so only the first run on a machine compiles)."""
     script = (
         "import torch, ops\n"
@@ -63,7 +63,7 @@ def test_just_in_time_build_matches_reference(tmp_path):
         "assert all(torch.allclose(x, y, atol=1e-10, rtol=0) for x, y in zip(a, b))\n"
         "print('jit ok')\n"
     )
-    env = {**os.environ, "DEFORMBEV_MSDA_JIT": "1"}
+    env = {**os.environ, "DEFORMBEV_OPS_JIT": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
@@ -79,7 +79,7 @@ def cuda_torch_without_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(extension, "_cuda_home", lambda: "/usr/local/cuda")
     monkeypatch.delenv("FORCE_CUDA", raising=False)
-    monkeypatch.delenv("DEFORMBEV_MSDA_NO_CUDA", raising=False)
+    monkeypatch.delenv("DEFORMBEV_OPS_NO_CUDA", raising=False)
 
 
 def test_cuda_kernels_are_built_without_a_visible_gpu(cuda_torch_without_gpu, monkeypatch):
@@ -94,10 +94,10 @@ def test_cuda_kernels_need_cuda_torch_and_a_toolkit(cuda_torch_without_gpu, monk
     assert not extension.build_cuda_kernels()
     monkeypatch.setenv("FORCE_CUDA", "1")
     assert extension.build_cuda_kernels()
-    monkeypatch.setenv("DEFORMBEV_MSDA_NO_CUDA", "1")
+    monkeypatch.setenv("DEFORMBEV_OPS_NO_CUDA", "1")
     assert not extension.build_cuda_kernels()
     monkeypatch.delenv("FORCE_CUDA")
-    monkeypatch.delenv("DEFORMBEV_MSDA_NO_CUDA")
+    monkeypatch.delenv("DEFORMBEV_OPS_NO_CUDA")
     monkeypatch.setattr(extension, "_cuda_home", lambda: "/usr/local/cuda")
     monkeypatch.setattr(torch.version, "cuda", None)
     assert not extension.build_cuda_kernels()
@@ -133,7 +133,7 @@ def test_cuda_tensors_without_cuda_kernels_warn_once_naming_the_fix(
         assert functional.available_backends() == ("reference", "cpu")
     message = str(record[0].message)
     assert "no CUDA toolkit was found" in message and "CUDA_HOME" in message
-    assert "pip install --no-build-isolation -e ." in message and "DEFORMBEV_MSDA_JIT=1" in message
+    assert "pip install --no-build-isolation -e ." in message and "DEFORMBEV_OPS_JIT=1" in message
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per process
         assert functional.available_backends() == ("reference", "cpu")

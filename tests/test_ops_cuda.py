@@ -58,7 +58,7 @@ def test_cuda_gradcheck(cuda_backend):
 
 def test_cuda_module_matches_cpu(cuda_backend):
     torch.manual_seed(0)
-    module = MSDeformAttn(d_model=64, n_levels=2, n_heads=8, n_points=4)
+    module = MSDeformAttn(embed_dims=64, num_levels=2, num_heads=8, num_points=4)
     shapes = torch.tensor([[12, 9], [6, 5]])
     starts = torch.tensor([0, 108])
     query, flat = torch.randn(2, 20, 64), torch.randn(2, 138, 64)

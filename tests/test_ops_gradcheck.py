@@ -22,7 +22,7 @@ def test_gradcheck_cpu_op(cpu_backend):
 
 def test_gradcheck_module(cpu_backend):
     torch.manual_seed(0)
-    module = MSDeformAttn(d_model=8, n_levels=2, n_heads=2, n_points=2, backend=cpu_backend).double()
+    module = MSDeformAttn(embed_dims=8, num_levels=2, num_heads=2, num_points=2, backend=cpu_backend).double()
     torch.nn.init.normal_(module.sampling_offsets.weight, std=0.1)
     torch.nn.init.normal_(module.attention_weights.weight, std=0.1)
     shapes = torch.tensor([[3, 4], [2, 2]])

@@ -10,20 +10,20 @@ import torch
 from ops import MSDeformAttn
 
 
-def inputs(n=2, lq=7, d_model=32, shapes=((6, 8), (3, 4)), dtype=torch.float32, seed=0):
+def inputs(n=2, lq=7, embed_dims=32, shapes=((6, 8), (3, 4)), dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     spatial_shapes = torch.tensor(shapes)
     sizes = spatial_shapes.prod(1)
     starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
     s = int(sizes.sum())
-    query = torch.randn(n, lq, d_model, generator=g, dtype=dtype)
-    flat = torch.randn(n, s, d_model, generator=g, dtype=dtype)
+    query = torch.randn(n, lq, embed_dims, generator=g, dtype=dtype)
+    flat = torch.randn(n, s, embed_dims, generator=g, dtype=dtype)
     ref = torch.rand(n, lq, len(shapes), 2, generator=g, dtype=dtype)
     return query, ref, flat, spatial_shapes, starts
 
 
 def test_parameter_names_and_shapes():
-    m = MSDeformAttn(d_model=256, n_levels=4, n_heads=8, n_points=4)
+    m = MSDeformAttn(embed_dims=256, num_levels=4, num_heads=8, num_points=4)
     shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
     assert shapes == {
         "sampling_offsets.weight": (256, 256),
@@ -38,7 +38,7 @@ def test_parameter_names_and_shapes():
 
 
 def test_official_init():
-    m = MSDeformAttn(d_model=64, n_levels=3, n_heads=8, n_points=4)
+    m = MSDeformAttn(embed_dims=64, num_levels=3, num_heads=8, num_points=4)
     assert torch.count_nonzero(m.sampling_offsets.weight) == 0
     bias = m.sampling_offsets.bias.view(8, 3, 4, 2)
     for head in range(8):
@@ -57,7 +57,7 @@ def test_box_reference_points_equal_point_form_for_matching_offsets():
     """4-d refs put a point at ref_xy + offset / P * ref_wh / 2; with wh = 2 P / (W, H) this is the
     2-d rule ref + offset / (W, H) (single level)."""
     torch.manual_seed(0)
-    m = MSDeformAttn(d_model=32, n_levels=1, n_heads=4, n_points=2, backend="reference").eval()
+    m = MSDeformAttn(embed_dims=32, num_levels=1, num_heads=4, num_points=2, backend="reference").eval()
     query, ref, flat, shapes, starts = inputs(shapes=((6, 8),))
     wh = torch.tensor([2 * 2 / 8, 2 * 2 / 6]).expand(*ref.shape[:3], 2)
     boxes = torch.cat([ref, wh], dim=-1)
@@ -65,7 +65,7 @@ def test_box_reference_points_equal_point_form_for_matching_offsets():
 
 
 def test_padding_mask_zeroes_padded_values():
-    m = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=2).eval()
+    m = MSDeformAttn(embed_dims=32, num_levels=2, num_heads=4, num_points=2).eval()
     query, ref, flat, shapes, starts = inputs()
     mask = torch.zeros(flat.shape[:2], dtype=torch.bool)
     mask[0, 10:20] = True
@@ -77,19 +77,19 @@ def test_padding_mask_zeroes_padded_values():
 
 
 def test_bad_reference_points_shape():
-    m = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=2)
+    m = MSDeformAttn(embed_dims=32, num_levels=2, num_heads=4, num_points=2)
     query, ref, flat, shapes, starts = inputs()
     with pytest.raises(ValueError, match="reference_points"):
         m(query, ref[..., :1], flat, shapes, starts)
     with pytest.raises(ValueError, match="divisible"):
-        MSDeformAttn(d_model=30, n_heads=8)
+        MSDeformAttn(embed_dims=30, num_heads=8)
 
 
 def test_compile_fullgraph_equals_eager(cpu_backend):
     """The native op is a torch.library custom op: Dynamo traces the module without graph breaks."""
     backend = cpu_backend
     torch.manual_seed(0)
-    m = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=2, backend=backend)
+    m = MSDeformAttn(embed_dims=32, num_levels=2, num_heads=4, num_points=2, backend=backend)
     torch.nn.init.normal_(m.sampling_offsets.weight, std=0.5)
     args = inputs()
     eager = m(*args)

@@ -70,7 +70,9 @@ def test_any_batch_size_with_any_im2col_step(native_backends, backend):
     if backend not in native_backends:
         pytest.skip(f"the {backend!r} backend is not built")
     torch.manual_seed(0)
-    module = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2, im2col_step=64, backend=backend)
+    module = MSDeformAttn(
+        embed_dims=16, num_levels=2, num_heads=2, num_points=2, im2col_step=64, backend=backend
+    )
     shapes = torch.tensor([[4, 5], [2, 3]])
     starts = torch.tensor([0, 20])
     query, flat, ref = torch.randn(65, 3, 16), torch.randn(65, 26, 16), torch.rand(65, 3, 2, 2)
@@ -264,13 +266,13 @@ def test_fuzzed_level_tables_raise_or_run_on_the_registered_op(
     cpu_backend, heights, widths, starts_shift, spatial, locations
 ):
     """Any level table: a RuntimeError, or a finite result (forward and backward) when every level fits."""
-    n_levels = len(heights)
-    shapes = torch.tensor(list(zip(heights, widths[:n_levels], strict=True)), dtype=torch.int64)
+    num_levels = len(heights)
+    shapes = torch.tensor(list(zip(heights, widths[:num_levels], strict=True)), dtype=torch.int64)
     sizes = shapes.prod(1)
-    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]]) + torch.tensor(starts_shift[:n_levels])
+    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]]) + torch.tensor(starts_shift[:num_levels])
     value = torch.randn(2, spatial, 2, 3, requires_grad=True)
-    loc = torch.full((2, 4, 2, n_levels, 2, 2), locations, requires_grad=True)
-    weights = torch.rand(2, 4, 2, n_levels, 2, requires_grad=True)
+    loc = torch.full((2, 4, 2, num_levels, 2, 2), locations, requires_grad=True)
+    weights = torch.rand(2, 4, 2, num_levels, 2, requires_grad=True)
     fits = all(
         h > 0 and w > 0 and 0 <= s and s + h * w <= spatial
         for (h, w), s in zip(shapes.tolist(), starts.tolist(), strict=True)

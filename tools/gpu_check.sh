@@ -41,7 +41,7 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   fi
   export TORCH_CUDA_ARCH_LIST
 fi
-export DEFORMBEV_MSDA_JIT=1                       # build here, for this machine's torch
+export DEFORMBEV_OPS_JIT=1                       # build here, for this machine's torch
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.torch_extensions}"
 native=cuda
 [ "$rehearse" = 1 ] && native=cpu

@@ -277,7 +277,9 @@ def large_value(plan: Plan, report: Report) -> str:
 
 def _module_inputs(plan: Plan, seed: int = 0) -> tuple[MSDeformAttn, list[torch.Tensor]]:
     torch.manual_seed(seed)
-    module = MSDeformAttn(d_model=256, n_levels=4, n_heads=8, n_points=4, backend=plan.native).to(plan.device)
+    module = MSDeformAttn(embed_dims=256, num_levels=4, num_heads=8, num_points=4, backend=plan.native).to(
+        plan.device
+    )
     torch.nn.init.normal_(module.sampling_offsets.weight, std=0.02)
     shapes = ((32, 40), (16, 20), (8, 10), (4, 5)) if not plan.rehearse else ((6, 8), (3, 4), (2, 2), (1, 1))
     spatial_shapes = torch.tensor(shapes, device=plan.device)
@@ -393,7 +395,7 @@ def detr_training(plan: Plan, report: Report) -> str:
             "backbone": "resnet18",
             "num_classes": 5,
             "dropout": 0.0,
-            "op_backend": backend,
+            "backend": backend,
             **plan.detr_size,
         }
         model = build_model("deformable_detr", **overrides).to(plan.device)

@@ -9,7 +9,7 @@ task = "nuscenes_detection"  # tools/train.py, test.py and predict.py dispatch o
 model = dict(
     name="bevformer_base",  # ResNet-101 C3-C5 -> 4 FPN levels, BEV 200 x 200, 6 encoder layers
     pretrained="ckpts/r101_dcn_fcos3d_pretrain.pth",  # the release starts from this FCOS3D checkpoint
-    op_backend=None,  # deformable attention op backend: None = best available
+    backend=None,  # deformable attention op backend: None = best available
 )
 
 data = dict(

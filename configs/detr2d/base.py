@@ -23,7 +23,7 @@ model = dict(
     backbone_norm="frozen_bn",  # "bn" (trainable batch norm) for training from scratch
     backbone_trainable_layers=3,  # layer2-4 learn; 5 adds layer1 and the stem
     padding="exact",  # "official": the original's padded-batch behaviour (see README, Padding)
-    op_backend=None,  # deformable attention op backend: None = best available
+    backend=None,  # deformable attention op backend: None = best available
 )
 criterion = dict(  # Hungarian matching costs and loss weights (num_classes, decoder_layers: from the model)
     set_cost_class=2.0,
