@@ -43,6 +43,7 @@ from .box_coder import NMSFreeDecoder
 from .decoder import BEVMemory, DetectionDecoder, HeadOutput
 from .detr3d_head import CameraMemory
 from .encoder import BEVEncoder
+from .export import BevFrameForExport, bev_example_inputs
 from .neck import FPNNeck
 from .temporal_alignment import CAN_BUS_DIM, published_can_bus
 
@@ -122,8 +123,15 @@ class MultiViewDetector3D(nn.Module):
 
     def inference_parts(self) -> list[nn.Module]:
         """The submodules ``predict`` and ``forward_test`` call (not ``forward``): what
-        :func:`detr2d.fast_inference.optimize_for_inference` compiles and runs in its CPU arena."""
+        :func:`detr2d.runtime.fast_inference.optimize_for_inference` compiles and runs in its CPU arena."""
         return [part for part in (self.backbone, self.neck, self.encoder, self.head) if part is not None]
+
+    def for_export(
+        self, image_size: tuple[int, int], batch: int = 1
+    ) -> tuple[BevFrameForExport, tuple[torch.Tensor, ...]]:
+        """The one-frame export graph of this detector and example inputs whose cameras see every BEV
+        pillar (see :mod:`bev.export`); ``image_size`` (H, W) of every camera."""
+        return BevFrameForExport(self), bev_example_inputs(self, image_size, batch)
 
     def predict(
         self,

@@ -51,6 +51,8 @@ class FrozenBatchNorm2d(nn.Module):
     ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` with eps 1e-5.
     """
 
+    frozen_batch_norm = True  # the inference fast path folds it into the convolution before it
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps

@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbone import Joiner
 from .box_ops import apply_box_delta
+from .export import Detr2dForExport
 from .padding import PADDING_MODES, MaskedGroupNorm, PaddingMasks, check_images_and_mask
 from .transformer import DeformableTransformer
 
@@ -130,6 +132,14 @@ class DeformableDETR(nn.Module):
 
         if with_box_refine:
             transformer.decoder.attach_heads(self.bbox_embed, self.class_embed if two_stage else None)
+
+    def for_export(
+        self, image_size: tuple[int, int], batch: int = 1
+    ) -> tuple[Detr2dForExport, tuple[Tensor]]:
+        """The export graph of this model (:class:`detr2d.export.Detr2dForExport`) and random example
+        images (B, 3, H, W) of ``image_size`` (H, W)."""
+        device = next(self.parameters()).device
+        return Detr2dForExport(self), (torch.randn(batch, 3, *image_size, device=device),)
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
         """Detect objects in a padded batch; see the class docstring for the outputs."""

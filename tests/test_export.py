@@ -9,15 +9,10 @@ import torch
 from detr2d_helpers import NARROW
 
 from bev import build_bev_model
+from bev.export import BevFrameForExport, camera_ring
 from detr2d import VARIANTS, build_model
-from detr2d.export import (
-    BevFrameForExport,
-    Detr2dForExport,
-    camera_ring,
-    export_model,
-    onnx_max_errors,
-    prepare_export,
-)
+from detr2d.export import Detr2dForExport
+from detr2d.runtime.export import export_model, onnx_max_errors, prepare_export
 from ops import ModulatedDeformConv2d, MSDeformAttn, ms_deform_attn
 
 EXTRA = "needs the optional extra: pip install .[export]"
@@ -120,7 +115,8 @@ def test_op_lowering_equals_reference(tmp_path, cpu_backend):
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_detr2d_onnx_equals_pytorch(tmp_path, name):
-    """One file, exported at one size, equals PyTorch at another size too (free H and W)."""
+    """One file, exported at one size and batch 1, equals PyTorch at another size and at batch 2 too
+    (free B, H and W)."""
     model = small_detr2d(name)
     wrapper, example = prepare_export(model, (80, 112))
     path = tmp_path / f"{name}.onnx"
@@ -128,10 +124,10 @@ def test_detr2d_onnx_equals_pytorch(tmp_path, name):
     assert [i.name for i in proto.graph.input] == ["images"]
     assert [o.name for o in proto.graph.output] == ["pred_logits", "pred_boxes"]
     dims = proto.graph.input[0].type.tensor_type.shape.dim
-    assert [d.dim_param or d.dim_value for d in dims] == [1, 3, "height", "width"]
-    for height, width in ((80, 112), (112, 72)):
-        errors = onnx_max_errors(wrapper, path, (torch.randn(1, 3, height, width),))
-        assert max(errors) < TOL, (name, height, width, errors)
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
+    for batch, height, width in ((1, 80, 112), (1, 112, 72), (2, 80, 112)):
+        errors = onnx_max_errors(wrapper, path, (torch.randn(batch, 3, height, width),))
+        assert max(errors) < TOL, (name, batch, height, width, errors)
 
 
 @pytest.mark.parametrize(

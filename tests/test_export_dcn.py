@@ -7,7 +7,7 @@ import pytest
 import torch
 from dcn_cases import DcnCase, random_dcn_case
 
-from detr2d.export import export_model, onnx_max_errors
+from detr2d.runtime.export import export_model, onnx_max_errors
 from ops import deform_conv2d
 from ops.deform_conv_reference import sampling_positions
 

@@ -12,16 +12,15 @@ from torch import nn
 
 from bev import build_bev_model
 from detr2d import FrozenBatchNorm2d, ResNetBackbone, build_model
-from detr2d.fast_inference import (
-    PackedLinear,
+from detr2d.runtime.fast_inference import (
     fold_batch_norms,
     fold_conv_bn,
     optimize_for_inference,
-    pack_linear_layers,
     set_op_backend,
 )
 from ops import ModulatedDeformConv2d
 from ops.arena import cpu_arena_available, cpu_arena_stats, release_cpu_arena
+from ops.packed_linear import PackedLinear, pack_linear_layers
 
 
 def randomize_norms(model: nn.Module) -> None:

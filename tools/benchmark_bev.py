@@ -1,6 +1,6 @@
 """CPU time of one BEV detector frame (random weights, with a previous BEV), every inference path in one
 run: reference (grid_sample) op, eager on the native op, the fast path
-(:func:`detr2d.fast_inference.optimize_for_inference`), optionally compiled, and ONNX Runtime when the
+(:func:`detr2d.runtime.fast_inference.optimize_for_inference`), optionally compiled, and ONNX Runtime when the
 ``export`` extra is installed. The default is BEVFormer-tiny at its published input, 6 cameras x 450 x 800
 (padded to 480 x 800), with few iterations: one frame takes seconds on a CPU.
 
@@ -27,7 +27,7 @@ from benchmark_detr2d import (  # noqa: E402
 )
 
 from bev import VARIANTS, build_bev_model  # noqa: E402
-from detr2d.export import BevFrameForExport, bev_example_inputs, camera_ring  # noqa: E402
+from bev.export import BevFrameForExport, bev_example_inputs, camera_ring  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

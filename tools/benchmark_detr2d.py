@@ -1,6 +1,6 @@
 """CPU inference time of a Deformable DETR variant (random weights) on one image, every inference path
 in one run: the model on the reference (grid_sample) op, the eager model on the native op, the fast path
-(:func:`detr2d.fast_inference.optimize_for_inference`), optionally compiled (the compilation, i.e. the
+(:func:`detr2d.runtime.fast_inference.optimize_for_inference`), optionally compiled (the compilation, i.e. the
 first call, is timed apart), and ONNX Runtime when the ``export`` extra is
 installed. Runs alternate between the paths so that they share the machine's load. The fast paths run
 in the CPU arena (:mod:`ops.arena`) unless ``--no-arena``.
@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detr2d import VARIANTS, build_model  # noqa: E402
-from detr2d.fast_inference import optimize_for_inference, set_op_backend  # noqa: E402
+from detr2d.runtime.fast_inference import optimize_for_inference, set_op_backend  # noqa: E402
 
 TimedPath = tuple[str, Callable[[], object]]
 Row = tuple[str, str]
@@ -57,7 +57,7 @@ def onnxruntime_path(
         import onnxruntime
     except ImportError:
         return None
-    from detr2d.export import export_model
+    from detr2d.runtime.export import export_model
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"

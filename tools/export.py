@@ -10,7 +10,8 @@ Without a checkpoint the weights are random (useful to try the pipeline). The im
 example images traced) defaults to the config's evaluation size (COCO: ``augment.eval_size`` x
 ``augment.max_size``; nuScenes: ``data.image_size``). Deformable DETR graphs accept any image size
 from the model's ``min_image_size`` up (``--check`` compares at the traced size and at the transposed
-one); BEV graphs are fixed to it. What the graphs take and return: :mod:`detr2d.export`.
+one); BEV graphs are fixed to it. Graph inputs and outputs:
+:mod:`detr2d.export`, :mod:`bev.export`.
 """
 
 from __future__ import annotations
@@ -24,16 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bev.export import BevFrameForExport, camera_ring  # noqa: E402
 from configs import load_config  # noqa: E402
-from detr2d.export import (  # noqa: E402
-    FORMATS,
-    BevFrameForExport,
-    Detr2dForExport,
-    camera_ring,
-    export_model,
-    onnx_max_errors,
-    prepare_export,
-)
+from detr2d.export import Detr2dForExport  # noqa: E402
+from detr2d.runtime.export import FORMATS, export_model, onnx_max_errors, prepare_export  # noqa: E402
 from detr2d.runtime.tasks import build_task  # noqa: E402
 
 

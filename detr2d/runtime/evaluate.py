@@ -12,15 +12,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..fast_inference import optimize_for_inference
 from .distributed import all_gather_object, broadcast_object, init_distributed
+from .fast_inference import optimize_for_inference
 from .io import atomic_write_json
 from .task import EvalResult, Records, Task
 
 logger = logging.getLogger(__name__)
 
 #: How test / predict run the model: as trained (``eager``), the CPU fast path (batch norm folded into
-#: the convolutions, channels-last, native op backends; :func:`detr2d.fast_inference.optimize_for_inference`)
+#: the convolutions, channels-last, native op backends; :func:`.fast_inference.optimize_for_inference`)
 #: or the fast path under ``torch.compile`` (``compile``). Training always runs the model as built.
 INFERENCE_MODES = ("eager", "fast", "compile")
 

@@ -4,17 +4,19 @@
 :class:`detr2d.DeformableDETR` or a :class:`bev.MultiViewDetector3D`, or any module built from the same
 parts) whose outputs equal the eager model's within float tolerance:
 
-- every frozen batch norm (:class:`detr2d.backbone.FrozenBatchNorm2d`) and every ``nn.BatchNorm2d`` (in
-  eval mode, so its running statistics) that directly follows a convolution (plain or deformable) is
-  folded into that convolution's weight and bias and replaced by ``nn.Identity``. The pairs are found
-  from the outside by torchvision's naming (``conv{k}`` followed by ``bn{k}`` in one module) and by position
-  (a convolution followed by a batch norm in an ``nn.Sequential``, as in ResNet ``downsample``);
+- every frozen batch norm (a module whose class sets ``frozen_batch_norm = True``, with ``weight``,
+  ``bias``, ``running_mean``, ``running_var`` and ``eps``, e.g. the ResNet's ``FrozenBatchNorm2d``) and
+  every ``nn.BatchNorm2d`` (in eval mode, so its running statistics) that directly follows a
+  convolution (plain or deformable) is folded into that convolution's weight and bias and replaced
+  by ``nn.Identity``. The pairs are found from the outside by torchvision's naming (``conv{k}``
+  followed by ``bn{k}`` in one module) and by position (a convolution followed by a batch norm in an
+  ``nn.Sequential``, as in ResNet ``downsample``);
 - convolution weights are stored channels-last (the layout oneDNN convolutions run fastest in on CPU);
 - every module that calls the deformable attention op (or the deformable convolution of DCN
   backbones) runs its native kernel on the model's device (see :func:`ops.resolve_backend`); the
   attention kernel picks its dense (head-major) path on its own when the sampling is dense;
 - on CPU, float32 linear layers run oneDNN's matrix product on a prepacked weight
-  (:func:`pack_linear_layers`);
+  (:func:`ops.packed_linear.pack_linear_layers`);
 - on CPU, inference runs inside :func:`ops.arena.cpu_arena`: large buffers come from a cache of the
   blocks freed by earlier calls instead of fresh mappings (page faults) from glibc;
 - optionally ``torch.compile`` (Inductor's default: weights stay inputs of the graph; its freezing,
@@ -37,10 +39,14 @@ from torch import nn
 
 from ops import ModulatedDeformConv2d, resolve_backend
 from ops.arena import cpu_arena
+from ops.packed_linear import pack_linear_layers
 
-from .backbone import FrozenBatchNorm2d
 
-_FOLDABLE = (FrozenBatchNorm2d, nn.BatchNorm2d)
+def _is_batch_norm(module: nn.Module) -> bool:
+    """A batch norm that can fold into the convolution before it (see the module docstring)."""
+    return isinstance(module, nn.BatchNorm2d) or getattr(type(module), "frozen_batch_norm", False)
+
+
 _CONVS = (nn.Conv2d, ModulatedDeformConv2d)  # outputs linear in (weight, bias): a batch norm folds in
 _NUMBERED = re.compile(r"^(conv|bn)(\d+)$")
 
@@ -60,7 +66,7 @@ def fold_conv_bn(conv: nn.Module, bn: nn.Module) -> None:
     Args:
         conv: ``nn.Conv2d`` or :class:`ops.ModulatedDeformConv2d` with C_out output channels (a bias is
             added if it has none).
-        bn: ``FrozenBatchNorm2d`` or eval-mode ``nn.BatchNorm2d`` over C_out channels.
+        bn: a frozen batch norm or an eval-mode ``nn.BatchNorm2d`` over C_out channels.
 
     Raises:
         ValueError: if the channel counts differ or a ``BatchNorm2d`` has no running statistics.
@@ -87,12 +93,12 @@ def _conv_bn_pairs(parent: nn.Module) -> list[tuple[str, str]]:
         pairs += [
             (a, b)
             for a, b in zip(names[:-1], names[1:], strict=True)
-            if isinstance(children[a], _CONVS) and isinstance(children[b], _FOLDABLE)
+            if isinstance(children[a], _CONVS) and _is_batch_norm(children[b])
         ]
     else:
         for name, child in children.items():
             match = _NUMBERED.match(name)
-            if match and match.group(1) == "bn" and isinstance(child, _FOLDABLE):
+            if match and match.group(1) == "bn" and _is_batch_norm(child):
                 conv = children.get(f"conv{match.group(2)}")
                 if isinstance(conv, _CONVS):
                     pairs.append((f"conv{match.group(2)}", name))
@@ -115,55 +121,6 @@ def fold_batch_norms(model: nn.Module) -> int:
             setattr(parent, bn_name, nn.Identity())
             folded += 1
     return folded
-
-
-@torch.library.custom_op("deformbev::packed_linear", mutates_args=())
-def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear`` through oneDNN with a weight prepacked by ``torch.ops.mkldnn._reorder_linear_weight``:
-    x (..., K), packed (O, K) -> (..., O). One graph node under ``torch.compile`` (Inductor cannot lower
-    the prepacked weight itself)."""
-    if x.numel() == 0:
-        return x.new_empty(*x.shape[:-1], packed_weight.shape[0])
-    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed_weight, bias, "none", [], "")
-
-
-@packed_linear.register_fake
-def _(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], packed_weight.shape[0])
-
-
-class PackedLinear(nn.Module):
-    """An inference-only ``nn.Linear`` whose float32 weight is prepacked for oneDNN's matrix product
-    (on the AVX-512 CPUs measured, 13-23 % faster than MKL's ``addmm`` on a Deformable DETR encoder's
-    shapes; BENCHMARKS.md). ``weight``/``bias`` stay readable; the packed copy is not in the state_dict."""
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight, self.bias = linear.weight, linear.bias
-        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return packed_linear(x, self.packed_weight, self.bias)
-
-
-def pack_linear_layers(model: nn.Module) -> int:
-    """Replace every float32 CPU ``nn.Linear`` of ``model`` (exactly that class: ``nn.MultiheadAttention``'s
-    ``out_proj`` subclass is read by weight) by a :class:`PackedLinear`, in place; return how many.
-    Nothing is replaced where oneDNN is unavailable."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
-        return 0
-    packed = 0
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if (
-                type(child) is nn.Linear
-                and child.weight.device.type == "cpu"
-                and child.weight.dtype == torch.float32
-            ):
-                setattr(parent, name, PackedLinear(child))
-                packed += 1
-    return packed
 
 
 def _calls_an_op(module: nn.Module) -> bool:
