@@ -4,6 +4,8 @@ Build a model with :func:`build_bev_model`; the input contract (batch keys and s
 :mod:`bev.detector`; released checkpoints load with :func:`load_official_checkpoint`.
 """
 
+from detr2d.layers.fpn import FPNNeck
+
 from .assigner import HungarianAssigner3D
 from .box_coder import NMSFreeDecoder, decode_boxes, encode_boxes
 from .builder import (
@@ -18,7 +20,6 @@ from .detector import MultiViewDetector3D
 from .detr3d_head import CameraMemory, Detr3DCrossAttention, Detr3DDecoderLayer
 from .encoder import BEVEncoder, BEVEncoderLayer
 from .loss import DetectionLoss3D
-from .neck import FPNNeck
 from .official import load_official_checkpoint, official_key_map, official_state_dict
 from .projection import bev_cell_centers, bev_pillar_points, normalized_to_metric, project_to_cameras
 from .spatial_cross_attention import SpatialCrossAttention

@@ -28,8 +28,9 @@ from typing import Any
 
 from torch import nn
 
-from detr2d.backbone import ResNetBackbone
 from detr2d.builder import BACKBONES
+from detr2d.layers.fpn import FPNNeck
+from detr2d.layers.resnet import ResNetBackbone
 from ops import MSDeformAttn
 
 from .box_coder import NMSFreeDecoder
@@ -38,7 +39,6 @@ from .detector import MultiViewDetector3D
 from .detr3d_head import Detr3DCrossAttention, Detr3DDecoderLayer
 from .encoder import BEVEncoder
 from .loss import DetectionLoss3D
-from .neck import FPNNeck
 from .spatial_cross_attention import SpatialCrossAttention
 from .temporal_self_attention import TemporalSelfAttention
 

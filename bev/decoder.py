@@ -15,8 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from detr2d.box_ops import inverse_sigmoid
-from detr2d.decoder import DecoderLayer
+from detr2d.layers.box_ops import inverse_sigmoid
+from detr2d.layers.transformer import DecoderLayer
 
 from .box_coder import CODE_SIZE, CODE_WEIGHTS
 from .projection import check_pc_range, normalized_to_metric

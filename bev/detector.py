@@ -39,12 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detr2d.layers.fpn import FPNNeck
+
 from .box_coder import NMSFreeDecoder
 from .decoder import BEVMemory, DetectionDecoder, HeadOutput
 from .detr3d_head import CameraMemory
 from .encoder import BEVEncoder
 from .export import BevFrameForExport, bev_example_inputs
-from .neck import FPNNeck
 from .temporal_alignment import CAN_BUS_DIM, published_can_bus
 
 

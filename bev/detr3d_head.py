@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from detr2d.box_ops import inverse_sigmoid
-from detr2d.encoder import feed_forward
+from detr2d.layers.box_ops import inverse_sigmoid
+from detr2d.layers.transformer import feed_forward
 from ops import ms_deform_attn
 
 from .projection import check_pc_range, normalized_to_metric, project_to_cameras

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from detr2d.encoder import feed_forward
+from detr2d.layers.transformer import feed_forward
 
 from .projection import bev_pillar_points, check_pc_range, project_to_cameras
 from .spatial_cross_attention import SpatialCrossAttention

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from detr2d.criterion import sigmoid_focal_loss
+from detr2d.layers.losses import sigmoid_focal_loss
 from detr2d.runtime.losses import Criterion, layer_prefix, mean_box_count
 
 from .assigner import HungarianAssigner3D

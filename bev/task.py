@@ -27,8 +27,8 @@ from datasets.nuscenes.database import open_nuscenes
 from datasets.nuscenes.evaluation import RESULTS_FILE, TP_ERROR_NAMES
 from datasets.nuscenes.infos import infos_path
 from datasets.nuscenes.visualize import denormalize_images
-from detr2d.backbone import initialize_backbone, load_pretrained
 from detr2d.checkpoint import load_checkpoint, load_torch_file
+from detr2d.layers.resnet import initialize_backbone, load_pretrained
 from detr2d.runtime.data import build_eval_loader
 from detr2d.runtime.io import atomic_write_json
 from detr2d.runtime.task import EvalResult, Records, Task

@@ -1,60 +1,57 @@
-"""Deformable DETR (2D): every published variant, loading the official checkpoints unchanged."""
+"""Deformable DETR (2D): every published variant, loading the official checkpoints unchanged.
 
-from .backbone import (
-    FrozenBatchNorm2d,
-    Joiner,
-    LoadReport,
-    ResNetBackbone,
-    check_initialization,
-    initialize_backbone,
-    load_pretrained,
-)
-from .builder import (
-    VARIANTS,
-    CriterionConfig,
-    ModelConfig,
-    build_criterion,
-    build_model,
-    build_model_from_config,
-    model_config,
-)
-from .checkpoint import load_checkpoint, read_state_dict, save_model_state
-from .classes import COCO_CLASSES, class_names
-from .criterion import SetCriterion, sigmoid_focal_loss
-from .deformable_detr import DeformableDETR
-from .finetune import InitReport, init_from_checkpoint
-from .matcher import HungarianMatcher
-from .position_encoding import PositionEmbeddingSine
-from .postprocess import PostProcess
-from .predictor import Predictor
+The names below are imported on first use (PEP 562), so that importing a submodule, e.g. the runtime
+(``detr2d.runtime``, which imports no detector) or the shared layers (``detr2d.layers``), does not load
+the detector.
+"""
 
-__all__ = [
-    "COCO_CLASSES",
-    "VARIANTS",
-    "CriterionConfig",
-    "DeformableDETR",
-    "FrozenBatchNorm2d",
-    "HungarianMatcher",
-    "InitReport",
-    "Joiner",
-    "LoadReport",
-    "ModelConfig",
-    "PositionEmbeddingSine",
-    "PostProcess",
-    "Predictor",
-    "ResNetBackbone",
-    "SetCriterion",
-    "build_criterion",
-    "build_model",
-    "build_model_from_config",
-    "class_names",
-    "init_from_checkpoint",
-    "load_checkpoint",
-    "check_initialization",
-    "initialize_backbone",
-    "load_pretrained",
-    "model_config",
-    "read_state_dict",
-    "save_model_state",
-    "sigmoid_focal_loss",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> the submodule that defines it
+_EXPORTS = {
+    "COCO_CLASSES": "classes",
+    "class_names": "classes",
+    "VARIANTS": "builder",
+    "CriterionConfig": "builder",
+    "ModelConfig": "builder",
+    "build_criterion": "builder",
+    "build_model": "builder",
+    "build_model_from_config": "builder",
+    "model_config": "builder",
+    "load_checkpoint": "checkpoint",
+    "read_state_dict": "checkpoint",
+    "save_model_state": "checkpoint",
+    "DeformableDETR": "deformable_detr",
+    "InitReport": "finetune",
+    "init_from_checkpoint": "finetune",
+    "Joiner": "backbone",
+    "HungarianMatcher": "matcher",
+    "PositionEmbeddingSine": "position_encoding",
+    "PostProcess": "postprocess",
+    "Predictor": "predictor",
+    "SetCriterion": "criterion",
+    "sigmoid_focal_loss": "layers.losses",
+    "FrozenBatchNorm2d": "layers.resnet",
+    "LoadReport": "layers.resnet",
+    "ResNetBackbone": "layers.resnet",
+    "check_initialization": "layers.resnet",
+    "initialize_backbone": "layers.resnet",
+    "load_pretrained": "layers.resnet",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'detr2d' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -6,9 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .backbone import Joiner, ResNetBackbone
+from .backbone import Joiner
 from .criterion import SetCriterion, make_weight_dict
 from .deformable_detr import DeformableDETR
+from .layers.resnet import ResNetBackbone
 from .matcher import HungarianMatcher
 from .position_encoding import PositionEmbeddingSine
 from .transformer import DeformableTransformer
@@ -41,7 +42,7 @@ class ModelConfig:
     two_stage: bool = False
     aux_loss: bool = True
     backend: str | None = None
-    padding: str = "exact"  # "official": the original's padded-batch behaviour (see detr2d.padding)
+    padding: str = "exact"  # "official": the original's padded-batch behaviour (see detr2d.layers.padding)
 
     def __post_init__(self) -> None:
         positive = (

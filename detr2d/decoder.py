@@ -5,79 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ops import MSDeformAttn
-
-from .box_ops import apply_box_delta
-from .encoder import clones, feed_forward
-
-
-class DecoderLayer(nn.Module):
-    """Self-attention -> norm2, deformable cross-attention -> norm1, FFN -> norm3 (official names).
-
-    Args:
-        embed_dims: width C.
-        d_ffn: FFN hidden width.
-        dropout: dropout probability (also inside the self-attention).
-        num_levels: feature levels L.
-        num_heads: attention heads M.
-        num_points: sampling points P per head and level.
-        backend: backend of the deformable attention op (None = automatic).
-    """
-
-    def __init__(
-        self,
-        embed_dims: int = 256,
-        d_ffn: int = 1024,
-        dropout: float = 0.1,
-        num_levels: int = 4,
-        num_heads: int = 8,
-        num_points: int = 4,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.cross_attn = MSDeformAttn(embed_dims, num_levels, num_heads, num_points, backend=backend)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(embed_dims)
-        self.self_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout, batch_first=True)
-        self.dropout2 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(embed_dims)
-        self.linear1 = nn.Linear(embed_dims, d_ffn)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, embed_dims)
-        self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(embed_dims)
-
-    def forward(
-        self,
-        tgt: Tensor,
-        query_pos: Tensor,
-        reference_points: Tensor,
-        src: Tensor,
-        spatial_shapes: Tensor,
-        level_start_index: Tensor,
-        padding_mask: Tensor | None,
-    ) -> Tensor:
-        """Update (N, Q, C) queries.
-
-        Args:
-            tgt: (N, Q, C) query content.
-            query_pos: (N, Q, C) query position.
-            reference_points: (N, Q, L, 2 or 4) per-level references.
-            src: (N, S, C) encoder memory.
-            spatial_shapes: (L, 2) int64.
-            level_start_index: (L,) int64.
-            padding_mask: (N, S) bool, True on padding, or None.
-
-        Returns:
-            (N, Q, C).
-        """
-        q = k = tgt + query_pos
-        tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt, need_weights=False)[0]))
-        attn = self.cross_attn(
-            tgt + query_pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
-        )
-        tgt = self.norm1(tgt + self.dropout1(attn))
-        return feed_forward(tgt, self.linear1, self.linear2, self.dropout3, self.dropout4, self.norm3)
+from .layers.box_ops import apply_box_delta
+from .layers.transformer import DecoderLayer, clones
 
 
 class Decoder(nn.Module):

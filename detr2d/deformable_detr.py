@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbone import Joiner
-from .box_ops import apply_box_delta
 from .export import Detr2dForExport
-from .padding import PADDING_MODES, MaskedGroupNorm, PaddingMasks, check_images_and_mask
+from .layers.box_ops import apply_box_delta
+from .layers.padding import PADDING_MODES, MaskedGroupNorm, PaddingMasks, check_images_and_mask
 from .transformer import DeformableTransformer
 
 # Initial bias of the class logits: sigmoid(bias) = 0.01, the focal-loss prior.
@@ -67,7 +67,7 @@ class DeformableDETR(nn.Module):
         padding: ``"exact"`` (an image in a padded batch gets the predictions it gets alone) or
             ``"official"`` (the original's: the backbone and input projections see the padded batch,
             level masks by nearest interpolation; the published numbers were measured so). See
-            :mod:`detr2d.padding`; both agree on unpadded batches.
+            :mod:`detr2d.layers.padding`; both agree on unpadded batches.
 
     Forward: ``model(images (B, 3, H, W), mask (B, H, W) bool True on padding)`` returns
     ``pred_logits`` (B, Q, num_classes), ``pred_boxes`` (B, Q, 4) normalized (cx, cy, w, h) of the

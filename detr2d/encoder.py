@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ops import MSDeformAttn
 
-
-def feed_forward(
-    x: Tensor,
-    linear1: nn.Linear,
-    linear2: nn.Linear,
-    drop_hidden: nn.Dropout,
-    drop_out: nn.Dropout,
-    norm: nn.LayerNorm,
-) -> Tensor:
-    """Post-norm residual FFN: ``norm(x + drop_out(linear2(drop_hidden(relu(linear1(x))))))``."""
-    return norm(x + drop_out(linear2(drop_hidden(F.relu(linear1(x))))))
-
-
-def clones(module: nn.Module, n: int) -> nn.ModuleList:
-    """``n`` independent deep copies of ``module``."""
-    return nn.ModuleList(copy.deepcopy(module) for _ in range(n))
+from .layers.transformer import clones, feed_forward
 
 
 class EncoderLayer(nn.Module):
@@ -34,7 +17,7 @@ class EncoderLayer(nn.Module):
 
     Args:
         embed_dims: width C.
-        d_ffn: FFN hidden width.
+        ffn_dims: FFN hidden width.
         dropout: dropout probability.
         num_levels: feature levels L.
         num_heads: attention heads M.
@@ -45,7 +28,7 @@ class EncoderLayer(nn.Module):
     def __init__(
         self,
         embed_dims: int = 256,
-        d_ffn: int = 1024,
+        ffn_dims: int = 1024,
         dropout: float = 0.1,
         num_levels: int = 4,
         num_heads: int = 8,
@@ -56,9 +39,9 @@ class EncoderLayer(nn.Module):
         self.self_attn = MSDeformAttn(embed_dims, num_levels, num_heads, num_points, backend=backend)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(embed_dims)
-        self.linear1 = nn.Linear(embed_dims, d_ffn)
+        self.linear1 = nn.Linear(embed_dims, ffn_dims)
         self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, embed_dims)
+        self.linear2 = nn.Linear(ffn_dims, embed_dims)
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(embed_dims)
 

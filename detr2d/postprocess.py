@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .box_ops import box_cxcywh_to_xyxy
+from .layers.box_ops import box_cxcywh_to_xyxy
 
 
 class PostProcess(nn.Module):

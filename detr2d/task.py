@@ -20,11 +20,11 @@ from datasets.collate import collate_detection
 from datasets.files import read_json, read_rgb
 from datasets.transforms import build_transforms
 
-from .backbone import initialize_backbone
 from .builder import ModelConfig, build_criterion, build_model_from_config, model_config
 from .classes import class_names
 from .criterion import SetCriterion
 from .finetune import init_from_checkpoint
+from .layers.resnet import initialize_backbone
 from .predictor import Predictor
 from .runtime.data import ShardSampler, build_eval_loader
 from .runtime.io import atomic_write, atomic_write_json

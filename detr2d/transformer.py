@@ -8,11 +8,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from detr2d.decoder import Decoder
 from ops import MSDeformAttn
 
-from .decoder import Decoder, DecoderLayer
 from .encoder import Encoder, EncoderLayer, level_sizes
-from .padding import valid_ratios
+from .layers.padding import valid_ratios
+from .layers.transformer import DecoderLayer
 from .position_encoding import proposal_sine_embed
 
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import ops
-from bev.neck import FPNNeck
-from detr2d.backbone import LAYER_NAMES, Bottleneck, ResNetBackbone, load_pretrained
+from detr2d.layers.fpn import FPNNeck
+from detr2d.layers.resnet import LAYER_NAMES, Bottleneck, ResNetBackbone, load_pretrained
 
 KEYS = Path(__file__).resolve().parent / "reference_keys"
 DCN_34 = (False, False, True, True)
@@ -185,7 +185,8 @@ def test_dcn_caffe_backbone_exact_padding(reference_dcn: None) -> None:
 
 def test_norm_eval_keeps_statistics() -> None:
     """norm_eval: in training mode every BatchNorm2d normalizes with its running statistics, which
-    do not move, while the affine parameters of trainable stages still get gradients."""
+    do not move, and its affine parameters get no gradient (mmdet's ``requires_grad=False``), while the
+    convolutions of trainable stages learn."""
     torch.manual_seed(0)
     backbone = ResNetBackbone(18, ("layer4",), norm="bn", norm_eval=True, trainable_layers=3).train()
     norms = [m for m in backbone.body.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -194,8 +195,9 @@ def test_norm_eval_keeps_statistics() -> None:
     backbone(torch.randn(2, 3, 64, 64))[0].square().mean().backward()
     after = backbone.body.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert backbone.body.layer4[0].bn1.weight.grad.abs().sum() > 0
-    assert backbone.body.layer1[0].bn1.weight.grad is None  # frozen stage
+    assert backbone.body.layer4[0].conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for m in norms for p in m.parameters())
+    assert backbone.body.layer1[0].conv1.weight.grad is None  # frozen stage
     moving = ResNetBackbone(18, ("layer4",), norm="bn", trainable_layers=3).train()
     assert moving.body.layer4[0].bn1.training
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detr2d.backbone import (
+from detr2d.layers.resnet import (
     LAYER_NAMES,
     TORCHVISION_URLS,
     ResNetBackbone,

@@ -36,7 +36,7 @@ from bev import (
 )
 from bev.temporal_alignment import bev_shift, published_can_bus, rotate_bev
 from bev.temporal_self_attention import tsa_reference_points
-from detr2d.box_ops import inverse_sigmoid
+from detr2d.layers.box_ops import inverse_sigmoid
 from ops import ms_deform_attn
 
 PC_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)

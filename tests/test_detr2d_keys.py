@@ -12,7 +12,7 @@ import torch
 from detr2d_helpers import TINY as TINY_BASE
 
 from detr2d import ResNetBackbone, build_model, load_checkpoint, save_model_state
-from detr2d.backbone import FrozenBatchNorm2d
+from detr2d.layers.resnet import FrozenBatchNorm2d
 
 REFERENCE = Path(__file__).resolve().parent / "reference_keys"  # the official key lists
 REFERENCE_FILES = {

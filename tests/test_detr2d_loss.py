@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from detr2d import HungarianMatcher, PostProcess, build_criterion, sigmoid_focal_loss
-from detr2d.box_ops import (
+from detr2d.layers.box_ops import (
     aligned_generalized_box_iou,
     apply_box_delta,
     box_cxcywh_to_xyxy,

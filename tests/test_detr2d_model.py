@@ -13,7 +13,7 @@ from torch import nn
 import ops
 from detr2d import VARIANTS, PositionEmbeddingSine, ResNetBackbone, build_model
 from detr2d.encoder import encoder_reference_points
-from detr2d.padding import MaskedGroupNorm, valid_ratios
+from detr2d.layers.padding import MaskedGroupNorm, valid_ratios
 from detr2d.transformer import DeformableTransformer, FlatLevels
 
 TINY = {**TINY_BASE, "num_classes": 5}

@@ -7,7 +7,7 @@ import torch
 from detr2d_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 from detr2d import PostProcess, build_criterion, build_model
-from detr2d.box_ops import box_cxcywh_to_xyxy, box_iou
+from detr2d.layers.box_ops import box_cxcywh_to_xyxy, box_iou
 
 SIZE = 64
 CONFIG = dict(

@@ -15,7 +15,7 @@ from detr2d.export import Detr2dForExport
 from detr2d.runtime.export import export_model, onnx_max_errors, prepare_export
 from ops import ModulatedDeformConv2d, MSDeformAttn, ms_deform_attn
 
-EXTRA = "needs the optional extra: pip install .[export]"
+EXTRA = "needs the optional packages: pip install onnx onnxruntime"
 onnx = pytest.importorskip("onnx", reason=f"ONNX export {EXTRA} (onnx)")
 pytest.importorskip("onnxruntime", reason=f"ONNX Runtime parity {EXTRA} (onnxruntime)")
 

@@ -11,7 +11,7 @@ from detr2d.runtime.export import export_model, onnx_max_errors
 from ops import deform_conv2d
 from ops.deform_conv_reference import sampling_positions
 
-EXTRA = "needs the optional extra: pip install .[export]"
+EXTRA = "needs the optional packages: pip install onnx onnxruntime"
 pytest.importorskip("onnx", reason=f"ONNX export {EXTRA} (onnx)")
 pytest.importorskip("onnxruntime", reason=f"ONNX Runtime parity {EXTRA} (onnxruntime)")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bev.neck import FPNNeck
+from detr2d.layers.fpn import FPNNeck
 
 
 def conv_by_hand(x: torch.Tensor, conv: torch.nn.Conv2d, stride: int = 1) -> torch.Tensor:

@@ -17,8 +17,8 @@ from detr2d_helpers import one_thread  # noqa: F401 (autouse fixture)
 from torch import Tensor
 
 from detr2d import build_model
-from detr2d.box_ops import apply_box_delta
-from detr2d.padding import PaddingMasks, level_mask, nearest_mask
+from detr2d.layers.box_ops import apply_box_delta
+from detr2d.layers.padding import PaddingMasks, level_mask, nearest_mask
 
 TINY = {**TINY_BASE, "num_classes": 5}
 SIZES = [(70, 90), (100, 61)]  # padded to 100 x 90: neither a multiple of the strides 8..64

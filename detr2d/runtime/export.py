@@ -200,7 +200,7 @@ def export_model(
         ValueError: unknown ``fmt``, an opset below 16, or example images smaller than the model's
             ``min_image_size``.
         RuntimeError: ``fmt="export"`` of a model whose code branches on tensor values.
-        ImportError: ``fmt="onnx"`` without the ``onnx`` package (``pip install .[export]``).
+        ImportError: ``fmt="onnx"`` without the ``onnx`` package (``pip install onnx onnxruntime``).
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
@@ -229,7 +229,7 @@ def export_model(
     try:
         import onnx
     except ImportError as exc:
-        raise ImportError("ONNX export needs the optional extra: pip install .[export] (onnx)") from exc
+        raise ImportError("ONNX export needs the optional package onnx: pip install onnx onnxruntime") from exc
     _register_symbolics(opset)
     # The tracer warns about every Python number it bakes in; the module docstring says which matter.
     with torch.no_grad(), warnings.catch_warnings():
