@@ -63,11 +63,19 @@ def place_label(
         x = int(min(max(x, 0), max(bounds[0] - width, 0)))
         y = int(min(max(y, 0), max(bounds[1] - height, 0)))
         candidates.append((x, y, x + width - 1, y + height - 1))
+    rects = np.array(candidates).reshape(-1, 1, 4)
     for avoid in (list(taken) + list(clear_of), taken):
-        for rect in candidates:
-            if not any(overlaps(rect, other) for other in avoid):
-                taken.append(rect)
-                return rect
+        others = np.array(avoid, dtype=np.int64).reshape(1, -1, 4)
+        covers = (
+            (rects[..., 0] <= others[..., 2])
+            & (others[..., 0] <= rects[..., 2])
+            & (rects[..., 1] <= others[..., 3])
+            & (others[..., 1] <= rects[..., 3])
+        ).any(1)
+        if not covers.all():
+            rect = candidates[int(np.argmin(covers))]
+            taken.append(rect)
+            return rect
     return None
 
 
@@ -110,14 +118,9 @@ def draw_segments(
     """Anti-aliased segments ((x, y) float pixel pairs), dashed with dashes of ``dash`` pixels when given,
     each outlined by a dark halo (one pixel wider on each side) so that it reads on any background."""
     pieces = [piece for a, b in segments for piece in (_dashes(a, b, dash) if dash else [(a, b)])]
-    points = [
-        tuple(
-            tuple(np.round(np.asarray(p) * 2**_SUBPIXEL_BITS).astype(np.int64).clip(-(2**30), 2**30).tolist())
-            for p in piece
-        )
-        for piece in pieces
-    ]
+    fixed = np.round(np.array(pieces, dtype=np.float64).reshape(-1, 2, 2) * 2**_SUBPIXEL_BITS)
+    points = fixed.clip(-(2**30), 2**30).astype(np.int64).tolist()
     passes = ((HALO_COLOR, thickness + 2), (color, thickness)) if halo else ((color, thickness),)
     for pass_color, pass_thickness in passes:
         for a, b in points:
-            cv2.line(image, a, b, pass_color, pass_thickness, cv2.LINE_AA, shift=_SUBPIXEL_BITS)
+            cv2.line(image, tuple(a), tuple(b), pass_color, pass_thickness, cv2.LINE_AA, shift=_SUBPIXEL_BITS)
