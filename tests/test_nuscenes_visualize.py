@@ -139,6 +139,8 @@ def test_palette_colours_are_far_apart_and_far_from_the_renderer_colours():
     rendered = _lab([spec.color for spec in CATEGORY_SPECS])
     to_renderer = np.linalg.norm(palette[:, None] - rendered[None], axis=-1)
     assert pairwise.min() > 30 and to_renderer.min() > 30  # CIELAB distance; 2.3 is just noticeable
+    unlabelled = np.linalg.norm(_lab([PRED_COLOR, GT_COLOR])[:, None] - palette[None], axis=-1)
+    assert unlabelled.min() > 30  # boxes drawn without labels cannot be taken for a class
 
 
 def _title_band(mosaic: np.ndarray, top: int, left: int, width: int) -> tuple[int, int, int]:

@@ -40,9 +40,10 @@ CLASS_COLORS = (
     (165, 135, 255),  # pedestrian: salmon
     (30, 255, 0),  # traffic_cone: green
 )
-#: Colours of boxes drawn without labels.
+#: Colours of boxes drawn without labels (apart from the class colours too).
 GT_COLOR = (255, 255, 255)
-PRED_COLOR = (255, 165, 0)
+PRED_COLOR = (15, 165, 135)
+BACKGROUND = (30, 30, 30)
 EGO_COLOR = (240, 240, 240)
 RING_COLOR = (80, 80, 80)
 TEXT_COLOR = (235, 235, 235)
@@ -96,10 +97,10 @@ def draw_legend(
     origin: tuple[int, int],
     scale: float = 0.45,
     width: int | None = None,
-) -> Rect:
+) -> None:
     """A legend on a black band at ``origin`` (x, y, top left): per entry a swatch (a filled square, a
     solid or a dashed line; entries without a style get a square) and its text, laid out in as many
-    columns as ``width`` pixels hold (one column by default), never cut. Returns the band's rectangle."""
+    columns as ``width`` pixels hold (one column by default), never cut."""
     entries = [entry if len(entry) == 3 else (*entry, "fill") for entry in entries]
     if width is None:
         _, _, _, column, row = legend_layout(entries, scale, 2**30)
@@ -107,8 +108,7 @@ def draw_legend(
     else:
         scale, columns, rows, column, row = legend_layout(entries, scale, width)
     x, y = origin
-    rect = (x, y, x + columns * column + row // 2, y + rows * row + row // 2)
-    cv2.rectangle(image, rect[:2], rect[2:], (0, 0, 0), -1)
+    cv2.rectangle(image, (x, y), (x + columns * column + row // 2, y + rows * row + row // 2), (0, 0, 0), -1)
     line_width = max(1, round(row / 8))
     for i, entry in enumerate(entries):
         left, top = x + row // 2 + column * (i // rows), y + row // 2 + row * (i % rows)
@@ -116,7 +116,6 @@ def draw_legend(
         text_left, (text_width, text_height) = left + row + row // 3, label_size(entry[0], scale)
         text_rect = (text_left, top, text_left + text_width - 1, top + text_height - 1)
         draw_label(image, entry[0], text_rect, scale, TEXT_COLOR)
-    return rect
 
 
 def _write(image: np.ndarray, out_path: str | Path | None) -> np.ndarray:
@@ -143,7 +142,7 @@ def _bounds(points: np.ndarray) -> Rect:
 
 
 def _caption(label: int | None, score: float | None) -> str:
-    """ "class score", "class" or "score" of one prediction ("" without either)."""
+    """The caption of one prediction: "class score", "class" or "score" ("" without either)."""
     name = None if label is None else CLASS_NAMES[label] if 0 <= label < len(CLASS_NAMES) else str(label)
     return " ".join(part for part in (name, None if score is None else f"{score:.2f}") if part)
 
@@ -165,11 +164,13 @@ def _predictions(
     return boxes[order], None if labels is None else labels[order], scores[order]
 
 
-def _legend_entries(labels: bool, ground_truth: bool, pred_color: tuple[int, int, int]) -> list[LegendEntry]:
-    entries = [("prediction", pred_color if not labels else TEXT_COLOR, "solid")]
-    if ground_truth:
-        entries.append(("ground truth", GT_COLOR if not labels else TEXT_COLOR, "dashed"))
-    if labels:
+def _legend_entries(pred_labels: bool, gt_labels: bool | None) -> list[LegendEntry]:
+    """The styles (in their colour where boxes without labels get it) and, when any box has a label,
+    the class colours; ``gt_labels`` None: no ground truth."""
+    entries = [("prediction", TEXT_COLOR if pred_labels else PRED_COLOR, "solid")]
+    if gt_labels is not None:
+        entries.append(("ground truth", TEXT_COLOR if gt_labels else GT_COLOR, "dashed"))
+    if pred_labels or gt_labels:
         entries += [(name, CLASS_COLORS[i], "fill") for i, name in enumerate(CLASS_NAMES)]
     return entries
 
@@ -194,14 +195,14 @@ def draw_bev(
     Args:
         gt_boxes: (K, 9) ground truth; ``gt_labels`` (K,) class indices colour them (else white).
         pred_boxes: (M, 9) predictions, drawn if ``pred_scores`` (M,) is None or the score is
-            >= ``score_threshold``; ``pred_labels`` (M,) class indices colour them (else azure).
+            >= ``score_threshold``; ``pred_labels`` (M,) class indices colour them (else khaki).
         points: optional (N, >= 2) lidar points drawn in grey.
     Returns the BGR image (H, W + legend panel, 3) uint8, H and W the range at ``pixels_per_meter``,
     also written to ``out_path`` (PNG) when given.
     """
     x_min, y_min, _, x_max, y_max, _ = point_cloud_range
     height, width = round((y_max - y_min) * pixels_per_meter), round((x_max - x_min) * pixels_per_meter)
-    image = np.full((height, width, 3), 30, np.uint8)
+    image = np.full((height, width, 3), BACKGROUND, np.uint8)
     scale, line_width = font_scale(1.4 * pixels_per_meter), max(1, round(pixels_per_meter / 5))
 
     def to_pixels(xy: np.ndarray) -> np.ndarray:
@@ -280,11 +281,11 @@ def draw_bev(
         if rect is not None:
             captions.append((text, rect, pred_colors[k]))
     for text, rect in ring_labels:
-        draw_label(image, text, rect, scale, (150, 150, 150), band=(30, 30, 30))
+        draw_label(image, text, rect, scale, (150, 150, 150), band=BACKGROUND)
     for text, rect, color in captions:
         draw_label(image, text, rect, scale, color)
 
-    entries = _legend_entries(pred_labels is not None or gt_labels is not None, True, PRED_COLOR)
+    entries = _legend_entries(pred_labels is not None, gt_labels is not None)
     entries.append(("ego, forward (+y)", EGO_COLOR, "fill"))
     panel_scale, _, _, column, row = legend_layout(entries, scale, width)
     panel = np.zeros((height, column + row, 3), np.uint8)
@@ -328,7 +329,7 @@ def draw_camera_boxes(
         images: six BGR uint8 images (H, W, 3) in ``camera_names`` order.
         lidar2img: (6, 4, 4) lidar -> pixel matrices for those images (after any resize).
         boxes: (K, 9) predicted lidar-frame boxes; ``labels`` (K,) class indices selecting
-            ``CLASS_COLORS`` (else all azure) and ``scores`` (K,) for the captions and drawing order.
+            ``CLASS_COLORS`` (else all khaki) and ``scores`` (K,) for the captions and drawing order.
         gt_boxes: optional (G, 9) ground truth; ``gt_labels`` (G,) class indices colour it (else white).
     Returns the mosaic (2H + legend, 3W, 3) uint8, also written to ``out_path`` when given.
     """
@@ -381,7 +382,7 @@ def draw_camera_boxes(
         draw_label(image, name, taken[0], title_scale, TEXT_COLOR)
         drawn[name] = image
     mosaic = np.concatenate([np.concatenate([drawn[name] for name in row], 1) for row in MOSAIC_LAYOUT], 0)
-    entries = _legend_entries(labels is not None or gt_labels is not None, gt_boxes is not None, PRED_COLOR)
+    entries = _legend_entries(labels is not None, None if gt_boxes is None else gt_labels is not None)
     legend_scale, _, rows, _, row = legend_layout(entries, scale, mosaic.shape[1])
     strip = np.zeros((rows * row + row // 2, mosaic.shape[1], 3), np.uint8)
     draw_legend(strip, entries, (0, 0), legend_scale, mosaic.shape[1])
