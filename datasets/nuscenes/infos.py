@@ -254,4 +254,27 @@ def load_infos(path: str | Path) -> dict[str, Any]:
                 f"{path}: sample {index} has cameras {sorted(sample['cameras'])}, "
                 f"expected {infos['camera_names']}"
             )
+    check_camera_matrices(infos, f"infos file {path}")
     return infos
+
+
+def check_camera_matrices(infos: dict[str, Any], source: str) -> None:
+    """Refuse a camera whose ``lidar2img`` is not a finite 4x4 matrix (a NaN would make the camera
+    silently blind: no point projects into it).
+
+    Args:
+        infos: the infos (``samples[i]["cameras"][channel]["lidar2img"]``).
+        source: the infos file (or what the infos are), for the message.
+
+    Raises:
+        ValueError: naming ``source``, the sample token and the camera.
+    """
+    for sample in infos.get("samples", []):
+        for channel, camera in sample["cameras"].items():
+            matrix = np.asarray(camera["lidar2img"], dtype=np.float64)
+            if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+                raise ValueError(
+                    f"{source}: camera {channel} of sample {sample['token']} has lidar2img "
+                    f"{matrix.tolist()}; expected a finite 4x4 matrix (rebuild the infos with "
+                    "tools/create_data.py nuscenes)"
+                )
