@@ -116,7 +116,9 @@ def read_state_dict(path_or_state: str | os.PathLike | Mapping) -> dict[str, Ten
     return dict(obj)
 
 
-def key_mismatch_message(source: str, missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+def key_mismatch_message(
+    source: str, missing: list[str], unexpected: list[str], mismatched: list[str]
+) -> str:
     """One message for a checkpoint that does not fit a model: the checkpoint's path (or what it is),
     then the count and a few examples of the missing keys, the unexpected keys and the shape mismatches
     (``"KEY: checkpoint SHAPE vs model SHAPE"``)."""
@@ -199,9 +201,7 @@ def load_checkpoint(
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if mismatched or (strict and (missing or unexpected)):
-        raise ValueError(
-            key_mismatch_message(source, missing, unexpected, mismatched)
-        )
+        raise ValueError(key_mismatch_message(source, missing, unexpected, mismatched))
     conflicting_aliases(model, state, source, [k for k in state if k in own])
     model.load_state_dict(state, strict=False)
     return missing, unexpected

@@ -1,9 +1,10 @@
 """Pure-PyTorch modulated deformable convolution (DCNv2): the oracle the native kernels are tested against.
 
 Bilinear sampling in pixel coordinates (the corner (h, w) holds ``input[..., h, w]``, corners outside the
-image read zero, a non-finite position contributes zero) at every kernel point's displaced position, scaled by the mask, then one matmul per
-convolution group. Sampling is written with ``floor`` and ``gather`` (not ``grid_sample``) so that integer
-positions -- zero offsets, as at initialization -- are handled exactly like the native kernels do.
+image read zero, a non-finite position contributes zero) at every kernel point's displaced position,
+scaled by the mask, then one matmul per convolution group. Sampling is written with ``floor`` and
+``gather`` (not ``grid_sample``) so that integer positions -- zero offsets, as at initialization -- are
+handled exactly like the native kernels do.
 """
 
 from __future__ import annotations

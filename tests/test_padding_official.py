@@ -133,7 +133,9 @@ def original_two_stage_transformer(transformer, srcs: list[Tensor], masks: list[
         query_embed,
         flat.mask,
     )
-    return TransformerOutput(hs, reference_points, inter_references, enc_outputs_class, enc_outputs_coord_unact)
+    return TransformerOutput(
+        hs, reference_points, inter_references, enc_outputs_class, enc_outputs_coord_unact
+    )
 
 
 @pytest.fixture(scope="module")
