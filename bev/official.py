@@ -116,7 +116,14 @@ def _read(path_or_state: str | os.PathLike | Mapping[str, object], weights_only:
     if isinstance(path_or_state, Mapping):
         return path_or_state
     if weights_only:
-        return load_torch_file(path_or_state)
+        try:
+            return load_torch_file(path_or_state)
+        except ValueError as error:
+            if "Python global" not in str(error):
+                raise
+            raise ValueError(
+                f"{error}; a trusted file whose metadata holds other objects loads with weights_only=False"
+            ) from error
     return torch.load(path_or_state, map_location="cpu", weights_only=False)
 
 

@@ -40,7 +40,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
         os.replace(tmp, path)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
-        cause = _os_error(error)
+        cause = _os_error(error) if isinstance(error, Exception) else None  # not KeyboardInterrupt
         if cause is None:
             raise
         reason = cause.strerror or str(cause)
