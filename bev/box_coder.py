@@ -44,7 +44,9 @@ class NMSFreeDecoder:
 
     Scores are the sigmoid of the class logits; the ``max_num`` best (query, class) pairs over all
     queries x classes are kept, then those whose centre lies outside ``post_center_range`` (and,
-    if set, scores below ``score_threshold``) are dropped.
+    if set, scores below ``score_threshold``) are dropped. Detections with a non-finite box or score are
+    never dropped, so that broken weights reach the caller's check
+    (:func:`detr2d.runtime.evaluate.check_finite`) instead of decoding to zero detections.
 
     Args:
         num_classes: classes C of the logits.
@@ -92,5 +94,7 @@ class NMSFreeDecoder:
             keep = ((boxes[:, :3] >= low) & (boxes[:, :3] <= high)).all(dim=-1)
             if self.score_threshold is not None:
                 keep &= scores > self.score_threshold
+            # A NaN centre fails every range test: kept, the caller's non-finite check refuses it.
+            keep |= ~(torch.isfinite(boxes).all(dim=-1) & torch.isfinite(scores))
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results

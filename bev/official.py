@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from detr2d.checkpoint import key_mismatch_message, load_torch_file
+
 from .decoder import BEVDecoderLayer
 from .detector import MultiViewDetector3D
 
@@ -113,26 +115,23 @@ def official_state_dict(model: MultiViewDetector3D) -> dict[str, torch.Tensor]:
 def _read(path_or_state: str | os.PathLike | Mapping[str, object], weights_only: bool) -> Mapping:
     if isinstance(path_or_state, Mapping):
         return path_or_state
-    try:
-        return torch.load(path_or_state, map_location="cpu", weights_only=weights_only)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # torch raises UnpicklingError / RuntimeError for non-weight objects
-        raise ValueError(
-            f"cannot read checkpoint {os.fspath(path_or_state)!r} ({error}); a trusted file whose "
-            "metadata holds other objects loads with weights_only=False"
-        ) from error
-
-
-def _listing(keys: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
+    if weights_only:
+        try:
+            return load_torch_file(path_or_state)
+        except ValueError as error:
+            if "Python global" not in str(error):
+                raise
+            raise ValueError(
+                f"{error}; a trusted file whose metadata holds other objects loads with weights_only=False"
+            ) from error
+    return torch.load(path_or_state, map_location="cpu", weights_only=False)
 
 
 def load_official_checkpoint(
     model: MultiViewDetector3D,
     path_or_state: str | os.PathLike | Mapping[str, object],
     weights_only: bool = True,
+    source: str | None = None,
 ) -> dict[str, str]:
     """Fill every parameter and buffer of ``model`` from a released BEVFormer / DETR3D checkpoint.
 
@@ -142,35 +141,37 @@ def load_official_checkpoint(
         model: a published variant (``build_bev_model("bevformer_tiny" | ... | "detr3d")``).
         path_or_state: a ``.pth`` file, mmdet3d's ``{"state_dict": ..., "meta": ...}`` or a bare state
             dict, or such a mapping already loaded.
-        weights_only: passed to ``torch.load``.
+        weights_only: read the file with :func:`detr2d.checkpoint.load_torch_file` (tensors and
+            containers only; errors name the file); False: ``torch.load`` of a trusted file.
+        source: how messages name the checkpoint when ``path_or_state`` is a mapping (e.g. the file it
+            was read from); default: the path, or ``"<state_dict>"``.
 
     Returns:
         The key map used (ours -> official).
 
     Raises:
-        ValueError: naming the missing, unused and shape-mismatched keys (nothing is loaded then).
+        ValueError: the file is unreadable, or the checkpoint does not fit: the path, then the counts
+            and a few examples of the missing, unused and shape-mismatched keys
+            (:func:`detr2d.checkpoint.key_mismatch_message`); nothing is loaded then.
     """
+    if source is None:
+        source = "<state_dict>" if isinstance(path_or_state, Mapping) else os.fspath(path_or_state)
     checkpoint = _read(path_or_state, weights_only)
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError("the checkpoint must be a state dict of tensors, or hold one under 'state_dict'")
+        raise ValueError(
+            f"checkpoint {source} must be a state dict of tensors, or hold one under 'state_dict'"
+        )
     mapping = official_key_map(model)
     own = model.state_dict()
     missing = [theirs for theirs in mapping.values() if theirs not in state]
     unused = [key for key in state if key not in set(mapping.values())]
     mismatched = [
-        f"{theirs} {tuple(state[theirs].shape)} vs ours {tuple(own[ours].shape)}"
+        f"{theirs}: checkpoint {tuple(state[theirs].shape)} vs model {tuple(own[ours].shape)}"
         for ours, theirs in mapping.items()
         if theirs in state and state[theirs].shape != own[ours].shape
     ]
-    problems = []
-    if missing:
-        problems.append(f"missing from the checkpoint: {_listing(missing)}")
-    if unused:
-        problems.append(f"unused checkpoint keys: {_listing(unused)}")
-    if mismatched:
-        problems.append(f"shape mismatches: {_listing(mismatched)}")
-    if problems:
-        raise ValueError("official checkpoint does not fit the model; " + "; ".join(problems))
+    if missing or unused or mismatched:
+        raise ValueError("official " + key_mismatch_message(source, missing, unused, mismatched))
     model.load_state_dict({ours: state[theirs] for ours, theirs in mapping.items()}, strict=True)
     return mapping

@@ -14,7 +14,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,33 @@ from .runtime.io import atomic_save
 logger = logging.getLogger(__name__)
 
 _LIST_AT_MOST = 10
+_EXAMPLES = 5
 _UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:\s*(?P<reason>[^\n]+)")
-_UNPICKLER_GLOBAL = re.compile(r"GLOBAL (?P<name>\S+)")
+_UNPICKLER_GLOBAL = re.compile(r"GLOBAL (?P<name>[\w.]+)")
+_ENFORCE_PREFIX = re.compile(r"^\[enforce fail at [^\]]*\]\s*\.?\s*")
+_NEWER_FORMAT = re.compile(r"version \d+, but the maximum supported version for reading is \d+")
 
 
-def _short(keys: list[str]) -> str:
-    more = f" ... (+{len(keys) - _LIST_AT_MOST} more)" if len(keys) > _LIST_AT_MOST else ""
-    return ", ".join(keys[:_LIST_AT_MOST]) + more
+def _short(keys: list[str], limit: int = _LIST_AT_MOST) -> str:
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _unreadable_reason(error: BaseException) -> str:
+    """Why ``torch.load`` failed, in words: a refused Python global (pickled code or classes), a file
+    format newer than this PyTorch (torch's own sentence kept), or truncated / corrupt data."""
+    message = str(error)
+    pickled_global = _UNPICKLER_GLOBAL.search(message) if isinstance(error, pickle.UnpicklingError) else None
+    if pickled_global:
+        return (
+            f"it refers to a Python global that is not allowed ({pickled_global['name']}): it is not loaded "
+            "because unpickling it could run code; expected tensors, containers and numbers only"
+        )
+    unpickler = _UNPICKLER_REASON.search(message)
+    detail = unpickler["reason"] if unpickler else _ENFORCE_PREFIX.sub("", message.strip()).split("\n")[0]
+    if _NEWER_FORMAT.search(detail):
+        return f"it was written by a newer PyTorch than this one ({torch.__version__}): {detail}"
+    return f"it is truncated, corrupt or not written by torch.save ({type(error).__name__}: {detail})"
 
 
 def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
@@ -72,20 +92,9 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         ValueError,
         zipfile.BadZipFile,
     ) as error:
-        message = str(error)
-        unpickler = _UNPICKLER_REASON.search(message)
-        pickled_class = _UNPICKLER_GLOBAL.search(unpickler["reason"]) if unpickler else None
-        if pickled_class:
-            reason = (
-                f"it refers to the Python global {pickled_class['name']}, which is not loaded because "
-                "unpickling it could run code; expected tensors, containers and numbers only"
-            )
-        else:
-            detail = unpickler["reason"] if unpickler else message.split(". ")[0]
-            reason = (
-                f"it is truncated, corrupt or not written by torch.save ({type(error).__name__}: {detail})"
-            )
-        raise ValueError(f"cannot read {what} file {path} ({size} bytes): {reason}") from error
+        raise ValueError(
+            f"cannot read {what} file {path} ({size} bytes): {_unreadable_reason(error)}"
+        ) from error
 
 
 def read_state_dict(path_or_state: str | os.PathLike | Mapping) -> dict[str, Tensor]:
@@ -107,8 +116,61 @@ def read_state_dict(path_or_state: str | os.PathLike | Mapping) -> dict[str, Ten
     return dict(obj)
 
 
+def key_mismatch_message(
+    source: str, missing: list[str], unexpected: list[str], mismatched: list[str]
+) -> str:
+    """One message for a checkpoint that does not fit a model: the checkpoint's path (or what it is),
+    then the count and a few examples of the missing keys, the unexpected keys and the shape mismatches
+    (``"KEY: checkpoint SHAPE vs model SHAPE"``)."""
+    parts = [
+        f"{len(keys)} {title}" + (f" [{_short(keys, _EXAMPLES)}]" if keys else "")
+        for title, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
+    ]
+    return f"checkpoint {source} does not fit the model: " + ", ".join(parts)
+
+
+def conflicting_aliases(
+    model: nn.Module, state: Mapping[str, Tensor], source: str, keys: Iterable[str] | None = None
+) -> None:
+    """Refuse a checkpoint that holds different values under keys the model shares one tensor under.
+
+    The released Deformable DETR files store some tensors twice (e.g. ``class_embed.*`` and
+    ``transformer.decoder.class_embed.*`` in two-stage models); loading one of two different values
+    silently would depend on the key order.
+
+    Args:
+        model: the model whose state_dict aliases decide which keys must agree.
+        state: the checkpoint's state_dict.
+        source: the checkpoint's path (or what it is), for the message.
+        keys: the checkpoint keys that will be loaded (default: all of ``state``).
+
+    Raises:
+        ValueError: naming the model's shared keys and the checkpoint keys that disagree.
+    """
+    given_keys = set(state if keys is None else keys)
+    aliases: dict[int, list[str]] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        aliases.setdefault(id(tensor), []).append(key)
+    for shared in aliases.values():
+        given = [k for k in shared if k in given_keys]
+        differing = [k for k in given[1:] if not torch.equal(state[k], state[given[0]])]
+        if differing:
+            raise ValueError(
+                f"checkpoint {source}: the model shares one tensor under {shared}, but the checkpoint holds "
+                f"different values for {[given[0], *differing]} (a checkpoint of another variant, or "
+                "an edited file?)"
+            )
+
+
 def load_checkpoint(
-    model: nn.Module, path_or_state: str | os.PathLike | Mapping, strict: bool = True
+    model: nn.Module,
+    path_or_state: str | os.PathLike | Mapping,
+    strict: bool = True,
+    source: str | None = None,
 ) -> tuple[list[str], list[str]]:
     """Load weights into ``model``.
 
@@ -116,10 +178,19 @@ def load_checkpoint(
         model: the model to fill.
         path_or_state: checkpoint path, bare state_dict, or ``{'model': state_dict}`` wrapper.
         strict: raise ``ValueError`` on missing or unexpected keys (shape mismatches always raise).
+        source: how messages name the checkpoint when ``path_or_state`` is a mapping (e.g. the file it
+            was read from); default: the path, or ``"<state_dict>"``.
 
     Returns:
         (missing keys, unexpected keys), both empty when ``strict``.
+
+    Raises:
+        ValueError: the file is unreadable; the checkpoint does not fit (:func:`key_mismatch_message`:
+            the path, counts and examples of missing / unexpected / mismatched keys); or it holds
+            different values under keys the model shares (:func:`conflicting_aliases`).
     """
+    if source is None:
+        source = "<state_dict>" if isinstance(path_or_state, Mapping) else os.fspath(path_or_state)
     state = read_state_dict(path_or_state)
     own = model.state_dict()
     mismatched = [
@@ -127,15 +198,11 @@ def load_checkpoint(
         for k in own
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
-    if mismatched:
-        raise ValueError(f"shape mismatch for {len(mismatched)} keys: {_short(mismatched)}")
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    if strict and (missing or unexpected):
-        raise ValueError(
-            f"checkpoint does not match the model: {len(missing)} missing keys [{_short(missing)}], "
-            f"{len(unexpected)} unexpected keys [{_short(unexpected)}]"
-        )
+    if mismatched or (strict and (missing or unexpected)):
+        raise ValueError(key_mismatch_message(source, missing, unexpected, mismatched))
+    conflicting_aliases(model, state, source, [k for k in state if k in own])
     model.load_state_dict(state, strict=False)
     return missing, unexpected
 

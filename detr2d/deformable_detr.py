@@ -155,7 +155,7 @@ class DeformableDETR(nn.Module):
                 pos.append(self.backbone[1](level_mask).to(src.dtype))
             srcs.append(src)
         query_embed = None if self.two_stage else self.query_embed.weight
-        out = self.transformer(srcs, level_masks, pos, query_embed)
+        out = self.transformer(srcs, level_masks, pos, query_embed, padding=self.padding)
 
         logits, boxes = [], []
         for lvl in range(out.hs.shape[0]):

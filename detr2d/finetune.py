@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import read_state_dict
+from .checkpoint import conflicting_aliases, read_state_dict
 from .deformable_detr import CLASS_PRIOR_BIAS, DeformableDETR
 
 # The class head: one Linear per decoder layer (plus the proposal head for two-stage), also attached
@@ -118,6 +118,7 @@ def init_from_checkpoint(
     if mismatched:
         raise ValueError(f"{source}: shapes differ for {len(mismatched)} keys: {'; '.join(mismatched)}")
 
+    conflicting_aliases(model, to_load, source)
     # Keys sharing one tensor (shared heads, heads attached to the decoder) get one status.
     aliases: dict[int, list[str]] = {}
     for key, tensor in own.items():
@@ -125,12 +126,6 @@ def init_from_checkpoint(
     status: dict[str, str] = {}
     for keys in aliases.values():
         given = [k for k in keys if k in to_load]
-        conflicting = [k for k in given[1:] if not torch.equal(to_load[k], to_load[given[0]])]
-        if conflicting:
-            raise ValueError(
-                f"{source}: the model shares one tensor under {keys}, but the checkpoint holds different "
-                f"values for {[given[0], *conflicting]} (a checkpoint of another variant?)"
-            )
         group = "loaded" if given else "reinitialized" if reinit.intersection(keys) else "missing"
         status.update(dict.fromkeys(keys, group))
 

@@ -8,11 +8,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from detr2d.decoder import Decoder
 from ops import MSDeformAttn
 
+from .decoder import Decoder
 from .encoder import Encoder, EncoderLayer, level_sizes
-from .layers.padding import valid_ratios
+from .layers.padding import PADDING_MODES, valid_ratios
 from .layers.transformer import DecoderLayer
 from .position_encoding import proposal_sine_embed
 
@@ -176,6 +176,7 @@ class DeformableTransformer(nn.Module):
         masks: list[Tensor],
         pos_embeds: list[Tensor],
         query_embed: Tensor | None = None,
+        padding: str = "exact",
     ) -> TransformerOutput:
         """Run encoder and decoder.
 
@@ -184,10 +185,15 @@ class DeformableTransformer(nn.Module):
             masks: per level (N, H_l, W_l) bool, True on padding.
             pos_embeds: per level (N, C, H_l, W_l) position encodings.
             query_embed: (Q, 2C) learned queries (position then content); None for two-stage.
+            padding: ``"exact"``: two-stage never picks a padded or invalid cell as a query;
+                ``"official"``: the original's top-k over all cells, which may pick them (their memory is
+                zeroed and their proposal is ``inf``, so their score is the same constant).
 
         Returns:
             :class:`TransformerOutput`.
         """
+        if padding not in PADDING_MODES:
+            raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
         if len(srcs) != self.level_embed.shape[0]:
             raise ValueError(f"expected {self.level_embed.shape[0]} feature levels, got {len(srcs)}")
         flat = self.flatten_levels(srcs, masks, pos_embeds)
@@ -212,8 +218,9 @@ class DeformableTransformer(nn.Module):
             output_memory, proposals, valid = self.encoder_proposals(memory, flat)
             enc_class = heads.class_embed[heads.num_layers](output_memory)
             enc_coord_unact = heads.bbox_embed[heads.num_layers](output_memory) + proposals
-            # Padded and invalid cells never become queries (their boxes are inf).
-            scores = enc_class[..., 0].masked_fill(~valid, float("-inf"))
+            scores = enc_class[..., 0]
+            if padding == "exact":  # padded and invalid cells never become queries (their boxes are inf)
+                scores = scores.masked_fill(~valid, float("-inf"))
             topk = torch.topk(scores, k, dim=1).indices
             topk_coords = torch.gather(enc_coord_unact, 1, topk[..., None].expand(-1, -1, 4)).detach()
             reference_points = topk_coords.sigmoid()

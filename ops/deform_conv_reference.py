@@ -1,9 +1,10 @@
 """Pure-PyTorch modulated deformable convolution (DCNv2): the oracle the native kernels are tested against.
 
 Bilinear sampling in pixel coordinates (the corner (h, w) holds ``input[..., h, w]``, corners outside the
-image read zero) at every kernel point's displaced position, scaled by the mask, then one matmul per
-convolution group. Sampling is written with ``floor`` and ``gather`` (not ``grid_sample``) so that integer
-positions -- zero offsets, as at initialization -- are handled exactly like the native kernels do.
+image read zero, a non-finite position contributes zero) at every kernel point's displaced position,
+scaled by the mask, then one matmul per convolution group. Sampling is written with ``floor`` and
+``gather`` (not ``grid_sample``) so that integer positions -- zero offsets, as at initialization -- are
+handled exactly like the native kernels do.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def sampling_positions(
 
 
 def bilinear_sample(input: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Bilinear values of ``input`` at pixel coordinates, zero outside the image.
+    """Bilinear values of ``input`` at pixel coordinates, zero outside the image and at non-finite ones.
 
     Args:
         input: (N, G, Cg, H, W), the channels of each deform group.
@@ -50,6 +51,10 @@ def bilinear_sample(input: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> to
     """
     n, g, cg, height, width = input.shape
     flat = input.reshape(n, g, cg, height * width)
+    # A non-finite position (NaN / inf offset) contributes zero, as in the native kernels: it is moved
+    # to (-2, -2), where all four corners lie outside the image.
+    finite = y.isfinite() & x.isfinite()
+    y, x = torch.where(finite, y, -2.0), torch.where(finite, x, -2.0)
     y0, x0 = y.floor(), x.floor()
     ly, lx = y - y0, x - x0
     out = input.new_zeros(n, g, cg, y.shape[-1])

@@ -5,6 +5,8 @@ name the file (or are skipped and counted on request), and interrupted writes le
 from __future__ import annotations
 
 import copy
+import errno
+import io
 import json
 import logging
 import os
@@ -13,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -22,25 +25,41 @@ import torch
 from nuscenes.eval.common.config import config_factory
 from nuscenes.eval.detection.evaluate import DetectionEval
 from nuscenes_fixtures import dataset, nusc, val_infos  # noqa: F401
+from test_padding_official import SIZES, TINY, original_forward, padded_batch
 from torch.utils.data import DataLoader
 
+from bev import build_bev_model, load_official_checkpoint, official_state_dict, published_can_bus
+from bev.box_coder import CODE_SIZE, NMSFreeDecoder
 from configs import load_config
 from datasets.coco import build_coco_dataset, coco_paths
 from datasets.files import BadImageError, image_file_problem, read_json, read_rgb
 from datasets.nuscenes.database import open_nuscenes
 from datasets.nuscenes.dataset import NuScenesMultiViewDataset
 from datasets.nuscenes.evaluation import EVAL_CONFIG, TP_ERROR_NAMES, detections_to_results, evaluate_nuscenes
-from datasets.nuscenes.infos import load_infos, save_infos
+from datasets.nuscenes.infos import create_nuscenes_infos, load_infos, save_infos
 from datasets.nuscenes.synthetic import VERSION
 from datasets.synthetic_coco import SyntheticCocoSpec, generate_synthetic_coco
+from detr2d import build_model, init_from_checkpoint
 from detr2d.checkpoint import load_checkpoint, load_torch_file, read_state_dict, save_model_state
+from detr2d.runtime import io as runtime_io
+from detr2d.runtime.checkpoint import TRAINING_KEYS, save_training_checkpoint
+from detr2d.runtime.evaluate import check_finite
 from detr2d.runtime.io import remove_stale_temporaries, temporary_path
+from ops import available_backends
+from ops.deform_conv import deform_conv2d
 
 SPEC = SyntheticCocoSpec(num_train=4, num_val=3, image_size=64, seed=5)
 
 
 class _Foreign:
     """A class a checkpoint must not make the loader unpickle."""
+
+
+class _Code:
+    """Pickles as a call of ``os.system``: loading it must not run anything."""
+
+    def __reduce__(self) -> tuple:
+        return (os.system, ("echo pickled code ran",))
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +373,7 @@ def test_truncated_or_foreign_checkpoint_is_named(tmp_path: Path) -> None:
     torch.save({"model": {"weight": torch.zeros(1)}, "extra": _Foreign()}, path)
     with pytest.raises(
         ValueError,
-        match=r"model\.pth .*refers to the Python global test_bad_inputs\._Foreign, which is not loaded",
+        match=r"model\.pth .*refers to a Python global that is not allowed \(test_bad_inputs\._Foreign\)",
     ):
         read_state_dict(path)
     torch.save({"model": [1, 2]}, path)
@@ -402,3 +421,236 @@ def test_save_model_state_leaves_no_temporary(tmp_path: Path) -> None:
     save_model_state(model, tmp_path / "out" / "model.pth")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["model.pth"]
     torch.testing.assert_close(read_state_dict(tmp_path / "out" / "model.pth")["weight"], model.weight)
+
+
+def test_disk_full_while_writing_names_the_file_and_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save turns a failed write into "unexpected pos ..."; the error names the file and ENOSPC."""
+    path = tmp_path / "model.pth"
+    model = torch.nn.Linear(64, 64)
+    save_model_state(model, path)
+    before = path.read_bytes()
+
+    class FullDisk(io.FileIO):
+        def write(self, data) -> int:
+            if self.tell() + len(data) > 4096:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+    monkeypatch.setattr(runtime_io, "open", lambda file, mode: FullDisk(file, mode), raising=False)
+    with pytest.raises(
+        OSError, match=rf"cannot write {re.escape(str(path))} .*: No space left on device"
+    ) as info:
+        save_model_state(torch.nn.Linear(64, 64), path)
+    assert info.value.errno == errno.ENOSPC
+    with pytest.raises(OSError, match=r"training\.pth .*No space left on device"):
+        save_training_checkpoint(
+            tmp_path / "training.pth", {"model": model.state_dict(), **dict.fromkeys(TRAINING_KEYS[1:], 0)}
+        )
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]
+
+
+# --- round 2: checkpoints -----------------------------------------------------------------------------
+
+
+def test_checkpoint_from_a_newer_torch_keeps_torchs_reason(tmp_path: Path) -> None:
+    path = tmp_path / "new.pth"
+    save_model_state(torch.nn.Linear(2, 2), path)
+    with zipfile.ZipFile(path) as archive:
+        records = {item.filename: archive.read(item) for item in archive.infolist()}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, data in records.items():
+            archive.writestr(name, b"99\n" if name.endswith("/version") else data)
+    with pytest.raises(
+        ValueError,
+        match=r"new\.pth \(\d+ bytes\): it was written by a newer PyTorch than this one .*version 99, "
+        r"but the maximum supported version for reading is \d+.*PyTorch installation may be too old",
+    ):
+        read_state_dict(path)
+
+
+def test_checkpoint_with_pickled_code_is_refused_as_such(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "code.pth"
+    torch.save({"model": {"weight": torch.zeros(1)}, "payload": _Code()}, path)
+    with pytest.raises(
+        ValueError, match=r"code\.pth .*refers to a Python global that is not allowed \(\w+\.system\)"
+    ):
+        read_state_dict(path)
+    assert "pickled code ran" not in capfd.readouterr().out
+
+
+def test_key_mismatch_names_the_file_and_counts_every_kind(tmp_path: Path) -> None:
+    path = tmp_path / "other.pth"
+    torch.save({"model": {"weight": torch.zeros(3, 2), "extra": torch.zeros(1)}}, path)
+    with pytest.raises(
+        ValueError,
+        match=rf"checkpoint {re.escape(str(path))} does not fit the model: 1 missing keys \[bias\], "
+        r"1 unexpected keys \[extra\], 1 shape mismatches \[weight: checkpoint \(3, 2\) vs model \(2, 2\)\]",
+    ):
+        load_checkpoint(torch.nn.Linear(2, 2), path)
+    # bevformer_tiny's weights in our format into bevformer_small (built without memory on "meta")
+    with torch.device("meta"):
+        tiny, small = build_bev_model("bevformer_tiny"), build_bev_model("bevformer_small")
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint tiny\.pth does not fit the model: 358 missing keys \[backbone\..* "
+        r"\(\+353 more\)\], 0 unexpected keys, 3 shape mismatches \[encoder\.bev_embedding\.weight: "
+        r"checkpoint \(2500, 256\) vs model \(22500, 256\)",
+    ):
+        load_checkpoint(small, tiny.state_dict(), source="tiny.pth")
+    # the released format: the same counts, with the path
+    with pytest.raises(
+        ValueError, match=r"official checkpoint tiny\.pth does not fit the model: 358 missing keys .* 3 shape"
+    ):
+        load_official_checkpoint(small, official_state_dict(tiny), source="tiny.pth")
+
+
+def test_aliased_keys_that_disagree_are_refused_by_every_loader(tmp_path: Path) -> None:
+    """Without refinement every decoder layer shares one box head: a file holding two different values
+    under its names is refused, whichever loader reads it."""
+    torch.manual_seed(0)
+    model = build_model("deformable_detr", **TINY)
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    state["bbox_embed.1.layers.2.bias"] += 1.0
+    path = tmp_path / "edited.pth"
+    torch.save({"model": state}, path)
+    message = (
+        r"edited\.pth: the model shares one tensor under .* different values for "
+        r"\['bbox_embed\.0\.layers\.2\.bias', 'bbox_embed\.1\.layers\.2\.bias'"
+    )
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(model, path)
+    with pytest.raises(ValueError, match=message):
+        init_from_checkpoint(model, path)
+    with pytest.raises(ValueError, match=r"<state_dict>: the model shares one tensor"):
+        load_checkpoint(model, state, strict=False)
+    load_checkpoint(model, model.state_dict())  # consistent aliases load
+
+
+# --- round 2: models and ops --------------------------------------------------------------------------
+
+
+def test_bev_boxes_with_nan_centres_reach_the_non_finite_check() -> None:
+    """The decoder's range filter dropped NaN centres (zero detections, NDS 0, exit 0)."""
+    decoder = NMSFreeDecoder(num_classes=3, max_num=5)
+    logits = torch.randn(2, 4, 3)
+    code = torch.zeros(2, 4, CODE_SIZE)
+    code[1, :, :2] = float("nan")  # the second sample's centres
+    detections = decoder.decode(logits, code)
+    assert len(detections[0]["boxes"]) == 5 and len(detections[1]["boxes"]) == 5
+    with pytest.raises(FloatingPointError, match=r"5 of 10 detections in 1 of 2 sample\(s\)"):
+        check_finite(detections, "the test")
+    code[1, :, :2] = 100.0  # finite centres out of range are still dropped
+    assert len(decoder.decode(logits, code)[1]["boxes"]) == 0
+
+
+@pytest.mark.skipif("cpu" not in available_backends(), reason="native CPU library not built")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dcn_reference_agrees_with_native_on_non_finite_offsets(dtype: torch.dtype) -> None:
+    """A NaN / inf sampling position contributes zero (the reference indexed with int64 min before)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 6, 7, generator=g, dtype=dtype)
+    offset = torch.randn(1, 18, 6, 7, generator=g, dtype=dtype)
+    offset[0, 0, 1, 2], offset[0, 3, 2, 2], offset[0, 5, 3, 3] = float("nan"), float("inf"), -float("inf")
+    offset[0, 7, 0, 0] = 1e30
+    mask = torch.rand(1, 9, 6, 7, generator=g, dtype=dtype)
+    weight, bias = torch.randn(5, 4, 3, 3, generator=g, dtype=dtype), torch.randn(5, generator=g, dtype=dtype)
+    results = {}
+    for backend in ("reference", "cpu"):
+        inputs = [t.clone().requires_grad_() for t in (x, offset, mask)]
+        out = deform_conv2d(*inputs, weight, bias, padding=1, backend=backend)
+        out.sum().backward()
+        results[backend] = (out.detach(), *(t.grad for t in inputs))
+    tolerance = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    for reference, native in zip(*results.values(), strict=True):
+        assert torch.isfinite(reference).all()
+        torch.testing.assert_close(reference, native, **tolerance)
+
+
+def test_official_two_stage_ranks_padded_proposals_like_the_original() -> None:
+    """A class head scoring the padded cells' constant memory highest: the original's top-k picks them
+    (their reference is sigmoid(inf) = 1), ``official`` reproduces that, ``exact`` never picks them."""
+    torch.manual_seed(0)
+    official = build_model("deformable_detr_two_stage", padding="official", **TINY).eval()
+    transformer = official.transformer
+    with torch.no_grad():
+        # padded memory is 0 -> LayerNorm(enc_output.bias); a head row along it scores it highest
+        padded_memory = transformer.enc_output_norm(transformer.enc_output.bias)
+        official.class_embed[-1].weight[0] = padded_memory / padded_memory.norm()
+    exact = build_model("deformable_detr_two_stage", **TINY).eval()
+    exact.load_state_dict(official.state_dict())
+    batch, mask = padded_batch(SIZES)
+    with torch.no_grad():
+        ours = official(batch, mask)
+        reference = original_forward(official, batch, mask)
+        exact_out = exact(batch, mask)
+    for key in ("pred_logits", "pred_boxes"):
+        torch.testing.assert_close(ours[key], reference[key], rtol=1e-5, atol=1e-5)
+        assert (ours[key] - exact_out[key]).abs().max() > 1e-3
+    # a query from a padded cell starts at reference 1 = sigmoid(inf), which refinement keeps near 1
+    assert (ours["pred_boxes"] > 0.999).all(-1).any(dim=1).all(), "no padded proposal picked: no test"
+    assert not (exact_out["pred_boxes"] > 0.999).all(-1).any()
+
+
+# --- round 2: nuScenes ----------------------------------------------------------------------------------
+
+
+def _with_nan_lidar2img(val_infos: dict, index: int, channel: str) -> dict:
+    infos = copy.deepcopy(val_infos)
+    infos["samples"][index]["cameras"][channel]["lidar2img"][1][2] = float("nan")
+    return infos
+
+
+def test_nan_lidar2img_names_the_infos_file_sample_and_camera(val_infos, tmp_path: Path) -> None:
+    infos = _with_nan_lidar2img(val_infos, 3, "CAM_BACK_LEFT")
+    token = infos["samples"][3]["token"]
+    path = tmp_path / "nuscenes_infos_val.json"
+    path.write_text(json.dumps(infos))  # save_infos refuses NaN; a hand-edited or foreign file may hold it
+    expected = (
+        rf"infos file {re.escape(str(path))}: camera CAM_BACK_LEFT of sample {token} has lidar2img .*nan"
+    )
+    with pytest.raises(ValueError, match=expected):
+        load_infos(path)
+    with pytest.raises(ValueError, match=expected):
+        NuScenesMultiViewDataset(path, image_size=(160, 90))
+    with pytest.raises(
+        ValueError, match=rf"infos of split 'mini_val': camera CAM_BACK_LEFT of sample {token}"
+    ):
+        NuScenesMultiViewDataset(infos, image_size=(160, 90), num_history=1)
+
+
+def test_can_bus_deltas_are_taken_in_float64(val_infos) -> None:
+    """Global positions near 600 m: float32 storage made the frame-to-frame deltas off by ~5e-5 m."""
+    infos = copy.deepcopy(val_infos)
+    for index, sample in enumerate(infos["samples"]):
+        sample["can_bus"][:3] = [600.123456789 + 0.37 * index, 1700.987654321 - 0.11 * index, 0.0123456789]
+    item = NuScenesMultiViewDataset(infos, image_size=(160, 90), num_history=1)[1]
+    assert bool(item["history_valid"][0])
+    previous, current = (np.asarray(infos["samples"][i]["can_bus"], dtype=np.float64) for i in (0, 1))
+    published = published_can_bus(item["can_bus"][1:], item["can_bus"][:1], torch.ones(1, dtype=torch.bool))
+    np.testing.assert_allclose(published[0, :3].numpy(), current[:3] - previous[:3], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(published[0, 17].item(), current[17] - previous[17], rtol=0, atol=1e-9)
+
+
+def test_create_infos_refuses_tables_of_another_version(tables_copy: Path, tmp_path: Path) -> None:
+    (tables_copy / VERSION).rename(tables_copy / "v1.0-trainval")
+    with pytest.raises(
+        ValueError,
+        match=r"nuScenes version 'v1.0-trainval' \(.*v1\.0-trainval\) holds \d+ scenes.*expected the "
+        r"850 scenes of splits \['train', 'val'\]",
+    ):
+        create_nuscenes_infos(tables_copy, "v1.0-trainval", tmp_path / "infos")
+    assert not (tmp_path / "infos").exists()
+
+
+def test_create_infos_names_a_missing_map_file(tables_copy: Path, tmp_path: Path) -> None:
+    victim = sorted((tables_copy / "maps").glob("*.png"))[0]
+    victim.unlink()
+    with pytest.raises(
+        FileNotFoundError, match=rf"map file .*{re.escape(victim.name)} listed in .*map\.json"
+    ):
+        create_nuscenes_infos(tables_copy, VERSION, tmp_path / "infos")

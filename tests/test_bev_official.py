@@ -114,17 +114,20 @@ def test_bad_checkpoints_raise_errors_naming_the_keys(models):
     state = fake_checkpoint("bevformer_tiny")
     del state["pts_bbox_head.transformer.can_bus_mlp.norm.bias"]
     with pytest.raises(
-        ValueError, match=r"missing from the checkpoint: pts_bbox_head\.transformer\.can_bus_mlp"
+        ValueError,
+        match=r"official checkpoint <state_dict> does not fit the model: 1 missing keys "
+        r"\[pts_bbox_head\.transformer\.can_bus_mlp",
     ):
         load_official_checkpoint(model, state)
     state = fake_checkpoint("bevformer_tiny")
     state["pts_bbox_head.extra.weight"] = torch.zeros(3)
-    with pytest.raises(ValueError, match=r"unused checkpoint keys: pts_bbox_head\.extra\.weight"):
+    with pytest.raises(ValueError, match=r"1 unexpected keys \[pts_bbox_head\.extra\.weight\]"):
         load_official_checkpoint(model, state)
     state = fake_checkpoint("bevformer_tiny")
     state["pts_bbox_head.bev_embedding.weight"] = torch.zeros(40000, 256)  # a base checkpoint's BEV
     with pytest.raises(
-        ValueError, match=r"pts_bbox_head\.bev_embedding\.weight \(40000, 256\) vs ours \(2500, 256\)"
+        ValueError,
+        match=r"pts_bbox_head\.bev_embedding\.weight: checkpoint \(40000, 256\) vs model \(2500, 256\)",
     ):
         load_official_checkpoint(model, state)
     with pytest.raises(ValueError, match="state dict of tensors"):

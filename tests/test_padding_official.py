@@ -9,6 +9,8 @@ backbone map (then the previous level), and the transformer and heads take those
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ from torch import Tensor
 from detr2d import build_model
 from detr2d.layers.box_ops import apply_box_delta
 from detr2d.layers.padding import PaddingMasks, level_mask, nearest_mask
+from detr2d.transformer import TransformerOutput
 
 TINY = {**TINY_BASE, "num_classes": 5}
 SIZES = [(70, 90), (100, 61)]  # padded to 100 x 90: neither a multiple of the strides 8..64
@@ -49,14 +52,90 @@ def original_forward(model: torch.nn.Module, images: Tensor, mask: Tensor) -> di
         srcs.append(F.group_norm(y, 32, proj[1].weight, proj[1].bias, proj[1].eps))
         masks.append(F.interpolate(mask[None].float(), size=y.shape[-2:]).to(torch.bool)[0])
     pos = [model.backbone[1](m) for m in masks]
-    query_embed = None if model.two_stage else model.query_embed.weight
-    out = model.transformer(srcs, masks, pos, query_embed)
+    if model.two_stage:
+        out = original_two_stage_transformer(model.transformer, srcs, masks, pos)
+    else:
+        out = model.transformer(srcs, masks, pos, model.query_embed.weight)
     last = out.hs.shape[0] - 1
     reference = out.init_reference if last == 0 else out.inter_references[last - 1]
     return {
         "pred_logits": model.class_embed[last](out.hs[last]),
         "pred_boxes": apply_box_delta(model.bbox_embed[last](out.hs[last]), reference),
     }
+
+
+def original_proposal_pos_embed(proposals: Tensor, num_pos_feats: int) -> Tensor:
+    """``get_proposal_pos_embed`` (128 features for 256 channels: half the width)."""
+    dim_t = torch.arange(num_pos_feats, dtype=torch.float32)
+    dim_t = 10000 ** (2 * (dim_t // 2) / num_pos_feats)
+    pos = proposals.sigmoid()[:, :, :, None] * (2 * math.pi) / dim_t
+    return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
+
+
+def original_two_stage_transformer(transformer, srcs: list[Tensor], masks: list[Tensor], pos: list[Tensor]):
+    """The original's ``DeformableTransformer.forward`` with ``two_stage`` (models/deformable_transformer.py):
+    ``gen_encoder_output_proposals`` fills padded / invalid cells' memory with 0 and their proposals with
+    inf, then ``topk(enc_outputs_class[..., 0])`` ranks every cell, those included. The encoder and the
+    decoder are the model's (their padding is covered by the other variants)."""
+    flat = transformer.flatten_levels(srcs, masks, pos)
+    memory = transformer.encoder(
+        flat.src,
+        flat.spatial_shapes,
+        flat.level_start_index,
+        flat.valid_ratios,
+        flat.pos,
+        flat.mask,
+        flat.level_sizes(),
+    )
+    n, _, c = memory.shape
+    proposals, cur = [], 0
+    for lvl, (h, w) in enumerate(flat.level_sizes()):
+        mask_flatten_ = flat.mask[:, cur : cur + h * w].view(n, h, w, 1)
+        valid_h = torch.sum(~mask_flatten_[:, :, 0, 0], 1)
+        valid_w = torch.sum(~mask_flatten_[:, 0, :, 0], 1)
+        grid_y, grid_x = torch.meshgrid(
+            torch.linspace(0, h - 1, h, dtype=torch.float32),
+            torch.linspace(0, w - 1, w, dtype=torch.float32),
+            indexing="ij",
+        )
+        grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)
+        scale = torch.cat([valid_w.unsqueeze(-1), valid_h.unsqueeze(-1)], 1).view(n, 1, 1, 2)
+        grid = (grid.unsqueeze(0).expand(n, -1, -1, -1) + 0.5) / scale
+        wh = torch.ones_like(grid) * 0.05 * (2.0**lvl)
+        proposals.append(torch.cat((grid, wh), -1).view(n, -1, 4))
+        cur += h * w
+    output_proposals = torch.cat(proposals, 1)
+    output_proposals_valid = ((output_proposals > 0.01) & (output_proposals < 0.99)).all(-1, keepdim=True)
+    output_proposals = torch.log(output_proposals / (1 - output_proposals))
+    output_proposals = output_proposals.masked_fill(flat.mask.unsqueeze(-1), float("inf"))
+    output_proposals = output_proposals.masked_fill(~output_proposals_valid, float("inf"))
+    output_memory = memory.masked_fill(flat.mask.unsqueeze(-1), 0.0)
+    output_memory = output_memory.masked_fill(~output_proposals_valid, 0.0)
+    output_memory = transformer.enc_output_norm(transformer.enc_output(output_memory))
+
+    decoder = transformer.decoder
+    enc_outputs_class = decoder.class_embed[decoder.num_layers](output_memory)
+    enc_outputs_coord_unact = decoder.bbox_embed[decoder.num_layers](output_memory) + output_proposals
+    topk_proposals = torch.topk(enc_outputs_class[..., 0], transformer.two_stage_num_proposals, dim=1)[1]
+    topk_coords_unact = torch.gather(enc_outputs_coord_unact, 1, topk_proposals.unsqueeze(-1).repeat(1, 1, 4))
+    reference_points = topk_coords_unact.sigmoid()
+    pos_trans_out = transformer.pos_trans_norm(
+        transformer.pos_trans(original_proposal_pos_embed(topk_coords_unact, c // 2))
+    )
+    query_embed, tgt = torch.split(pos_trans_out, c, dim=2)
+    hs, inter_references = decoder(
+        tgt,
+        reference_points,
+        memory,
+        flat.spatial_shapes,
+        flat.level_start_index,
+        flat.valid_ratios,
+        query_embed,
+        flat.mask,
+    )
+    return TransformerOutput(
+        hs, reference_points, inter_references, enc_outputs_class, enc_outputs_coord_unact
+    )
 
 
 @pytest.fixture(scope="module")

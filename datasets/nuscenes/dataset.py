@@ -4,7 +4,7 @@ One item (T = 1 + ``num_history`` frames, oldest first, the current frame last; 
 
     img               float32 (T, N, 3, H, W)  RGB (BGR with ``bgr``), (x / 255 - mean) / std
     lidar2img         float32 (T, N, 4, 4)     lidar frame of *that* frame -> resized image pixels
-    can_bus           float32 (T, 18)          absolute CAN bus vectors of the frames, below
+    can_bus           float64 (T, 18)          absolute CAN bus vectors of the frames, below
     ego_motion        float32 (T, 4, 4)        lidar frame of frame t-1 -> lidar frame of frame t (identity
                                                at t = 0 or where frame t-1 is padding); aligns prev_bev
     history_valid     bool    (T,)             False for padding frames (before the scene start; they
@@ -29,7 +29,8 @@ One item (T = 1 + ``num_history`` frames, oldest first, the current frame last; 
 BEVFormer's ``union2one`` (``[0:3]`` and ``[17]`` become the change since the previous frame of the
 queue, 0 at a queue or scene start; not wrapped) is the model's business
 (:func:`bev.temporal_alignment.published_can_bus`): frame t continues frame t-1 (BEVFormer's
-``prev_bev_exists``) exactly when ``history_valid[t - 1]``.
+``prev_bev_exists``) exactly when ``history_valid[t - 1]``. ``can_bus`` stays float64 (the infos'
+precision) so that the deltas of global positions (~600 m) are exact, as the original's numpy ones.
 
 Training options (BEVFormer's recipe): ``random_history`` picks the ``num_history`` history frames at
 random among the previous ``num_history + 1`` frames of the scene (oldest first, as the original's
@@ -58,7 +59,7 @@ from torch.utils.data import Dataset
 from datasets.files import BadImagePolicy, OnBadImage, missing_files, read_rgb
 from datasets.nuscenes.augment import PhotoMetricDistortion, resize_camera
 from datasets.nuscenes.constants import CLASS_NAMES, POINT_CLOUD_RANGE
-from datasets.nuscenes.infos import load_infos
+from datasets.nuscenes.infos import check_camera_matrices, load_infos
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 _STACKED_KEYS = ("img", "lidar2img", "can_bus", "ego_motion", "history_valid", "lidar2global", "img_shape")
@@ -111,6 +112,8 @@ class NuScenesMultiViewDataset(Dataset):
             if isinstance(infos, dict)
             else f"infos file {infos}"
         )
+        if isinstance(infos, dict):
+            check_camera_matrices(self.infos, source)  # load_infos checked a file's
         self.bad_images = BadImagePolicy(on_bad_image, source)
         self.samples = self.infos["samples"]
         if not self.samples:
@@ -245,7 +248,7 @@ class NuScenesMultiViewDataset(Dataset):
         return {
             "img": torch.from_numpy(np.stack(images)),
             "lidar2img": torch.from_numpy(np.stack(lidar2img).astype(np.float32)),
-            "can_bus": torch.tensor([frame["can_bus"] for frame in frames], dtype=torch.float32),
+            "can_bus": torch.tensor([frame["can_bus"] for frame in frames], dtype=torch.float64),
             "ego_motion": torch.from_numpy(ego_motion.astype(np.float32)),
             "history_valid": torch.from_numpy(history_valid),
             "lidar2global": torch.from_numpy(lidar2global[-1]),

@@ -33,16 +33,19 @@ from typing import Any
 import numpy as np
 from nuscenes import NuScenes
 from nuscenes.eval.detection.utils import category_to_detection_name
+from nuscenes.utils.splits import create_splits_scenes
 
 from datasets.files import read_json
 from datasets.nuscenes.boxes import BOX_DIM, global_boxes_to_lidar
 from datasets.nuscenes.can_bus import CanBusReader
 from datasets.nuscenes.constants import CAMERA_NAMES, CLASS_NAMES, LIDAR_NAME
-from datasets.nuscenes.database import open_nuscenes, pose_matrix
+from datasets.nuscenes.database import check_nuscenes_root, open_nuscenes, pose_matrix
 from datasets.nuscenes.splits import available_splits, sample_tokens_of_split, splits_with_samples
 
 INFOS_FORMAT = "deformbev.nuscenes_infos"
 INFOS_FORMAT_VERSION = 1
+#: The splits whose scenes a released version's tables hold exactly (850 / 150 scenes).
+RELEASED_VERSION_SCENES = {"v1.0-trainval": ("train", "val"), "v1.0-test": ("test",)}
 SAMPLE_KEYS = frozenset(
     (
         "token",
@@ -222,7 +225,14 @@ def create_nuscenes_infos(
 ) -> list[Path]:
     """Write ``nuscenes_infos_<split>.json`` into ``out_dir`` for ``splits`` (default: every predefined split
     that fits ``version`` and every custom split, skipping those without scenes in the database).
-    ``can_bus_root`` defaults to :func:`find_can_bus_root`. Returns the written paths."""
+    ``can_bus_root`` defaults to :func:`find_can_bus_root`. Returns the written paths.
+
+    Raises:
+        FileNotFoundError: the database is incomplete (:func:`check_nuscenes_root`), or a map file of
+            the ``map`` table is missing (named).
+        ValueError: the tables do not hold the scenes of ``version`` (:func:`check_tables_fit_version`).
+    """
+    check_tables_fit_version(root, version)
     nusc = open_nuscenes(root, version)
     splits = splits or splits_with_samples(nusc)
     if not splits:
@@ -231,6 +241,45 @@ def create_nuscenes_infos(
     return [
         save_infos(build_infos(nusc, split, can_bus_root), infos_path(out_dir, split)) for split in splits
     ]
+
+
+def check_tables_fit_version(root: str | Path, version: str) -> None:
+    """Refuse tables that are not those of ``version`` and name a missing map file, before the devkit
+    (which would write infos of a few samples for mini tables under a trainval name, or fail on a bare
+    ``AssertionError`` for a missing ``maps/*.png``).
+
+    A released ``v1.0-trainval`` / ``v1.0-test`` has exactly the scenes of its splits (850 / 150);
+    ``v1.0-mini`` is not checked, as custom data (e.g. the synthetic set) extend it.
+
+    Raises:
+        FileNotFoundError: the database is incomplete (:func:`check_nuscenes_root`), or a map file
+            listed in the ``map`` table does not exist (named with the table).
+        ValueError: naming the version, its table folder, the scene counts found and expected, and a
+            few scenes that do not belong to it.
+    """
+    table_dir = check_nuscenes_root(root, version)
+    expected = RELEASED_VERSION_SCENES.get(version)
+    if expected is not None:
+        names = {scene["name"] for scene in read_json(table_dir / "scene.json", "nuScenes scene table")}
+        wanted = {name for split in expected for name in create_splits_scenes()[split]}
+        foreign = sorted(names - wanted)
+        if len(names) != len(wanted) or foreign:
+            mini = {name for split in ("mini_train", "mini_val") for name in create_splits_scenes()[split]}
+            hint = " (the scenes of v1.0-mini)" if names == mini else ""
+            raise ValueError(
+                f"nuScenes version {version!r} ({table_dir}) holds {len(names)} scenes{hint}, expected the "
+                f"{len(wanted)} scenes of splits {list(expected)}; {len(foreign)} are not of this version"
+                + (f", e.g. {foreign[:5]}" if foreign else "")
+                + ": pass the --version these tables were released as"
+            )
+    map_table = table_dir / "map.json"
+    for record in read_json(map_table, "nuScenes map table"):
+        path = Path(root) / record["filename"]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"map file {path} listed in {map_table} (token {record['token']}) not found; the devkit "
+                "opens every map mask (download the maps with the nuScenes metadata)"
+            )
 
 
 def load_infos(path: str | Path) -> dict[str, Any]:
@@ -254,4 +303,27 @@ def load_infos(path: str | Path) -> dict[str, Any]:
                 f"{path}: sample {index} has cameras {sorted(sample['cameras'])}, "
                 f"expected {infos['camera_names']}"
             )
+    check_camera_matrices(infos, f"infos file {path}")
     return infos
+
+
+def check_camera_matrices(infos: dict[str, Any], source: str) -> None:
+    """Refuse a camera whose ``lidar2img`` is not a finite 4x4 matrix (a NaN would make the camera
+    silently blind: no point projects into it).
+
+    Args:
+        infos: the infos (``samples[i]["cameras"][channel]["lidar2img"]``).
+        source: the infos file (or what the infos are), for the message.
+
+    Raises:
+        ValueError: naming ``source``, the sample token and the camera.
+    """
+    for sample in infos.get("samples", []):
+        for channel, camera in sample["cameras"].items():
+            matrix = np.asarray(camera["lidar2img"], dtype=np.float64)
+            if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+                raise ValueError(
+                    f"{source}: camera {channel} of sample {sample['token']} has lidar2img "
+                    f"{matrix.tolist()}; expected a finite 4x4 matrix (rebuild the infos with "
+                    "tools/create_data.py nuscenes)"
+                )

@@ -229,7 +229,9 @@ def export_model(
     try:
         import onnx
     except ImportError as exc:
-        raise ImportError("ONNX export needs the optional package onnx: pip install onnx onnxruntime") from exc
+        raise ImportError(
+            "ONNX export needs the optional package onnx: pip install onnx onnxruntime"
+        ) from exc
     _register_symbolics(opset)
     # The tracer warns about every Python number it bakes in; the module docstring says which matter.
     with torch.no_grad(), warnings.catch_warnings():

@@ -24,6 +24,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     renamed over ``path`` (``os.replace`` is atomic); the folder is fsynced so the rename survives a
     power cut. On an exception the temporary file is removed; one left by a killed process is removed
     by :func:`remove_stale_temporaries` when the next run starts.
+
+    Raises:
+        OSError: a write, flush or rename failed in the operating system (disk full, no permission):
+            the message names ``path`` and the OS reason (e.g. "No space left on device"), the errno is
+            kept, and the original error is chained.
     """
     path = Path(path)
     tmp = temporary_path(path)
@@ -33,14 +38,33 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
-        raise
+        cause = _os_error(error) if isinstance(error, Exception) else None  # not KeyboardInterrupt
+        if cause is None:
+            raise
+        reason = cause.strerror or str(cause)
+        raise OSError(
+            cause.errno, f"cannot write {path} (through {tmp.name}): {reason}; {path} is left unchanged"
+        ) from error
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The operating-system error behind ``error``: itself or one it was raised from or while handling
+    (``torch.save`` turns a failed write, e.g. ENOSPC, into "unexpected pos ..." raised while handling it)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
