@@ -3,6 +3,7 @@ post-processing."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from detr2d_helpers import one_thread  # noqa: F401 (autouse fixture)
 from test_detr2d_model import padded_batch
 from torch import Tensor
 
+from configs import load_config
 from detr2d import PositionEmbeddingSine, PostProcess, load_checkpoint, save_model_state
-from detr2d.detr import DETR_VARIANTS, build_detr, detr_config
+from detr2d.detr import DETR_VARIANTS, build_detr, build_detr_criterion, detr_config
 from detr2d.detr_transformer import DETRDecoderLayer, DETREncoderLayer
 from detr2d.padding import level_mask, nearest_mask
 
@@ -282,3 +284,37 @@ def test_builder_validates_names_and_overrides() -> None:
         detr_config("detr_r50", embed_dims=60, num_heads=8)
     with pytest.raises(ValueError, match="padding must be one of"):
         build_detr("detr_r50", **TINY, padding="zeros")
+
+
+@pytest.mark.parametrize("name", list(DETR_VARIANTS))
+def test_config_files(name: str) -> None:
+    """``configs/detr2d/<name>.py`` names its variant, its model dict is a valid :class:`DETRConfig` equal to
+    the variant's, and the recipe is the published one."""
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "detr2d" / f"{name}.py")
+    model = dict(config["model"])
+    assert model.pop("name") == name
+    cfg = detr_config(name, **model)
+    assert dataclasses.replace(cfg, pretrained=None) == detr_config(name)
+    assert cfg.pretrained == f"torchvision://{cfg.backbone}"
+    optim, schedule = config["optim"], config["schedule"]
+    assert (optim["lr"], optim["lr_backbone"], optim["weight_decay"], optim["clip_max_norm"]) == (
+        1e-4,
+        1e-5,
+        1e-4,
+        0.1,
+    )
+    assert (schedule["epochs"], schedule["lr_drop"], config["train"]["batch_size"]) == (500, 400, 64)
+    assert config["criterion"] == dict(
+        set_cost_class=1.0,
+        set_cost_bbox=5.0,
+        set_cost_giou=2.0,
+        cls_loss_coef=1.0,
+        bbox_loss_coef=5.0,
+        giou_loss_coef=2.0,
+        eos_coef=0.1,
+    )
+    criterion = build_detr_criterion(cfg.num_classes, cfg.decoder_layers, **config["criterion"])
+    assert criterion.class_loss == "softmax" and criterion.matcher.class_cost == "softmax"
+    augment = config["augment"]
+    assert augment["scales"] == list(range(480, 801, 32)) and augment["max_size"] == 1333
+    assert augment["crop_resize_sizes"] == [400, 500, 600] and augment["crop_size"] == [384, 600]
