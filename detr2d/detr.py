@@ -133,7 +133,7 @@ class DETRConfig:
 
 _BACKBONES = {f"resnet{depth}": depth for depth in ARCHS}
 
-# The published variants (COCO val box AP in BENCHMARKS.md), as overrides of DETRConfig's defaults.
+# The published variants (configs/detr2d/detr_*.py), as overrides of DETRConfig's defaults.
 DETR_VARIANTS: dict[str, dict[str, Any]] = {
     "detr_r50": {},
     "detr_r50_dc5": {"dilation": True},
