@@ -1,4 +1,5 @@
-"""Set criterion: sigmoid focal class loss, L1 and GIoU box losses on every decoder layer and proposal."""
+"""Set criterion: focal (or softmax cross-entropy) class loss, L1 and GIoU box losses on every decoder
+layer and proposal."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .matcher import HungarianMatcher
 from .runtime.losses import Criterion, mean_box_count
 
 LOSS_NAMES = ("loss_cls", "loss_bbox", "loss_giou")
+CLASS_LOSSES = ("focal", "softmax")
 
 
 def make_weight_dict(
@@ -50,21 +52,31 @@ def _check_targets(targets: list[dict], batch: int, num_classes: int) -> None:
 
 
 class SetCriterion(Criterion):
-    """Deformable DETR's training loss.
+    """Deformable DETR's training loss, or DETR's with ``class_loss="softmax"``.
 
     ``forward`` returns the RAW (unweighted) loss terms; :meth:`weighted_total` applies
     ``weight_dict``. Keys (:mod:`detr2d.runtime.losses`): ``loss_cls``, ``loss_bbox``, ``loss_giou`` for
     the last decoder layer, the same with prefix ``d{i}.`` for ``aux_outputs[i]`` and ``enc.`` for the
     two-stage proposals (matched to class-agnostic targets: every label 0), plus ``class_error`` (a
-    0-100 log of the last layer, no gradient, not weighted). Every term is normalized by the number
-    of target boxes averaged over processes (at least 1).
+    0-100 log of the last layer, no gradient, not weighted). The box terms are normalized by the
+    number of target boxes averaged over processes (at least 1).
+
+    ``loss_cls`` depends on ``class_loss``:
+
+    - ``"focal"`` (Deformable DETR): sigmoid focal loss over ``num_classes`` logits per query, matched
+      queries with a one-hot target, the others all-zero; normalized by the number of target boxes;
+    - ``"softmax"`` (DETR): cross-entropy over ``num_classes + 1`` logits per query, unmatched queries
+      labelled "no object" (the last logit) and weighted ``eos_coef`` (the others 1); the weighted mean
+      over queries, ``sum(w_i * nll_i) / sum(w_i)``, as the original.
 
     Args:
-        num_classes: logits per query.
+        num_classes: real classes (the labels' range); also the logits per query with ``"focal"``.
         matcher: the Hungarian matcher.
         weight_dict: weight of every loss key (see :func:`make_weight_dict`).
         focal_alpha: alpha of the focal loss.
         focal_gamma: gamma of the focal loss.
+        class_loss: ``"focal"`` or ``"softmax"``.
+        eos_coef: weight of the "no object" class in the ``"softmax"`` cross-entropy.
     """
 
     def __init__(
@@ -74,13 +86,37 @@ class SetCriterion(Criterion):
         weight_dict: dict[str, float],
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        class_loss: str = "focal",
+        eos_coef: float = 0.1,
     ) -> None:
         super().__init__()
+        if class_loss not in CLASS_LOSSES:
+            raise ValueError(f"class_loss must be one of {CLASS_LOSSES}, got {class_loss!r}")
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = dict(weight_dict)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.class_loss = class_loss
+        self.num_logits = num_classes + 1 if class_loss == "softmax" else num_classes
+        class_weight = torch.ones(num_classes + 1)
+        class_weight[-1] = eos_coef
+        self.register_buffer("class_weight", class_weight, persistent=False)
+
+    def _class_loss(
+        self, logits: Tensor, batch_idx: Tensor, src_idx: Tensor, labels: Tensor, num_boxes: float
+    ) -> Tensor:
+        """``loss_cls`` of (B, Q, C) ``logits`` whose queries ``(batch_idx, src_idx)`` are matched to
+        ``labels`` (see the class docstring)."""
+        if self.class_loss == "softmax":
+            target = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+            target[batch_idx, src_idx] = labels
+            return F.cross_entropy(
+                logits.float().transpose(1, 2), target, self.class_weight.to(logits.device)
+            )
+        onehot = torch.zeros_like(logits)
+        onehot[batch_idx, src_idx, labels] = 1.0
+        return sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
 
     def layer_losses(
         self, outputs: dict, targets: list[dict], indices: list[tuple[Tensor, Tensor]], num_boxes: float
@@ -104,9 +140,7 @@ class SetCriterion(Criterion):
             [t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in zip(targets, indices, strict=True)]
         )
 
-        onehot = torch.zeros_like(logits)
-        onehot[batch_idx, src_idx, tgt_labels.to(device)] = 1.0
-        loss_cls = sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
+        loss_cls = self._class_loss(logits, batch_idx, src_idx, tgt_labels.to(device), num_boxes)
 
         matched = boxes[batch_idx, src_idx]
         tgt_boxes = tgt_boxes.to(matched)
@@ -124,6 +158,11 @@ class SetCriterion(Criterion):
                 (K, 4) normalized (cx, cy, w, h).
         """
         logits = outputs["pred_logits"]
+        if logits.shape[-1] != self.num_logits:
+            raise ValueError(
+                f"pred_logits must have {self.num_logits} logits per query (num_classes={self.num_classes}, "
+                f"class_loss={self.class_loss!r}), got shape {tuple(logits.shape)}"
+            )
         _check_targets(targets, logits.shape[0], self.num_classes)
         num_boxes = mean_box_count(sum(len(t["labels"]) for t in targets), logits.device)
 

@@ -1,4 +1,4 @@
-"""Hungarian matching of predictions to targets (focal class cost, L1 and GIoU box costs)."""
+"""Hungarian matching of predictions to targets (focal or softmax class cost, L1 and GIoU box costs)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ from torch import Tensor, nn
 
 from .layers.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
+CLASS_COSTS = ("focal", "softmax")
+
 
 class HungarianMatcher(nn.Module):
     """One-to-one assignment minimizing ``w_class * class + w_bbox * L1 + w_giou * (-GIoU)``.
 
-    The class cost is the focal-loss difference of a positive and a negative label:
-    ``alpha (1 - p)^gamma (-log p) - (1 - alpha) p^gamma (-log(1 - p))`` at the target's class.
+    The class cost (``class_cost``) is, at the target's class,
+
+    - ``"focal"`` (Deformable DETR): the focal-loss difference of a positive and a negative label,
+      ``alpha (1 - p)^gamma (-log p) - (1 - alpha) p^gamma (-log(1 - p))`` with ``p = sigmoid(logit)``;
+    - ``"softmax"`` (DETR): ``-p`` with ``p`` the softmax over all logits ("no object" included).
 
     Args:
         cost_class: weight of the class cost.
@@ -21,6 +26,7 @@ class HungarianMatcher(nn.Module):
         cost_giou: weight of the negative generalized IoU.
         focal_alpha: alpha of the focal cost.
         focal_gamma: gamma of the focal cost.
+        class_cost: ``"focal"`` or ``"softmax"``.
     """
 
     def __init__(
@@ -30,8 +36,11 @@ class HungarianMatcher(nn.Module):
         cost_giou: float = 2.0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        class_cost: str = "focal",
     ) -> None:
         super().__init__()
+        if class_cost not in CLASS_COSTS:
+            raise ValueError(f"class_cost must be one of {CLASS_COSTS}, got {class_cost!r}")
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("all matching costs are 0")
         self.cost_class = cost_class
@@ -39,6 +48,17 @@ class HungarianMatcher(nn.Module):
         self.cost_giou = cost_giou
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.class_cost = class_cost
+
+    def _class_cost(self, logits: Tensor, tgt_labels: Tensor) -> Tensor:
+        """(Q, C) logits, (K,) labels -> (Q, K) class cost (see the class docstring)."""
+        if self.class_cost == "softmax":
+            return -logits.float().softmax(-1)[:, tgt_labels]
+        prob = logits.float().sigmoid()
+        a, g = self.focal_alpha, self.focal_gamma
+        neg = (1 - a) * prob.pow(g) * -(1 - prob + 1e-8).log()
+        pos = a * (1 - prob).pow(g) * -(prob + 1e-8).log()
+        return (pos - neg)[:, tgt_labels]
 
     def cost_matrix(self, logits: Tensor, boxes: Tensor, tgt_labels: Tensor, tgt_boxes: Tensor) -> Tensor:
         """Matching cost of one image.
@@ -52,11 +72,7 @@ class HungarianMatcher(nn.Module):
         Returns:
             (Q, K) cost.
         """
-        prob = logits.float().sigmoid()
-        a, g = self.focal_alpha, self.focal_gamma
-        neg = (1 - a) * prob.pow(g) * -(1 - prob + 1e-8).log()
-        pos = a * (1 - prob).pow(g) * -(prob + 1e-8).log()
-        cost_class = (pos - neg)[:, tgt_labels]
+        cost_class = self._class_cost(logits, tgt_labels)
         cost_bbox = torch.cdist(boxes.float(), tgt_boxes.float(), p=1)
         cost_giou = -generalized_box_iou(
             box_cxcywh_to_xyxy(boxes.float()), box_cxcywh_to_xyxy(tgt_boxes.float())

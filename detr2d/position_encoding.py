@@ -32,21 +32,30 @@ def sine_embed(coords: Tensor, num_pos_feats: int, temperature: float = 10000.0)
 class PositionEmbeddingSine(nn.Module):
     """DETR's normalized sine encoding of the valid positions of a padded feature map.
 
-    Positions are counted over valid cells only: row ``y`` becomes ``(y + 0.5) / valid_h * scale``
-    (and likewise for columns), so an image gets the same encoding padded or alone. Channels are
-    the ``num_pos_feats`` features of y followed by those of x.
+    Positions are counted over valid cells only: row ``y`` (0-based) becomes
+    ``(y + 1 - offset) / valid_h * scale`` (and likewise for columns), so an image gets the same
+    encoding padded or alone. Channels are the ``num_pos_feats`` features of y followed by those of x.
 
     Args:
         num_pos_feats: features per axis (half the model width; 128 for embed_dims 256).
         temperature: frequency base T.
         scale: range of the normalized coordinates (2 pi).
+        offset: subtracted from the 1-based cumulative count before normalizing: 0.5 in Deformable
+            DETR (cell centres), 0 in DETR.
     """
 
-    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, scale: float = 2 * math.pi):
+    def __init__(
+        self,
+        num_pos_feats: int = 128,
+        temperature: float = 10000.0,
+        scale: float = 2 * math.pi,
+        offset: float = 0.5,
+    ) -> None:
         super().__init__()
         self.num_pos_feats = num_pos_feats
         self.temperature = temperature
         self.scale = scale
+        self.offset = offset
 
     def forward(self, mask: Tensor) -> Tensor:
         """(B, H, W) bool mask, True on padding -> (B, 2 * num_pos_feats, H, W) float32."""
@@ -54,8 +63,8 @@ class PositionEmbeddingSine(nn.Module):
         y = not_mask.cumsum(1, dtype=torch.float32)
         x = not_mask.cumsum(2, dtype=torch.float32)
         eps = 1e-6
-        y = (y - 0.5) / (y[:, -1:, :] + eps) * self.scale
-        x = (x - 0.5) / (x[:, :, -1:] + eps) * self.scale
+        y = (y - self.offset) / (y[:, -1:, :] + eps) * self.scale
+        x = (x - self.offset) / (x[:, :, -1:] + eps) * self.scale
         pos = sine_embed(torch.stack([y, x], dim=-1), self.num_pos_feats, self.temperature)
         return pos.permute(0, 3, 1, 2).contiguous()
 
