@@ -105,7 +105,7 @@ def _backbone(s: dict[str, Any]) -> nn.Module:
             raise ValueError("the VoVNet variants read P4; feature='c5' is defined for r50dcn only")
         return VoVNet(s["vovnet_spec"], ("stage4", "stage5"), s["frozen_stages"], s["norm_eval"])
     # mmdet ResNet-50 caffe, BN2d(requires_grad=False) + norm_eval, DCNv2 in stages 3-4, frozen_stages -1.
-    return ResNetBackbone(
+    backbone = ResNetBackbone(
         50,
         ("layer4",) if s["feature"] == "c5" else ("layer3", "layer4"),
         norm="bn",
@@ -114,6 +114,12 @@ def _backbone(s: dict[str, Any]) -> nn.Module:
         stage_with_dcn=(False, False, True, True),
         norm_eval=s["norm_eval"],
     )
+    # BN2d(requires_grad=False): the affine parameters are fixed as well (ResNetBackbone's norm_eval
+    # loop runs before its body is built, so it leaves them trainable).
+    for module in backbone.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.requires_grad_(False)
+    return backbone
 
 
 def build_petr(name: str, **overrides: Any) -> PETR:

@@ -214,3 +214,18 @@ def test_a_tiny_petr_learns_a_few_random_samples():
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3
+
+
+@pytest.mark.parametrize(("name", "neck"), [("petr_r50dcn_c5", False), ("petr_r50dcn_p4", True)])
+def test_r50dcn_variants_read_c5_or_p4_with_a_frozen_norm_backbone(name, neck):
+    torch.manual_seed(0)
+    tiny_head = {key: value for key, value in TINY.items() if key != "vovnet_spec"}
+    model = build_petr(name, **tiny_head).train()
+    assert (model.neck is not None) == neck
+    assert model.head.input_proj.in_channels == (32 if neck else 2048)
+    batch_norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert batch_norms and all(not m.training for m in batch_norms)
+    assert not any(p.requires_grad for m in batch_norms for p in m.parameters())
+    assert model.backbone.body.conv1.weight.requires_grad  # frozen_stages=-1: the stem learns
+    out = model(_batch(model, 1, size=(64, 96)))
+    assert out.box_code.shape == (2, 1, 24, 10) and torch.isfinite(out.box_code).all()
