@@ -229,3 +229,13 @@ def test_r50dcn_variants_read_c5_or_p4_with_a_frozen_norm_backbone(name, neck):
     assert model.backbone.body.conv1.weight.requires_grad  # frozen_stages=-1: the stem learns
     out = model(_batch(model, 1, size=(64, 96)))
     assert out.box_code.shape == (2, 1, 24, 10) and torch.isfinite(out.box_code).all()
+
+
+def test_the_published_petrv2_runs_at_full_width_on_small_images():
+    torch.manual_seed(0)
+    model = build_petr("petrv2_vov_p4_800x320").eval()
+    with torch.no_grad():
+        out = model(_batch(model, 1, size=(32, 64)))
+    assert out.cls_logits.shape == (6, 1, 900, 10) and out.box_code.shape == (6, 1, 900, 10)
+    assert torch.isfinite(out.box_code).all()
+    assert len(model.decode(out)[0]["scores"]) <= 300
