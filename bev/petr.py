@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detr2d.box_ops import inverse_sigmoid
+from detr2d.layers.box_ops import inverse_sigmoid
+from detr2d.layers.fpn import conv_module
 from detr2d.position_encoding import sine_embed
 
 from .box_coder import CODE_SIZE, CODE_WEIGHTS, NMSFreeDecoder
 from .decoder import HeadOutput, classification_branch, regression_branch
-from .neck import _conv_module
 from .projection import check_pc_range, normalized_to_metric
 
 #: The range the 3D coordinates are normalized over (x, y, z min, then max), and the depth limit.
@@ -207,8 +207,8 @@ class CPFPN(nn.Module):
         super().__init__()
         if len(in_channels) < 1:
             raise ValueError("CPFPN needs at least one input level")
-        self.lateral_convs = nn.ModuleList(_conv_module(c, out_channels, 1) for c in in_channels)
-        self.fpn_convs = nn.ModuleList([_conv_module(out_channels, out_channels, 3)])
+        self.lateral_convs = nn.ModuleList(conv_module(c, out_channels, 1) for c in in_channels)
+        self.fpn_convs = nn.ModuleList([conv_module(out_channels, out_channels, 3)])
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_uniform_(module.weight)

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from detr2d.backbone import ResNetBackbone
+from detr2d.layers.resnet import ResNetBackbone
 
 from .box_coder import CODE_WEIGHTS, NMSFreeDecoder
 from .loss import DetectionLoss3D
@@ -114,11 +114,6 @@ def _backbone(s: dict[str, Any]) -> nn.Module:
         stage_with_dcn=(False, False, True, True),
         norm_eval=s["norm_eval"],
     )
-    # BN2d(requires_grad=False): the affine parameters are fixed as well (ResNetBackbone's norm_eval
-    # loop runs before its body is built, so it leaves them trainable).
-    for module in backbone.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.requires_grad_(False)
     return backbone
 
 

@@ -15,12 +15,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .backbone import ARCHS, Joiner, ResNetBackbone
+from .backbone import Joiner
 from .criterion import SetCriterion, make_weight_dict
 from .deformable_detr import MLP
 from .detr_transformer import DETRTransformer
+from .layers.padding import PADDING_MODES, PaddingMasks, check_images_and_mask
+from .layers.resnet import ARCHS, ResNetBackbone
 from .matcher import HungarianMatcher
-from .padding import PADDING_MODES, PaddingMasks, check_images_and_mask
 from .position_encoding import PositionEmbeddingSine
 
 
@@ -38,7 +39,7 @@ class DETR(nn.Module):
             zeroes padded inputs of its spatial layers, the feature mask is the image mask subsampled
             at stride 32 (16)) or ``"official"`` (the original's: the ResNet runs on the padded batch,
             the feature mask is the nearest-interpolated image mask). In both, padded cells are
-            excluded from attention as keys. See :mod:`detr2d.padding`; both agree on unpadded batches.
+            excluded from attention as keys. See :mod:`detr2d.layers.padding`; both agree on unpadded batches.
 
     Forward: ``model(images (B, 3, H, W), mask (B, H, W) bool True on padding)`` returns
     ``pred_logits`` (B, Q, K + 1), ``pred_boxes`` (B, Q, 4) normalized (cx, cy, w, h) of the valid

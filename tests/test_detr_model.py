@@ -17,7 +17,7 @@ from configs import load_config
 from detr2d import PositionEmbeddingSine, PostProcess, load_checkpoint, save_model_state
 from detr2d.detr import DETR_VARIANTS, build_detr, build_detr_criterion, detr_config
 from detr2d.detr_transformer import DETRDecoderLayer, DETREncoderLayer
-from detr2d.padding import level_mask, nearest_mask
+from detr2d.layers.padding import level_mask, nearest_mask
 
 REFERENCE = Path(__file__).resolve().parent / "reference_keys"  # the official key lists
 REFERENCE_FILES = {

@@ -12,7 +12,7 @@ from torch import nn
 EXTRA_CONVS = (False, "on_input", "on_output")
 
 
-def _conv_module(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
+def conv_module(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
     """A biased conv named ``conv`` inside its module: mmcv's ``ConvModule`` without norm or
     activation, so the state_dict reads ``<name>.conv.weight`` / ``<name>.conv.bias``."""
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
@@ -79,13 +79,13 @@ class FPNNeck(nn.Module):
         self.lateral_convs = nn.ModuleList()
         self.fpn_convs = nn.ModuleList()
         for channels in self.in_channels[start_level:]:
-            self.lateral_convs.append(_conv_module(channels, out_channels, 1))
-            self.fpn_convs.append(_conv_module(out_channels, out_channels, 3))
+            self.lateral_convs.append(conv_module(channels, out_channels, 1))
+            self.fpn_convs.append(conv_module(out_channels, out_channels, 3))
         if add_extra_convs:
             for i in range(num_outs - used):
                 first_on_input = i == 0 and add_extra_convs == "on_input"
                 channels = self.in_channels[-1] if first_on_input else out_channels
-                self.fpn_convs.append(_conv_module(channels, out_channels, 3, stride=2))
+                self.fpn_convs.append(conv_module(channels, out_channels, 3, stride=2))
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_uniform_(module.weight)
