@@ -27,8 +27,9 @@ import os
 from collections.abc import Mapping, Sequence
 
 import torch
+from torch import nn
 
-from detr2d.checkpoint import key_mismatch_message, load_torch_file
+from detr2d.checkpoint import conflicting_aliases, key_mismatch_message, load_torch_file
 
 from .decoder import BEVDecoderLayer
 from .detector import MultiViewDetector3D
@@ -128,14 +129,18 @@ def _read(path_or_state: str | os.PathLike | Mapping[str, object], weights_only:
 
 
 def load_official_checkpoint(
-    model: MultiViewDetector3D,
+    model: nn.Module,
     path_or_state: str | os.PathLike | Mapping[str, object],
     weights_only: bool = True,
     source: str | None = None,
+    key_map: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Fill every parameter and buffer of ``model`` from a released BEVFormer / DETR3D checkpoint.
+    """Fill every parameter and buffer of ``model`` from a released BEVFormer / DETR3D checkpoint (or,
+    with its ``key_map``, another released BEV detector: PETR / PETRv2).
 
-    Strict: every official key must be used, every tensor of the model filled, every shape equal.
+    Strict: every official key must be used, every tensor of the model filled, every shape equal, and
+    tensors the model shares (PETR's one classification / regression branch, written six times) must
+    come with equal copies.
 
     Args:
         model: a published variant (``build_bev_model("bevformer_tiny" | ... | "detr3d")``).
@@ -145,6 +150,8 @@ def load_official_checkpoint(
             containers only; errors name the file); False: ``torch.load`` of a trusted file.
         source: how messages name the checkpoint when ``path_or_state`` is a mapping (e.g. the file it
             was read from); default: the path, or ``"<state_dict>"``.
+        key_map: ours -> official key of every entry of ``model.state_dict()``; default:
+            :func:`official_key_map` (BEVFormer / DETR3D).
 
     Returns:
         The key map used (ours -> official).
@@ -162,7 +169,7 @@ def load_official_checkpoint(
         raise ValueError(
             f"checkpoint {source} must be a state dict of tensors, or hold one under 'state_dict'"
         )
-    mapping = official_key_map(model)
+    mapping = dict(official_key_map(model) if key_map is None else key_map)
     own = model.state_dict()
     missing = [theirs for theirs in mapping.values() if theirs not in state]
     unused = [key for key in state if key not in set(mapping.values())]
@@ -173,5 +180,7 @@ def load_official_checkpoint(
     ]
     if missing or unused or mismatched:
         raise ValueError("official " + key_mismatch_message(source, missing, unused, mismatched))
-    model.load_state_dict({ours: state[theirs] for ours, theirs in mapping.items()}, strict=True)
+    ours_state = {ours: state[theirs] for ours, theirs in mapping.items()}
+    conflicting_aliases(model, ours_state, source)
+    model.load_state_dict(ours_state, strict=True)
     return mapping

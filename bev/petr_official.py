@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .official import _listing, _read, _rename
+from .official import _rename, load_official_checkpoint
 from .petr import PETR
 
 _MODULES: tuple[tuple[str, str], ...] = (
@@ -68,51 +68,16 @@ def petr_state_dict(model: PETR) -> dict[str, torch.Tensor]:
 
 
 def load_petr_checkpoint(
-    model: PETR, path_or_state: str | os.PathLike | Mapping[str, object], weights_only: bool = True
+    model: PETR,
+    path_or_state: str | os.PathLike | Mapping[str, object],
+    weights_only: bool = True,
+    source: str | None = None,
 ) -> dict[str, str]:
-    """Fill every parameter and buffer of ``model`` from a released PETR / PETRv2 checkpoint, strictly.
-
-    Args:
-        model: a published variant (:func:`bev.petr_builder.build_petr`).
-        path_or_state: a ``.pth`` file, ``{"state_dict": ...}`` or a bare state dict, or such a mapping.
-        weights_only: passed to ``torch.load``.
+    """Fill every parameter and buffer of ``model`` from a released PETR / PETRv2 checkpoint, strictly:
+    :func:`bev.official.load_official_checkpoint` with :func:`petr_key_map` (PETR v1's shared branch
+    copies must be equal).
 
     Returns:
         The key map used (ours -> official).
-
-    Raises:
-        ValueError: naming missing, unused and shape-mismatched keys, and shared-branch copies that
-            differ (nothing is loaded then).
     """
-    checkpoint = _read(path_or_state, weights_only)
-    state = checkpoint.get("state_dict", checkpoint)
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError("the checkpoint must be a state dict of tensors, or hold one under 'state_dict'")
-    mapping = petr_key_map(model)
-    own = model.state_dict()
-    official = set(mapping.values())
-    problems = []
-    missing = [theirs for theirs in mapping.values() if theirs not in state]
-    if missing:
-        problems.append(f"missing from the checkpoint: {_listing(missing)}")
-    unused = [key for key in state if key not in official]
-    if unused:
-        problems.append(f"unused checkpoint keys: {_listing(unused)}")
-    mismatched = [
-        f"{theirs} {tuple(state[theirs].shape)} vs ours {tuple(own[ours].shape)}"
-        for ours, theirs in mapping.items()
-        if theirs in state and state[theirs].shape != own[ours].shape
-    ]
-    if mismatched:
-        problems.append(f"shape mismatches: {_listing(mismatched)}")
-    if not problems:
-        first: dict[int, str] = {}
-        for ours, theirs in mapping.items():
-            pointer = own[ours].data_ptr()
-            if pointer in first and not torch.equal(state[first[pointer]], state[theirs]):
-                problems.append(f"{theirs} differs from {first[pointer]}, which the model shares with it")
-            first.setdefault(pointer, theirs)
-    if problems:
-        raise ValueError("PETR checkpoint does not fit the model; " + "; ".join(problems))
-    model.load_state_dict({ours: state[theirs] for ours, theirs in mapping.items()}, strict=True)
-    return mapping
+    return load_official_checkpoint(model, path_or_state, weights_only, source, key_map=petr_key_map(model))
