@@ -22,7 +22,7 @@ import torch
 from bev_helpers import tiny_demo_overrides, tiny_root  # noqa: F401
 from nuscenes.eval.common.config import config_factory
 from nuscenes.eval.detection.evaluate import DetectionEval
-from nuscenes_fixtures import dataset, nusc, val_infos  # noqa: F401
+from nuscenes_fixtures import dataset, ground_truth_detections, nusc, val_infos  # noqa: F401
 from torch.utils.data import DataLoader
 
 from bev.task import NuScenesDetectionTask
@@ -298,6 +298,22 @@ def test_bev_predict_skips_a_sample_with_a_truncated_camera(bev_bad_val, tmp_pat
     )
     assert proc.returncode == 1 and "1 input(s) could not be read" in proc.stderr, proc.stderr[-2000:]
     assert len(json.loads((tmp_path / "cli" / "predictions.json").read_text())) == 3
+
+
+def test_evaluation_of_a_part_of_the_split_loads_only_its_ground_truth(
+    dataset, nusc, val_infos, tmp_path: Path
+) -> None:
+    detections = ground_truth_detections(val_infos)
+    unread, *read = detections
+    assert len(detections.pop(unread)["boxes"])  # its ground truth, if loaded, would be missed
+    with pytest.raises(ValueError, match=r"exactly the \d+ samples of split 'mini_val': 1 missing"):
+        evaluate_nuscenes(detections, dataset.root, VERSION, "mini_val", tmp_path, nusc=nusc)
+    metrics = evaluate_nuscenes(
+        detections, dataset.root, VERSION, "mini_val", tmp_path, nusc=nusc, sample_tokens=read
+    )
+    assert metrics["num_samples"] == len(read) and metrics["mAP"] == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match=r"sample_tokens name 1 sample\(s\) not in split 'mini_val'"):
+        evaluate_nuscenes(detections, dataset.root, VERSION, "mini_val", tmp_path, sample_tokens=["x"])
 
 
 def test_evaluation_without_any_box_gives_the_devkits_zero_metrics(
