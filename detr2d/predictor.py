@@ -169,7 +169,7 @@ class Predictor:
                 fields["num_classes"] = int(heads[0].shape[0])
         cfg = model_config(name, **{**fields, **model_overrides})
         model = build_model_from_config(cfg)
-        load_checkpoint(model, state, strict=True)
+        load_checkpoint(model, state, strict=True, source=str(path))
         return cls(
             model,
             class_names(cfg.num_classes, obj.get("class_names")),

@@ -22,28 +22,31 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from bev_helpers import tiny_demo_overrides, tiny_root  # noqa: F401
 from nuscenes.eval.common.config import config_factory
 from nuscenes.eval.detection.evaluate import DetectionEval
-from nuscenes_fixtures import dataset, nusc, val_infos  # noqa: F401
+from nuscenes_fixtures import dataset, ground_truth_detections, nusc, val_infos  # noqa: F401
 from test_padding_official import SIZES, TINY, original_forward, padded_batch
 from torch.utils.data import DataLoader
 
 from bev import build_bev_model, load_official_checkpoint, official_state_dict, published_can_bus
 from bev.box_coder import CODE_SIZE, NMSFreeDecoder
+from bev.task import NuScenesDetectionTask
 from configs import load_config
 from datasets.coco import build_coco_dataset, coco_paths
 from datasets.files import BadImageError, image_file_problem, read_json, read_rgb
 from datasets.nuscenes.database import open_nuscenes
 from datasets.nuscenes.dataset import NuScenesMultiViewDataset
 from datasets.nuscenes.evaluation import EVAL_CONFIG, TP_ERROR_NAMES, detections_to_results, evaluate_nuscenes
-from datasets.nuscenes.infos import create_nuscenes_infos, load_infos, save_infos
+from datasets.nuscenes.infos import create_nuscenes_infos, infos_path, load_infos, save_infos
 from datasets.nuscenes.synthetic import VERSION
 from datasets.synthetic_coco import SyntheticCocoSpec, generate_synthetic_coco
 from detr2d import build_model, init_from_checkpoint
 from detr2d.checkpoint import load_checkpoint, load_torch_file, read_state_dict, save_model_state
 from detr2d.runtime import io as runtime_io
 from detr2d.runtime.checkpoint import TRAINING_KEYS, save_training_checkpoint
-from detr2d.runtime.evaluate import check_finite
+from detr2d.runtime.evaluate import check_finite, run_predict
+from detr2d.runtime.fit import fit
 from detr2d.runtime.io import remove_stale_temporaries, temporary_path
 from ops import available_backends
 from ops.deform_conv import deform_conv2d
@@ -252,6 +255,83 @@ def test_nuscenes_skip_option(val_infos, tmp_path: Path, caplog: pytest.LogCaptu
         item = dataset_[2]
     assert item["sample_token"] == infos["samples"][3]["token"]
     assert dataset_.num_skipped_images == 1 and str(victim) in caplog.text
+
+
+BEV_DEMO = Path(__file__).resolve().parents[1] / "configs" / "bev" / "demo.py"
+
+
+@pytest.fixture
+def bev_bad_val(tiny_root: Path, tmp_path: Path) -> tuple[list[str], Path, str]:  # noqa: F811
+    """Overrides of the tiny BEV demo whose val infos (in ``tmp_path``) read a truncated CAM_BACK image
+    for the second sample; the infos file and that sample's token."""
+    infos = load_infos(infos_path(tiny_root / "infos", "synthetic_train"))
+    save_infos(infos, infos_path(tmp_path / "infos", "synthetic_train"))
+    infos = load_infos(infos_path(tiny_root / "infos", "synthetic_val"))
+    camera = infos["samples"][1]["cameras"]["CAM_BACK"]
+    victim = tmp_path / "bad.jpg"
+    victim.write_bytes((tiny_root / camera["path"]).read_bytes())
+    _truncate(victim)
+    camera["path"] = str(victim)  # absolute: data.root stays the database
+    path = save_infos(infos, infos_path(tmp_path / "infos", "synthetic_val"))
+    overrides = [*tiny_demo_overrides(tiny_root), f"data.infos_dir={tmp_path / 'infos'}"]
+    return overrides, path, infos["samples"][1]["token"]
+
+
+def test_bev_evaluation_scores_the_samples_read_when_skipping(
+    bev_bad_val, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    overrides, _, token = bev_bad_val
+    overrides += ["data.on_bad_image=skip", "schedule.epochs=1", "train.eval_every=1", "train.log_every=0"]
+    torch.set_num_threads(1)
+    with caplog.at_level(logging.WARNING):
+        fit(NuScenesDetectionTask(load_config(BEV_DEMO, overrides)), tmp_path / "run")
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert record["val_samples"] == 5 and record["val_skipped"] == 1 and set(record["val"]) == {"mAP", "NDS"}
+    assert (tmp_path / "run" / "checkpoint.pth").is_file()
+    metrics = json.loads((tmp_path / "run" / "val" / "metrics.json").read_text())
+    assert metrics["num_samples"] == 5 and metrics["skipped_samples"] == [token]
+    results = json.loads((tmp_path / "run" / "val" / "results_nusc.json").read_text())["results"]
+    assert len(results) == 5 and token not in results
+    assert "1 of 6 samples of split 'synthetic_val' could not be read" in caplog.text and token in caplog.text
+
+
+def test_bev_predict_skips_a_sample_with_a_truncated_camera(bev_bad_val, tmp_path: Path) -> None:
+    overrides, infos, token = bev_bad_val
+    task = NuScenesDetectionTask(load_config(BEV_DEMO, overrides))
+    torch.save({"model": task.build_model().state_dict()}, tmp_path / "weights.pth")
+    torch.set_num_threads(1)
+    entries, errors = run_predict(task, tmp_path / "weights.pth", [infos], tmp_path / "out", 0.0, limit=3)
+    assert len(entries) == 2 and token not in {e["sample_token"] for e in entries}
+    (error,) = errors
+    assert error["input"] == f"{infos}: sample {token}" and "bad.jpg is a truncated JPEG" in error["error"]
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text()) == entries + errors
+    args = ["tools/predict.py", str(BEV_DEMO), str(tmp_path / "weights.pth"), str(infos), "--limit", "3"]
+    proc = subprocess.run(
+        [sys.executable, *args, "--out", str(tmp_path / "cli"), *overrides],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 1 and "1 input(s) could not be read" in proc.stderr, proc.stderr[-2000:]
+    assert len(json.loads((tmp_path / "cli" / "predictions.json").read_text())) == 3
+
+
+def test_evaluation_of_a_part_of_the_split_loads_only_its_ground_truth(
+    dataset, nusc, val_infos, tmp_path: Path
+) -> None:
+    detections = ground_truth_detections(val_infos)
+    unread, *read = detections
+    assert len(detections.pop(unread)["boxes"])  # its ground truth, if loaded, would be missed
+    with pytest.raises(ValueError, match=r"exactly the \d+ samples of split 'mini_val': 1 missing"):
+        evaluate_nuscenes(detections, dataset.root, VERSION, "mini_val", tmp_path, nusc=nusc)
+    metrics = evaluate_nuscenes(
+        detections, dataset.root, VERSION, "mini_val", tmp_path, nusc=nusc, sample_tokens=read
+    )
+    assert metrics["num_samples"] == len(read) and metrics["mAP"] == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match=r"sample_tokens name 1 sample\(s\) not in split 'mini_val'"):
+        evaluate_nuscenes(detections, dataset.root, VERSION, "mini_val", tmp_path, sample_tokens=["x"])
 
 
 def test_evaluation_without_any_box_gives_the_devkits_zero_metrics(

@@ -44,8 +44,8 @@ def test_demo_config_trains_with_history_and_tests_without(tiny_root: Path) -> N
     config = load_config(DEMO, tiny_demo_overrides(tiny_root))
     assert config["task"] == "nuscenes_detection" and config["data"]["num_history"] >= 1
     task = NuScenesDetectionTask(config)
-    train_item = task.build_dataset("train")[0]
-    val_item = task.build_dataset("val")[0]
+    train_item = task.data.build_dataset("train")[0]
+    val_item = task.data.build_dataset("val")[0]
     assert train_item["img"].shape[:2] == (1 + config["data"]["num_history"], 6)
     assert val_item["img"].shape[:2] == (1, 6)  # the tester carries the previous BEV instead
 

@@ -417,7 +417,7 @@ def test_train_dataset_of_a_published_recipe_is_augmented_and_val_is_not(dataset
         "data.image_size=[32,18]",
     ]
     task = NuScenesDetectionTask(load_config(CONFIGS / "bevformer_tiny.py", overrides))
-    train, val = task.build_dataset("train"), task.build_dataset("val")
+    train, val = task.data.build_dataset("train"), task.data.build_dataset("val")
     assert train.random_history and train.photometric == PhotoMetricDistortion() and train.num_history == 2
     assert not val.random_history and val.photometric is None and val.num_history == 0
     assert task.grid_mask is not None and task.grid_mask.prob == 0.7 and task.grid_mask.mode == 1

@@ -15,6 +15,7 @@ from bev_helpers import one_thread, tiny_demo_overrides  # noqa: F401 (autouse f
 from nuscenes.eval.common.loaders import load_prediction
 from nuscenes.eval.detection.data_classes import DetectionBox
 
+from bev.nuscenes import SampleBoxes
 from bev.task import NuScenesDetectionTask
 from configs import load_config
 from datasets.nuscenes import SyntheticSpec, create_nuscenes_infos, generate_synthetic_nuscenes
@@ -79,14 +80,13 @@ def test_format_only_writes_a_submission_the_devkit_loads(
 
 def test_a_submission_must_cover_the_whole_split(test_split_root: Path, tmp_path: Path) -> None:
     task = NuScenesDetectionTask(load_config(DEMO, overrides(test_split_root)))
-    dataset = task.build_dataset("val")
-    records = [
-        {"sample_token": s["token"], "boxes": [], "scores": [], "labels": []} for s in dataset.samples[:-1]
-    ]
+    dataset = task.data.build_dataset("val")
+    evaluator = task.build_evaluator(dataset)
+    evaluator.records = [SampleBoxes(s["token"], [], [], []) for s in dataset.samples[:-1]]
     with pytest.raises(ValueError, match=r"exactly the 6 samples of the split: 1 missing"):
-        task.write_results(records, dataset, tmp_path)
-    records.append({"sample_token": dataset.samples[-1]["token"], "boxes": [], "scores": [], "labels": []})
-    (path,) = task.write_results(records, dataset, tmp_path)
+        evaluator.write_submission(tmp_path)
+    evaluator.records.append(SampleBoxes(dataset.samples[-1]["token"], [], [], []))
+    (path,) = evaluator.write_submission(tmp_path)
     written = json.loads(path.read_text())
     assert written["meta"] == CAMERA_ONLY_META and all(v == [] for v in written["results"].values())
     assert len(written["results"]) == 6

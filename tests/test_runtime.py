@@ -16,10 +16,14 @@ from test_coco_train import DEMO, tiny_overrides, tiny_root  # noqa: F401 (fixtu
 from torch import nn
 
 from configs import load_config
+from datasets.coco_evaluation import COCO_METRIC_NAMES
+from detr2d.coco import CocoData, CocoEvaluator, coco_class_names
+from detr2d.layers.box_ops import box_cxcywh_to_xyxy
 from detr2d.runtime.cli import split_overrides
 from detr2d.runtime.evaluate import check_finite, run_predict, run_test
 from detr2d.runtime.fit import fit
 from detr2d.runtime.optim import build_lr_scheduler, resume_lr_scheduler
+from detr2d.runtime.task import Task
 from detr2d.runtime.tasks import TASKS, task_class
 from detr2d.task import CocoDetectionTask
 
@@ -191,6 +195,48 @@ def test_task_table_names_task_classes() -> None:
         task_class("lidar")
     with pytest.raises(ValueError, match="is not a detr2d.runtime.task.Task subclass"):
         task_class("detr2d.builder:ModelConfig")
+
+
+class OracleTask(Task):
+    """A third detector on COCO in a few lines: its model side only (it detects the ground truth boxes)."""
+
+    name = "oracle"
+    data_class = CocoData
+    evaluator_class = CocoEvaluator
+
+    def build_model(self, pretrained: bool = False) -> nn.Module:
+        return nn.Linear(1, 1)
+
+    def num_classes(self) -> int:
+        return self.config["model"]["num_classes"]
+
+    def class_names(self) -> dict[int, str]:
+        return coco_class_names(self.config, self.num_classes())
+
+    def infer(self, model, loader, device, amp=None):
+        for batch in loader:
+            detections = []
+            for target in batch[2]:
+                height, width = target["orig_size"].tolist()
+                boxes = box_cxcywh_to_xyxy(target["boxes"]) * torch.tensor([width, height, width, height])
+                scores = torch.ones(len(boxes))
+                detections.append({"boxes": boxes, "scores": scores, "labels": target["labels"]})
+            yield batch, detections
+
+
+def test_a_third_task_reuses_the_coco_data_side_and_evaluator(
+    tiny_root: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    task = OracleTask(load_config(DEMO, tiny_overrides(tiny_root)))
+    torch.save({"model": task.build_model().state_dict()}, tmp_path / "weights.pth")
+    result = run_test(task, tmp_path / "weights.pth", tmp_path / "eval")
+    assert set(result.metrics) == set(COCO_METRIC_NAMES)
+    assert result.num_samples == 4 and not result.num_skipped
+    assert result.metrics["AP"] == pytest.approx(1.0) and result.summary == result.metrics
+    detections = json.loads((tmp_path / "eval" / "detections.json").read_text())
+    assert sorted({d["image_id"] for d in detections}) == sorted(task.data.build_dataset("val").ids)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == result.metrics
 
 
 def test_predict_skips_an_undecodable_file_and_still_writes_the_json(

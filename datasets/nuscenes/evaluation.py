@@ -4,6 +4,9 @@ Predictions are given per sample token as ``{"boxes": (K, 9), "scores": (K,), "l
 or tensors; box rows as in boxes.py, labels index ``class_names``). They are converted to the devkit's
 results JSON in the global frame and scored by ``DetectionEval`` with ``detection_cvpr_2019``.
 
+Only some samples of a split can be scored (``sample_tokens``: e.g. those whose images could be read); the
+devkit then loads the ground truth of those samples only.
+
 A split without a single predicted box (an early model whose boxes all fall outside the range) gets the
 devkit's own metrics for no predictions (mAP 0, NDS 0, every TP error 1): the devkit's box filter, which
 raises ``Invalid box type: None`` on a box set without boxes, is bypassed for that set only.
@@ -15,7 +18,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -170,6 +173,20 @@ def _filter_eval_boxes_allowing_none(
     return filter_eval_boxes(nusc, eval_boxes, max_dist, verbose=verbose)
 
 
+def _only_samples(tokens: list[str]) -> Any:
+    """The devkit's ``load_gt`` keeping the ground truth of ``tokens`` only."""
+    load_gt = devkit_evaluate.load_gt
+
+    def load(nusc: NuScenes, eval_split: str, box_cls: type, verbose: bool = False) -> EvalBoxes:
+        boxes = load_gt(nusc, eval_split, box_cls, verbose=verbose)
+        kept = EvalBoxes()
+        for token in tokens:
+            kept.add_boxes(token, boxes[token])
+        return kept
+
+    return load
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -187,21 +204,27 @@ def evaluate_nuscenes(
     class_names: Sequence[str] = CLASS_NAMES,
     nusc: NuScenes | None = None,
     verbose: bool = False,
+    sample_tokens: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """Score ``detections`` (one entry per sample token of ``split``) with the official evaluation.
+    """Score ``detections`` (one entry per sample token of ``split``, or of ``sample_tokens``: a part of
+    the split, e.g. the samples whose images could be read) with the official evaluation.
 
     Writes ``results_nusc.json``, the devkit's ``metrics_summary.json``/``metrics_details.json`` and
     ``metrics.json`` into ``out_dir``, prints the devkit's summary and returns the ``metrics.json`` content:
     ``mAP``, ``NDS``, ``mATE``, ``mASE``, ``mAOE``, ``mAVE``, ``mAAE`` (floats), ``per_class_AP``
     {class: AP}, ``per_class_tp_errors`` {class: {error: value or None}}, ``split``, ``version``,
-    ``num_samples``. ``split`` is any predefined split fitting ``version`` or a custom one of
+    ``num_samples`` (scored). ``split`` is any predefined split fitting ``version`` or a custom one of
     ``<root>/<version>/splits.json``. ``nusc`` reuses an already loaded database of ``nusc_root``/``version``.
     """
     nusc = nusc if nusc is not None else open_nuscenes(nusc_root, version)
     if nusc.version != version:
         raise ValueError(f"the given database is {nusc.version!r}, not {version!r}")
     split_tokens = sample_tokens_of_split(nusc, split)
-    _check_coverage(detections, split_tokens, split)
+    part = split_tokens if sample_tokens is None else [t for t in split_tokens if t in set(sample_tokens)]
+    if sample_tokens is not None and len(part) != len(set(sample_tokens)):
+        outside = sorted(set(sample_tokens) - set(split_tokens))
+        raise ValueError(f"sample_tokens name {len(outside)} sample(s) not in split {split!r}: {outside[:3]}")
+    _check_coverage(detections, part, split)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result_path = out_dir / RESULTS_FILE
@@ -212,14 +235,19 @@ def evaluate_nuscenes(
         logger.warning(
             "no predicted box in any of the %d samples of split %r: scoring them as the devkit scores "
             "no predictions (mAP 0, NDS 0)",
-            len(split_tokens),
+            len(part),
             split,
         )
-    with (
-        mock.patch.object(devkit_evaluate, "filter_eval_boxes", _filter_eval_boxes_allowing_none)
-        if no_boxes
-        else contextlib.nullcontext()
-    ):
+    with contextlib.ExitStack() as patches:
+        if no_boxes:
+            patches.enter_context(
+                mock.patch.object(devkit_evaluate, "filter_eval_boxes", _filter_eval_boxes_allowing_none)
+            )
+        if len(part) < len(split_tokens):  # predefined splits: load_gt; custom ones: their sample list
+            patches.enter_context(mock.patch.object(devkit_evaluate, "load_gt", _only_samples(part)))
+            patches.enter_context(
+                mock.patch.object(devkit_evaluate, "get_samples_of_custom_split", lambda **_: part)
+            )
         evaluator = DetectionEval(
             nusc,
             config_factory(EVAL_CONFIG),
@@ -233,6 +261,6 @@ def evaluate_nuscenes(
     metrics.update({short: summary["tp_errors"][name] for name, short in TP_ERROR_NAMES.items()})
     metrics["per_class_AP"] = dict(summary["mean_dist_aps"])
     metrics["per_class_tp_errors"] = _json_safe(summary["label_tp_errors"])
-    metrics.update({"split": split, "version": version, "num_samples": len(split_tokens)})
+    metrics.update({"split": split, "version": version, "num_samples": len(part)})
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -2,8 +2,10 @@
 seeding, mixed precision, atomic files, training checkpoints with exact resume, optimizer and schedules,
 ONE ``fit`` loop and ONE evaluation/prediction driver.
 
-A detector plugs in through a :class:`detr2d.runtime.task.Task` (build model, criterion, datasets,
-batch -> device, inference, scoring, drawing); ``tools/train.py``, ``tools/test.py`` and
-``tools/predict.py`` pick the task named by the config's ``task`` from :data:`detr2d.runtime.tasks.TASKS`.
+A detector plugs in through a :class:`detr2d.runtime.task.Task` (model side: model, criterion, weights,
+batch -> device, inference) naming its benchmark family's :class:`~detr2d.runtime.task.DataSide`
+(datasets, loaders, drawing) and :class:`~detr2d.runtime.task.Evaluator` (records, scoring, submission
+files); ``tools/train.py``, ``tools/test.py`` and ``tools/predict.py`` pick the task named by the
+config's ``task`` from :data:`detr2d.runtime.tasks.TASKS`.
 Nothing here imports a detector.
 """

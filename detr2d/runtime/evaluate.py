@@ -1,10 +1,11 @@
 """The one evaluation and prediction driver: a task's inference over a sharded loader, detections checked
-for non-finite values, gathered from every process and scored (or drawn) by the task."""
+for non-finite values, recorded by the task's evaluator, gathered from every process and scored there (or
+drawn by the task's data side)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader
 from .distributed import all_gather_object, broadcast_object, init_distributed
 from .fast_inference import optimize_for_inference
 from .io import atomic_write_json
-from .task import EvalResult, Records, Task
+from .task import EvalResult, Record, Task
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,16 @@ def check_finite(detections: list[dict[str, torch.Tensor]], where: str) -> None:
         )
 
 
+def first_of_each(parts: list[list[Record]]) -> list[Record]:
+    """Every process's records in process order, the first record of each sample (:attr:`Record.key`)
+    only: under ``data.on_bad_image=skip`` a dataset reads the next sample in place of a bad one, so that
+    sample comes twice and the bad one not at all."""
+    unique: dict[Hashable, Record] = {}
+    for record in (record for part in parts for record in part):
+        unique.setdefault(record.key, record)
+    return list(unique.values())
+
+
 def evaluate(
     task: Task,
     model: nn.Module,
@@ -67,39 +78,41 @@ def evaluate(
     out_dir: str | Path | None = None,
     format_only: bool = False,
 ) -> EvalResult:
-    """Run ``task.infer`` over this process's ``loader``, gather every process's records and score them
-    with ``task.score`` on the main process (which writes the evaluator's files into ``out_dir``, when
-    given); metrics and table are shared with every process. ``format_only``: write the submission
-    files (``task.write_results``) into ``out_dir`` instead of scoring (splits without ground truth).
+    """Run ``task.infer`` over this process's ``loader`` into the task's evaluator, gather every process's
+    records (the first of each sample: a sample read in place of a skipped one comes twice) and score
+    them with ``evaluator.evaluate()`` on the main process (which writes the evaluator's files and
+    ``metrics.json`` into ``out_dir``, when given); metrics and table are shared with every process.
+    ``format_only``: write the submission files (``evaluator.write_submission``) into ``out_dir`` instead
+    of scoring (splits without ground truth).
 
     ``model`` must be the unwrapped model (not DDP): shards may differ in length, and a DDP forward is a
     collective.
     """
-    model.eval()
-    records: Records = []
-    for batch, detections in task.infer(model, loader, device, amp):
-        check_finite(detections, f"the {task.name} evaluation")
-        records += task.records(batch, detections)
-    gathered = all_gather_object(records)
-    num_samples = sum(len(part) for part in gathered)
-    result = EvalResult({}, "", num_samples, records)
     if format_only and out_dir is None:
         raise ValueError("format_only needs an output folder (--out) for the submission files")
+    out_dir = Path(out_dir) if out_dir is not None else None
+    evaluator = task.build_evaluator(loader.dataset, out_dir)
+    evaluator.reset()
+    model.eval()
+    for batch, detections in task.infer(model, loader, device, amp):
+        check_finite(detections, f"the {task.name} evaluation")
+        evaluator.process(batch, detections)
+    evaluator.records = first_of_each(all_gather_object(evaluator.records))
+    result = EvalResult({}, "", len(evaluator.records))
     if is_main and format_only:
-        written = task.write_results([r for part in gathered for r in part], loader.dataset, Path(out_dir))
-        result.table = f"{num_samples} samples; submission files (not scored): " + ", ".join(
+        written = evaluator.write_submission(out_dir)
+        result.table = f"{result.num_samples} samples; submission files (not scored): " + ", ".join(
             map(str, written)
         )
     elif is_main:
-        merged = [r for part in gathered for r in part]
-        result = task.score(merged, loader.dataset, Path(out_dir) if out_dir else None)
+        result = evaluator.evaluate()
         if out_dir is not None:
-            atomic_write_json(Path(out_dir) / "metrics.json", result.metrics)
-            logger.info("wrote %s", Path(out_dir) / "metrics.json")
-    result.metrics, result.table, result.summary = broadcast_object(
-        (result.metrics, result.table, result.summary)
+            atomic_write_json(out_dir / "metrics.json", result.metrics)
+            logger.info("wrote %s", out_dir / "metrics.json")
+    result.metrics, result.table, result.summary, result.num_skipped = broadcast_object(
+        (result.metrics, result.table, result.summary, result.num_skipped)
     )
-    result.num_samples = num_samples
+    result.num_samples = len(evaluator.records)
     return result
 
 
@@ -112,29 +125,29 @@ def predict(
     score_threshold: float,
     amp: str | None = None,
     limit: int | None = None,
-) -> tuple[Records, list[dict[str, Any]]]:
-    """Detect and draw every input with ``task.draw``; write ``out_dir/predictions.json`` (the records,
-    then one ``{"input", "error"}`` entry per input that could not be read) atomically, also when some
-    inputs failed.
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Detect and draw every input with ``task.data.draw``; write ``out_dir/predictions.json`` (the
+    entries, then one ``{"input", "error"}`` entry per input that could not be read) atomically, also
+    when some inputs failed.
 
     Returns:
-        The drawn records and the failed inputs.
+        The drawn entries and the failed inputs.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    loader = task.predict_loader(inputs, limit)
+    loader = task.data.predict_loader(inputs, limit)
     model.eval()
-    records: Records = []
+    entries: list[dict[str, Any]] = []
     try:
         for batch, detections in task.infer(model, loader, device, amp):
             check_finite(detections, "the prediction")
-            records += task.draw(batch, detections, score_threshold, out_dir)
+            entries += task.data.draw(batch, detections, score_threshold, out_dir)
     finally:
         errors = list(loader.dataset.errors)
-        atomic_write_json(out_dir / "predictions.json", records + errors, indent=1)
+        atomic_write_json(out_dir / "predictions.json", entries + errors, indent=1)
     for error in errors:
         logger.error("skipped %s: %s", error["input"], error["error"])
-    return records, errors
+    return entries, errors
 
 
 def run_test(
@@ -156,10 +169,10 @@ def run_test(
     model = task.build_model().to(info.device)
     task.load_weights(model, checkpoint)
     model = inference_model(model, mode)
-    dataset = task.build_dataset("val")
+    dataset = task.data.build_dataset("val")
     if not format_only:
-        task.check_labels(dataset, training=False)
-    loader = task.eval_loader(dataset, info.rank, info.world_size)
+        task.data.check_labels(dataset, training=False)
+    loader = task.data.eval_loader(dataset, info.rank, info.world_size)
     amp = task.config["train"]["amp"]
     return evaluate(task, model, loader, info.device, info.is_main, amp, out_dir, format_only)
 
@@ -172,7 +185,7 @@ def run_predict(
     score_threshold: float = 0.5,
     limit: int | None = None,
     mode: str = "eager",
-) -> tuple[Records, list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Load ``checkpoint`` and :func:`predict` ``inputs`` on the best device (``mode``: see
     :data:`INFERENCE_MODES`)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

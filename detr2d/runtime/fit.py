@@ -168,7 +168,7 @@ def train_one_epoch(
         current.update({k: v.item() for k, v in losses.items() if is_last_layer(k)})
         for key, value in current.items():
             sums[key] += value
-        seen += task.batch_size(batch)
+        seen += task.data.batch_size(batch)
         elapsed = time.perf_counter() - start
         remaining = (steps - step) + (epochs - epoch - 1) * steps
         eta_s = elapsed / step * remaining
@@ -179,14 +179,14 @@ def train_one_epoch(
                 "epoch": epoch,
                 **current,
                 "lr": lr,
-                f"{task.unit}_per_s": seen / elapsed,
+                f"{task.data.unit}_per_s": seen / elapsed,
                 "peak_memory_mb": _peak_memory_mb(device),
                 "eta_s": round(eta_s, 1),
             }
             metrics_log.write(record, record["iter"], "train_iter")
     stats = reduce_mean({k: v / max(steps, 1) for k, v in sums.items()}, device)
     elapsed = time.perf_counter() - start
-    return {**stats, "lr": lr, f"{task.unit}_per_s": seen / elapsed, "time_s": elapsed}
+    return {**stats, "lr": lr, f"{task.data.unit}_per_s": seen / elapsed, "time_s": elapsed}
 
 
 def _clock(seconds: float) -> str:
@@ -251,7 +251,7 @@ def fit(
     seed_everything(train_cfg["seed"] + info.rank)
     model_ddp = DistributedDataParallel(model) if info.world_size > 1 else model
 
-    train_set, val_set = task.build_dataset("train"), task.build_dataset("val")
+    train_set, val_set = task.data.build_dataset("train"), task.data.build_dataset("val")
     train_loader = build_train_loader(
         train_set,
         train_cfg["batch_size"] // info.world_size,
@@ -259,9 +259,9 @@ def fit(
         info.rank,
         info.world_size,
         train_cfg["seed"],
-        collate_fn=task.collate,
+        collate_fn=task.data.collate,
     )
-    val_loader = task.eval_loader(val_set, info.rank, info.world_size)
+    val_loader = task.data.eval_loader(val_set, info.rank, info.world_size)
     optimizer = build_optimizer(model, config["optim"])
     state = TrainState(
         model,
@@ -284,15 +284,15 @@ def fit(
         if changed:
             logger.warning("resumed with changed schedule settings (saved -> now): %s", changed)
         logger.info("resumed from %s at epoch %d", resume, start_epoch)
-    task.check_labels(train_set, training=True)
-    task.check_labels(val_set, training=False)
+    task.data.check_labels(train_set, training=True)
+    task.data.check_labels(val_set, training=False)
     logger.info(
         "training %s (%s): %d train / %d val %s, %d process(es) on %s, %d trainable parameters",
         config["model"]["name"],
         task.name,
         len(train_set),
         len(val_set),
-        task.unit,
+        task.data.unit,
         info.world_size,
         info.device,
         sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -326,6 +326,8 @@ def fit(
                 )
                 summary = record["val"] = result.summary
                 record["val_samples"] = result.num_samples
+                if result.num_skipped:
+                    record["val_skipped"] = result.num_skipped
                 logger.info("epoch %d evaluation:\n%s", epoch, result.table)
             rng = all_gather_object(capture_rng_state())
             if info.is_main:
@@ -343,8 +345,8 @@ def fit(
                 terms,
                 stats["lr"],
                 stats["time_s"],
-                stats[f"{task.unit}_per_s"],
-                task.unit,
+                stats[f"{task.data.unit}_per_s"],
+                task.data.unit,
                 "".join(f", {k} {v:.4f}" for k, v in record.get("val", {}).items()),
             )
     finally:

@@ -2,7 +2,7 @@
 
 A config names its task (``task = "coco_detection"``); the table maps it to ``"module:Class"`` and the
 module is imported only when used, so the runtime imports no detector. A config may also name a task
-class directly (``task = "mypackage.task:MyTask"``).
+class directly (``task = "mypackage.task:MyTask"``). Checkpoints store the task name, so names never change.
 """
 
 from __future__ import annotations

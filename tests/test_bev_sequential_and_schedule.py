@@ -1,4 +1,4 @@
-"""BEV engine pieces without data: the sequential tester's temporal history, scene sharding, the schedule,
+"""BEV runtime pieces without data: the sequential tester's temporal history, scene sharding, the schedule,
 the published configs."""
 
 from __future__ import annotations

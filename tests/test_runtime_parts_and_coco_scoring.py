@@ -1,4 +1,5 @@
-"""Engine pieces: parameter groups, sharding, atomic checkpoints, RNG capture, COCO scoring, drawing."""
+"""Runtime pieces (parameter groups, schedules, sharding, atomic checkpoints, RNG capture) and COCO
+scoring and drawing."""
 
 from __future__ import annotations
 
