@@ -168,8 +168,8 @@ class NuScenesData(DataSide):
     ) -> list[dict[str, Any]]:
         """``<token>_bev.png`` and ``<token>_cameras.jpg`` of one frame: predictions scoring at least
         ``score_threshold`` in class colours, captioned "class score" (higher scores on top), and the
-        ground truth dashed, with legends (:mod:`datasets.nuscenes.visualize`); its entry ``{"sample_token", "bev", "cameras", "boxes" (K x 9 lidar frame),
-        "scores", "labels"}``."""
+        ground truth dashed, with legends (:mod:`datasets.nuscenes.visualize`); its entry
+        ``{"sample_token", "bev", "cameras", "boxes" (K x 9 lidar frame), "scores", "labels"}``."""
         token = batch["sample_token"][0]
         result = {key: value.numpy() for key, value in detections[0].items()}
         keep = result["scores"] >= score_threshold
@@ -192,7 +192,14 @@ class NuScenesData(DataSide):
         )
         lidar2img = batch["lidar2img"][0, -1].numpy()
         draw_camera_boxes(
-            images, lidar2img, boxes, labels, cameras_path, scores=scores, gt_boxes=gt_boxes, gt_labels=gt_labels
+            images,
+            lidar2img,
+            boxes,
+            labels,
+            cameras_path,
+            scores=scores,
+            gt_boxes=gt_boxes,
+            gt_labels=gt_labels,
         )
         logger.info("%s: %d detections drawn", token, len(scores))
         return [

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from detr2d.checkpoint import conflicting_aliases, key_mismatch_message, load_torch_file
+from detr2d.runtime.checkpoint import conflicting_aliases, key_mismatch_message, load_torch_file
 
 from .decoder import BEVDecoderLayer
 from .detector import MultiViewDetector3D
@@ -146,7 +146,7 @@ def load_official_checkpoint(
         model: a published variant (``build_bev_model("bevformer_tiny" | ... | "detr3d")``).
         path_or_state: a ``.pth`` file, mmdet3d's ``{"state_dict": ..., "meta": ...}`` or a bare state
             dict, or such a mapping already loaded.
-        weights_only: read the file with :func:`detr2d.checkpoint.load_torch_file` (tensors and
+        weights_only: read the file with :func:`detr2d.runtime.checkpoint.load_torch_file` (tensors and
             containers only; errors name the file); False: ``torch.load`` of a trusted file.
         source: how messages name the checkpoint when ``path_or_state`` is a mapping (e.g. the file it
             was read from); default: the path, or ``"<state_dict>"``.
@@ -159,7 +159,7 @@ def load_official_checkpoint(
     Raises:
         ValueError: the file is unreadable, or the checkpoint does not fit: the path, then the counts
             and a few examples of the missing, unused and shape-mismatched keys
-            (:func:`detr2d.checkpoint.key_mismatch_message`); nothing is loaded then.
+            (:func:`detr2d.runtime.checkpoint.key_mismatch_message`); nothing is loaded then.
     """
     if source is None:
         source = "<state_dict>" if isinstance(path_or_state, Mapping) else os.fspath(path_or_state)

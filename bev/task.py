@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from datasets.nuscenes.constants import CLASS_NAMES
-from detr2d.checkpoint import load_checkpoint, load_torch_file
 from detr2d.layers.resnet import initialize_backbone, load_pretrained
+from detr2d.runtime.checkpoint import load_checkpoint, load_torch_file
 from detr2d.runtime.task import Detections, Task
 
 from .augment import GridMask

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import conflicting_aliases, read_state_dict
 from .deformable_detr import CLASS_PRIOR_BIAS, DeformableDETR
+from .runtime.checkpoint import conflicting_aliases, read_state_dict
 
 # The class head: one Linear per decoder layer (plus the proposal head for two-stage), also attached
 # to the decoder as ``transformer.decoder.class_embed`` in two-stage models.

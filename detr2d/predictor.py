@@ -15,11 +15,11 @@ from datasets.collate import pad_images
 from datasets.transforms import build_transforms
 
 from .builder import VARIANTS, build_model_from_config, model_config
-from .checkpoint import load_checkpoint, load_torch_file, read_state_dict
 from .classes import class_names
 from .deformable_detr import DeformableDETR
 from .finetune import CLASS_HEAD_KEY
 from .postprocess import PostProcess
+from .runtime.checkpoint import load_checkpoint, load_torch_file, read_state_dict
 from .runtime.evaluate import check_finite
 from .runtime.precision import AMP_MODES, autocast
 

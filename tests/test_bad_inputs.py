@@ -42,9 +42,15 @@ from datasets.nuscenes.infos import create_nuscenes_infos, infos_path, load_info
 from datasets.nuscenes.synthetic import VERSION
 from datasets.synthetic_coco import SyntheticCocoSpec, generate_synthetic_coco
 from detr2d import build_model, init_from_checkpoint
-from detr2d.checkpoint import load_checkpoint, load_torch_file, read_state_dict, save_model_state
 from detr2d.runtime import io as runtime_io
-from detr2d.runtime.checkpoint import TRAINING_KEYS, save_training_checkpoint
+from detr2d.runtime.checkpoint import (
+    TRAINING_KEYS,
+    load_checkpoint,
+    load_torch_file,
+    read_state_dict,
+    save_model_state,
+    save_training_checkpoint,
+)
 from detr2d.runtime.evaluate import check_finite, run_predict
 from detr2d.runtime.fit import fit
 from detr2d.runtime.io import remove_stale_temporaries, temporary_path

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 import ops
 
-from ..checkpoint import load_torch_file, read_state_dict
+from ..runtime.checkpoint import load_torch_file, read_state_dict
 from .padding import PaddingMasks
 
 LAYER_NAMES = ("layer1", "layer2", "layer3", "layer4")

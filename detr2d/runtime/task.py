@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint
 from .losses import Criterion
 
 #: One batch's detections as :meth:`Task.infer` yields them: one dict per sample with CPU ``boxes``,
