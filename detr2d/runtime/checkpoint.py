@@ -141,6 +141,15 @@ def key_mismatch_message(
     return f"checkpoint {source} does not fit the model: " + ", ".join(parts)
 
 
+def _identical(a: Tensor, b: Tensor) -> bool:
+    """Equal shapes and values, NaN equal to NaN (copies of one tensor)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    return a.is_floating_point() and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
+
+
 def conflicting_aliases(
     model: nn.Module, state: Mapping[str, Tensor], source: str, keys: Iterable[str] | None = None
 ) -> None:
@@ -165,7 +174,7 @@ def conflicting_aliases(
         aliases.setdefault(id(tensor), []).append(key)
     for shared in aliases.values():
         given = [k for k in shared if k in given_keys]
-        differing = [k for k in given[1:] if not torch.equal(state[k], state[given[0]])]
+        differing = [k for k in given[1:] if not _identical(state[k], state[given[0]])]
         if differing:
             raise ValueError(
                 f"checkpoint {source}: the model shares one tensor under {shared}, but the checkpoint holds "
