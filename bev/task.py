@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -34,7 +35,7 @@ from detr2d.runtime.io import atomic_write_json
 from detr2d.runtime.task import EvalResult, Records, Task
 
 from .augment import GridMask
-from .builder import bev_model_settings, build_bev_criterion, build_bev_model
+from .builder import bev_model_config, build_bev_criterion, build_bev_model
 from .loss import DetectionLoss3D
 from .official import load_official_checkpoint
 from .sequential import SceneShardSampler, iterate_sequential
@@ -98,8 +99,8 @@ class InfosFiles(ConcatDataset):
 class NuScenesDetectionTask(Task):
     """BEVFormer-style / DETR3D-style detection on nuScenes-format data.
 
-    Config sections: ``model`` (a variant ``name`` of :data:`bev.VARIANTS` plus :data:`bev.DEFAULTS`
-    keys), ``data`` (``root``, ``version``, ``infos_dir``, ``train_split``, ``val_split``, ``image_size``
+    Config sections: ``model`` (a variant ``name`` of :data:`bev.VARIANTS` plus :class:`bev.BEVModelConfig`
+    fields), ``data`` (``root``, ``version``, ``infos_dir``, ``train_split``, ``val_split``, ``image_size``
     (W, H), ``img_norm`` (mmcv's ``img_norm_cfg``: ``mean``/``std`` 0-255 in the network's channel order,
     ``to_rgb``), ``num_history``, ``num_workers``, and the training augmentation: ``random_history``,
     ``photometric_distortion``, ``grid_mask``). Training samples carry ``num_history`` earlier frames; the
@@ -120,6 +121,12 @@ class NuScenesDetectionTask(Task):
         grid_mask = config["data"].get("grid_mask")
         self.grid_mask = None if grid_mask is None else GridMask(**grid_mask)
 
+    @classmethod
+    def model_defaults(cls, name: str, **overrides: Any) -> dict[str, Any]:
+        """The whole ``model`` section of variant ``name``: its name and every :class:`bev.BEVModelConfig`
+        field, ``overrides`` applied and validated (ValueError naming the field)."""
+        return {"name": name, **dataclasses.asdict(bev_model_config(name, **overrides))}
+
     def _model_settings(self) -> tuple[str, dict[str, Any]]:
         settings = dict(self.config["model"])
         return settings.pop("name"), settings
@@ -127,8 +134,8 @@ class NuScenesDetectionTask(Task):
     def build_model(self, pretrained: bool = False) -> nn.Module:
         name, settings = self._model_settings()
         model = build_bev_model(name, **settings)
-        if pretrained and settings.get("backbone_module") is None:
-            report = initialize_backbone(model.backbone, bev_model_settings(name, **settings)["pretrained"])
+        if pretrained:
+            report = initialize_backbone(model.backbone, bev_model_config(name, **settings).pretrained)
             if report is not None:
                 logger.info("%s", report)
         return model
@@ -192,7 +199,7 @@ class NuScenesDetectionTask(Task):
 
     def _pc_range(self) -> tuple[float, ...]:
         name, settings = self._model_settings()
-        return tuple(bev_model_settings(name, **settings)["pc_range"])
+        return bev_model_config(name, **settings).pc_range
 
     def collate(self, items: list[Any]) -> dict[str, Any]:
         return collate_nuscenes(items)

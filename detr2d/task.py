@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from functools import cached_property
@@ -109,6 +110,12 @@ class CocoDetectionTask(Task):
 
     name = "coco_detection"
     unit = "images"
+
+    @classmethod
+    def model_defaults(cls, name: str, **overrides: Any) -> dict[str, Any]:
+        """The whole ``model`` section of variant ``name``: its name and every :class:`detr2d.ModelConfig`
+        field, ``overrides`` applied and validated (ValueError naming the field)."""
+        return {"name": name, **dataclasses.asdict(model_config(name, **overrides))}
 
     @cached_property
     def model_config(self) -> ModelConfig:

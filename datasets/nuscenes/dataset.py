@@ -57,7 +57,7 @@ from torch.utils.data import Dataset
 
 from datasets.files import BadImagePolicy, OnBadImage, missing_files, read_rgb
 from datasets.nuscenes.augment import PhotoMetricDistortion, resize_camera
-from datasets.nuscenes.constants import CLASS_NAMES, POINT_CLOUD_RANGE
+from datasets.nuscenes.constants import CLASS_NAMES, PC_RANGE
 from datasets.nuscenes.infos import load_infos
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -95,7 +95,7 @@ class NuScenesMultiViewDataset(Dataset):
         image_size: tuple[int, int] | None = (800, 450),
         num_history: int = 0,
         class_names: Sequence[str] = CLASS_NAMES,
-        point_cloud_range: Sequence[float] = POINT_CLOUD_RANGE,
+        point_cloud_range: Sequence[float] = PC_RANGE,
         use_valid_flag: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,

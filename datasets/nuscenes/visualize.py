@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from datasets.nuscenes.boxes import box_corners
-from datasets.nuscenes.constants import CAMERA_NAMES, CLASS_NAMES, POINT_CLOUD_RANGE
+from datasets.nuscenes.constants import CAMERA_NAMES, CLASS_NAMES, PC_RANGE
 
 GT_COLOR = (60, 200, 60)
 PRED_COLOR = (60, 60, 230)
@@ -67,7 +67,7 @@ def draw_bev(
     pred_scores: np.ndarray | None = None,
     score_threshold: float = 0.3,
     points: np.ndarray | None = None,
-    point_cloud_range: Sequence[float] = POINT_CLOUD_RANGE,
+    point_cloud_range: Sequence[float] = PC_RANGE,
     pixels_per_meter: float = 8.0,
 ) -> np.ndarray:
     """Top-down image (lidar +x up, +y left) of GT (green) and predicted (red) boxes with heading lines,
