@@ -31,8 +31,8 @@ from typing import Any
 from torch import nn
 
 from datasets.nuscenes.constants import PC_RANGE
-from detr2d.builder import BACKBONES, check_field_types, check_positive
 from detr2d.backbone import ResNetBackbone
+from detr2d.builder import BACKBONES, check_field_types, check_positive
 from ops import MSDeformAttn
 
 from .box_coder import NMSFreeDecoder
@@ -85,7 +85,7 @@ class BEVModelConfig:
     num_queries: int = 900  # object queries
     num_query_groups: int = 1  # Group DETR: query groups in training (1: published; test uses one group)
     max_num: int = 300  # detections kept per sample
-    bev_pos_in_memory: bool = False  # True: the decoder reads BEV + positional embedding (published: bare BEV)
+    bev_pos_in_memory: bool = False  # True: the decoder reads BEV + positional embedding (published: bare)
     backend: str | None = None  # deformable attention op backend: None = best available
     temporal_alignment: str = "published"  # or "planar": our warp of the previous BEV by the ego motion
     use_can_bus: bool = True  # BEVFormer's can_bus_mlp output added to the BEV queries
@@ -94,9 +94,9 @@ class BEVModelConfig:
     rotate_prev_bev: bool = True  # published alignment: previous BEV rotated by the yaw change
     rotate_center: tuple[float, float] = (100.0, 100.0)  # BEVFormer's default, the grid centre only for 200
     shift_current_refs: bool = True  # v1 quirk: the current entry's TSA references are shifted too
-    first_layer_current: bool = True  # v1 quirk: TSA's current entry is the first layer's input (with history)
+    first_layer_current: bool = True  # v1 quirk: TSA's current entry is the first layer's input (+ history)
     level_embeds_rows: int | None = 4  # v1: 4 rows whatever num_levels; None: num_levels
-    published_init: bool = True  # the transformer's init_weights: Xavier on every matrix, then the attentions'
+    published_init: bool = True  # init_weights: Xavier on every matrix, then the attentions' own
 
     def __post_init__(self) -> None:
         check_field_types(self)
