@@ -30,7 +30,7 @@ def test_merge_is_recursive_and_copies() -> None:
 def test_inheritance_chain_and_overrides(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "base.py").write_text(
-        "import math\nmodel = dict(depth=50, width=256)\nlr = 1e-4\n_private = 1\n"
+        "import math\nmodel = dict(depth=50, width=256)\nlr = 1e-4\nname = 'base'\n_private = 1\n"
     )
     (tmp_path / "sub" / "mid.py").write_text("_base_ = '../base.py'\nmodel = dict(depth=18)\n")
     (tmp_path / "sub" / "leaf.py").write_text("_base_ = ['mid.py']\nlr = 2e-4\nname = 'leaf'\n")
