@@ -20,7 +20,7 @@ from bev.decoder import DetectionDecoder
 from configs import ConfigError, upgrade_model_keys
 from datasets.nuscenes.constants import PC_RANGE
 from detr2d import ModelConfig, Predictor, build_model
-from detr2d.runtime.cli import load_task_config
+from detr2d.runtime.cli import load_task_config, parser_with_config, split_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.py"))
@@ -209,6 +209,13 @@ def test_export_takes_config_checkpoint_and_overrides(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and "no checkpoint given" in proc.stderr
+    items = ["model.num_classes=3", "runs/lr=1e-4/ckpt.pth", "train.amp=bf16"]
+    parser = parser_with_config(None)
+    assert split_checkpoint(parser, items, required=True) == (
+        "runs/lr=1e-4/ckpt.pth",
+        ["model.num_classes=3", "train.amp=bf16"],
+    )
+    assert split_checkpoint(parser, items[:1], required=False) == (None, items[:1])
     proc = _tool("tools/export.py", "configs/detr2d/demo.py", "a.pth", "b.pth", "--out", str(out))
     assert proc.returncode == 2 and "expected at most one checkpoint, got ['a.pth', 'b.pth']" in proc.stderr
 

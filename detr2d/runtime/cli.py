@@ -58,10 +58,10 @@ def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
 def split_checkpoint(
     parser: argparse.ArgumentParser, items: Sequence[str], required: bool
 ) -> tuple[str | None, list[str]]:
-    """``(checkpoint, overrides)`` of positional items: an item with ``=`` is an override, never the
-    checkpoint; the one other item (if any; ``required``: exactly one) is the checkpoint."""
-    overrides = [item for item in items if "=" in item]
-    paths = [item for item in items if "=" not in item]
+    """``(checkpoint, overrides)`` of positional items: a ``key=value`` item (dotted key) is an override,
+    never the checkpoint; the one other item (if any; ``required``: exactly one) is the checkpoint."""
+    overrides = [item for item in items if OVERRIDE.match(item)]
+    paths = [item for item in items if not OVERRIDE.match(item)]
     if len(paths) > 1 or (required and not paths):
         parser.error(f"expected {'one' if required else 'at most one'} checkpoint, got {paths}")
     return (paths[0] if paths else None), overrides
