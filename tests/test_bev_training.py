@@ -131,7 +131,7 @@ def test_query_groups_train_independently_and_evaluation_decodes_group_zero():
     assert trained.box_code.shape[1:3] == (2 * groups, num_queries)
     torch.testing.assert_close(trained.box_code[:, ::groups], evaluated.box_code)  # group 0 sees no other
     assert not torch.allclose(trained.box_code[:, 1], evaluated.box_code[:, 0])
-    with pytest.raises(ValueError, match="num_groups"):
+    with pytest.raises(ValueError, match="num_query_groups must be a positive int, got 0"):
         tiny_model(num_query_groups=0)
 
 
