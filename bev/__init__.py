@@ -9,11 +9,12 @@ from detr2d.layers.fpn import FPNNeck
 from .assigner import HungarianAssigner3D
 from .box_coder import NMSFreeDecoder, decode_boxes, encode_boxes
 from .builder import (
-    DEFAULTS,
     VARIANTS,
-    bev_model_settings,
+    BEVModelConfig,
+    bev_model_config,
     build_bev_criterion,
     build_bev_model,
+    build_bev_model_from_config,
 )
 from .decoder import BEVDecoderLayer, BEVMemory, DetectionDecoder, HeadOutput
 from .detector import MultiViewDetector3D
@@ -27,12 +28,12 @@ from .temporal_alignment import align_prev_bev, bev_shift, ego_motion_between, p
 from .temporal_self_attention import TemporalSelfAttention, tsa_reference_points
 
 __all__ = [
-    "DEFAULTS",
     "VARIANTS",
     "BEVDecoderLayer",
     "BEVEncoder",
     "BEVEncoderLayer",
     "BEVMemory",
+    "BEVModelConfig",
     "CameraMemory",
     "DetectionDecoder",
     "DetectionLoss3D",
@@ -48,10 +49,11 @@ __all__ = [
     "align_prev_bev",
     "bev_cell_centers",
     "bev_shift",
-    "bev_model_settings",
+    "bev_model_config",
     "bev_pillar_points",
     "build_bev_criterion",
     "build_bev_model",
+    "build_bev_model_from_config",
     "decode_boxes",
     "ego_motion_between",
     "encode_boxes",

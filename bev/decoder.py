@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from datasets.nuscenes.constants import PC_RANGE
 from detr2d.layers.box_ops import inverse_sigmoid
 from detr2d.layers.transformer import DecoderLayer
 
@@ -145,7 +146,7 @@ class DetectionDecoder(nn.Module):
         num_classes: int,
         embed_dims: int = 256,
         num_queries: int = 900,
-        pc_range: Sequence[float] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
+        pc_range: Sequence[float] = PC_RANGE,
         num_branch_fcs: int = 2,
         num_groups: int = 1,
     ) -> None:

@@ -134,7 +134,7 @@ class NuScenesData(DataSide):
             infos_path(data["infos_dir"], data["train_split"] if train else data["val_split"]),
             data_root=Path(data["root"]),
             num_history=data["num_history"] if train else 0,
-            point_cloud_range=self.task.pc_range(),
+            pc_range=self.task.pc_range(),
             on_bad_image=data["on_bad_image"],
             random_history=train and data.get("random_history", False),
             photometric=None if photometric is None else PhotoMetricDistortion(**photometric),

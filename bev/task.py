@@ -3,6 +3,7 @@ model side; data and evaluation are the nuScenes family's (:mod:`bev.nuscenes`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from detr2d.runtime.checkpoint import load_checkpoint, load_torch_file
 from detr2d.runtime.task import Detections, Task
 
 from .augment import GridMask
-from .builder import bev_model_settings, build_bev_criterion, build_bev_model
+from .builder import bev_model_config, build_bev_criterion, build_bev_model
 from .loss import DetectionLoss3D
 from .nuscenes import NuScenesData, NuScenesEvaluator, prev_tokens
 from .official import load_official_checkpoint
@@ -36,8 +37,8 @@ OFFICIAL_PREFIXES = ("img_backbone.", "img_neck.", "pts_bbox_head.")
 class NuScenesDetectionTask(Task):
     """BEVFormer-style / DETR3D-style detection on nuScenes-format data.
 
-    Config sections: ``model`` (a variant ``name`` of :data:`bev.VARIANTS` plus :data:`bev.DEFAULTS`
-    keys), the nuScenes family's ``data`` (:mod:`bev.nuscenes`) and ``data.grid_mask``. The val split is
+    Config sections: ``model`` (a variant ``name`` of :data:`bev.VARIANTS` plus :class:`bev.BEVModelConfig`
+    fields), the nuScenes family's ``data`` (:mod:`bev.nuscenes`) and ``data.grid_mask``. The val split is
     run sequentially, scene by scene, with the previous BEV carried forward.
 
     GridMask (``data.grid_mask``: :class:`bev.augment.GridMask` arguments, or None) masks the current
@@ -56,6 +57,12 @@ class NuScenesDetectionTask(Task):
         grid_mask = config["data"].get("grid_mask")
         self.grid_mask = None if grid_mask is None else GridMask(**grid_mask)
 
+    @classmethod
+    def model_defaults(cls, name: str, **overrides: Any) -> dict[str, Any]:
+        """The whole ``model`` section of variant ``name``: its name and every :class:`bev.BEVModelConfig`
+        field, ``overrides`` applied and validated (ValueError naming the field)."""
+        return {"name": name, **dataclasses.asdict(bev_model_config(name, **overrides))}
+
     def _model_settings(self) -> tuple[str, dict[str, Any]]:
         settings = dict(self.config["model"])
         return settings.pop("name"), settings
@@ -63,8 +70,8 @@ class NuScenesDetectionTask(Task):
     def build_model(self, pretrained: bool = False) -> nn.Module:
         name, settings = self._model_settings()
         model = build_bev_model(name, **settings)
-        if pretrained and settings.get("backbone_module") is None:
-            report = initialize_backbone(model.backbone, bev_model_settings(name, **settings)["pretrained"])
+        if pretrained:
+            report = initialize_backbone(model.backbone, bev_model_config(name, **settings).pretrained)
             if report is not None:
                 logger.info("%s", report)
         return model
@@ -100,7 +107,7 @@ class NuScenesDetectionTask(Task):
     def pc_range(self) -> tuple[float, ...]:
         """[x_min, y_min, z_min, x_max, y_max, z_max] of the model (the data side's ground-truth range)."""
         name, settings = self._model_settings()
-        return tuple(bev_model_settings(name, **settings)["pc_range"])
+        return bev_model_config(name, **settings).pc_range
 
     def split_batch(self, batch: dict[str, Any], device: torch.device) -> tuple[tuple[Any, ...], Any]:
         """The model's part of a training batch on ``device`` (``img`` (B, T, Ncam, 3, H, W), its current

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,34 +19,86 @@ from .transformer import DeformableTransformer
 BACKBONES = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 
 
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` as the annotation ``hint`` holds it (a list for a tuple, an int for a float); TypeError
+    when it does not fit (a bool is never an int or a float)."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        for arg in typing.get_args(hint):
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                pass
+    elif hint is type(None):
+        if value is None:
+            return value
+    elif origin is tuple:
+        if isinstance(value, list | tuple):
+            args = typing.get_args(hint)
+            items = args[:1] * len(value) if args[1:] == (Ellipsis,) else args
+            if len(items) == len(value):
+                return tuple(_coerce(item, arg) for item, arg in zip(value, items, strict=True))
+    elif not isinstance(value, bool) or hint is bool:
+        if hint is float and isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, hint):
+            return value
+    raise TypeError(hint)
+
+
+def check_field_types(cfg: Any) -> None:
+    """Check every field of the frozen dataclass ``cfg`` against its annotation, in place: lists become
+    tuples where a tuple is annotated, ints floats where a float is.
+
+    Raises:
+        ValueError: the first field whose value does not fit, e.g. ``"bev_h must be int, got None"``.
+    """
+    hints = typing.get_type_hints(type(cfg))
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        try:
+            object.__setattr__(cfg, field.name, _coerce(value, hints[field.name]))
+        except TypeError:
+            raise ValueError(f"{field.name} must be {field.type}, got {value!r}") from None
+
+
+def check_positive(cfg: Any, names: tuple[str, ...]) -> None:
+    """ValueError naming the first of the int fields ``names`` of ``cfg`` that is below 1."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Every hyper-parameter of the model; defaults are the published ones (R50, COCO)."""
 
-    num_classes: int = 91
-    num_queries: int = 300
-    embed_dims: int = 256
-    num_heads: int = 8
+    num_classes: int = 91  # class logits; COCO category ids are the labels (max id 90)
+    num_queries: int = 300  # object queries (two-stage: proposals kept)
+    embed_dims: int = 256  # transformer width C
+    num_heads: int = 8  # attention heads
     encoder_layers: int = 6
     decoder_layers: int = 6
-    ffn_dims: int = 1024
-    dropout: float = 0.1
-    encoder_points: int = 4
-    decoder_points: int = 4
-    backbone: str = "resnet50"
-    dilation: bool = False
-    train_backbone: bool = True
+    ffn_dims: int = 1024  # hidden width of the feed-forward blocks
+    dropout: float = 0.1  # in [0, 1)
+    encoder_points: int = 4  # sampling points per head and level in the encoder
+    decoder_points: int = 4  # sampling points per head and level in the decoder
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
+    dilation: bool = False  # dilated C5 (DC5, stride 16)
+    train_backbone: bool = True  # False freezes the whole ResNet
     backbone_norm: str = "frozen_bn"  # "bn": trainable batch norm, for training from scratch
     backbone_trainable_layers: int = 3  # of (layer4, layer3, layer2, layer1, stem); 5 from scratch
-    pretrained: str | None = None  # backbone weights loaded by a fresh training run (see initialize_backbone)
-    num_levels: int = 4
-    with_box_refine: bool = False
-    two_stage: bool = False
-    aux_loss: bool = True
-    backend: str | None = None
+    pretrained: str | None = None  # backbone weights a fresh training run loads (file, URL, torchvision://)
+    num_levels: int = 4  # feature levels (1: C5 alone)
+    with_box_refine: bool = False  # iterative bounding box refinement
+    two_stage: bool = False  # encoder proposals as queries (needs with_box_refine)
+    aux_loss: bool = True  # a loss on every decoder layer's output
+    backend: str | None = None  # deformable attention op backend: None = best available
     padding: str = "exact"  # "official": the original's padded-batch behaviour (see detr2d.layers.padding)
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         positive = (
             "num_classes",
             "num_queries",
@@ -57,10 +111,7 @@ class ModelConfig:
             "decoder_points",
             "num_levels",
         )
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive(self, positive)
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
         if self.embed_dims % 32 != 0:

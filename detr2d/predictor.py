@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from configs import upgrade_model_keys
 from datasets.collate import pad_images
 from datasets.transforms import build_transforms
 
@@ -152,7 +153,7 @@ class Predictor:
         state = read_state_dict(obj)
         config = obj.get("config")
         if isinstance(config, Mapping) and isinstance(config.get("model"), Mapping):
-            fields = dict(config["model"])
+            fields = upgrade_model_keys(config["model"])  # checkpoints written before a key was renamed
             name = fields.pop("name", "deformable_detr")
             if variant is not None and variant != name:
                 raise ValueError(f"{path} holds a {name!r} model but variant={variant!r} was given")

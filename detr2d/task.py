@@ -3,6 +3,7 @@ data and evaluation are the COCO family's (:mod:`detr2d.coco`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from functools import cached_property
@@ -35,6 +36,12 @@ class CocoDetectionTask(Task):
     name = "coco_detection"
     data_class = CocoData
     evaluator_class = CocoEvaluator
+
+    @classmethod
+    def model_defaults(cls, name: str, **overrides: Any) -> dict[str, Any]:
+        """The whole ``model`` section of variant ``name``: its name and every :class:`detr2d.ModelConfig`
+        field, ``overrides`` applied and validated (ValueError naming the field)."""
+        return {"name": name, **dataclasses.asdict(model_config(name, **overrides))}
 
     @cached_property
     def model_config(self) -> ModelConfig:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from bev import DetectionLoss3D, MultiViewDetector3D, bev_model_settings, build_bev_model
+from bev import DetectionLoss3D, MultiViewDetector3D, bev_model_config, build_bev_model
 from datasets.nuscenes import SyntheticSpec, create_nuscenes_infos, generate_synthetic_nuscenes
 from datasets.nuscenes.synthetic import VERSION
 
@@ -125,7 +125,7 @@ def published_tiny_model(
     two levels (four FPN outputs) for base and DETR3D.
     """
     torch.manual_seed(0)
-    levels = bev_model_settings(name)["num_levels"]
+    levels = bev_model_config(name).num_levels
     settings = {
         **TINY_SIZES,
         "backbone_module": TinyBackbone(1 if levels == 1 else 2),

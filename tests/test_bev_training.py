@@ -14,7 +14,8 @@ from bev_helpers import (
     translation_motion,
 )
 
-from bev import DEFAULTS, VARIANTS, BEVMemory, bev_model_settings, build_bev_model
+from bev import VARIANTS, BEVMemory, bev_model_config, build_bev_model
+from datasets.nuscenes.constants import PC_RANGE
 
 
 def _batch(with_history: bool) -> dict:
@@ -130,7 +131,7 @@ def test_query_groups_train_independently_and_evaluation_decodes_group_zero():
     assert trained.box_code.shape[1:3] == (2 * groups, num_queries)
     torch.testing.assert_close(trained.box_code[:, ::groups], evaluated.box_code)  # group 0 sees no other
     assert not torch.allclose(trained.box_code[:, 1], evaluated.box_code[:, 0])
-    with pytest.raises(ValueError, match="num_groups"):
+    with pytest.raises(ValueError, match="num_query_groups must be a positive int, got 0"):
         tiny_model(num_query_groups=0)
 
 
@@ -170,39 +171,39 @@ def test_missing_batch_keys_raise_value_errors():
 
 
 def test_variant_settings_follow_the_published_configs():
-    tiny, small, base = (bev_model_settings(f"bevformer_{n}") for n in ("tiny", "small", "base"))
-    assert (tiny["backbone"], tiny["bev_h"], tiny["encoder_layers"], tiny["num_levels"]) == (
+    tiny, small, base = (bev_model_config(f"bevformer_{n}") for n in ("tiny", "small", "base"))
+    assert (tiny.backbone, tiny.bev_h, tiny.encoder_layers, tiny.num_levels) == (
         "resnet50",
         50,
         3,
         1,
     )
-    assert (small["backbone"], small["bev_h"], small["encoder_layers"], small["num_levels"]) == (
+    assert (small.backbone, small.bev_h, small.encoder_layers, small.num_levels) == (
         "resnet101",
         150,
         3,
         1,
     )
-    assert (base["backbone"], base["bev_h"], base["encoder_layers"], base["num_levels"]) == (
+    assert (base.backbone, base.bev_h, base.encoder_layers, base.num_levels) == (
         "resnet101",
         200,
         6,
         4,
     )
-    assert bev_model_settings("detr3d")["head"] == "detr3d"
+    assert bev_model_config("detr3d").head == "detr3d"
     for name in VARIANTS:
-        settings = bev_model_settings(name)
-        assert settings["num_classes"] == 10 and settings["pc_range"] == DEFAULTS["pc_range"]
-    assert (tiny["num_queries"], tiny["decoder_layers"], tiny["sca_points"], tiny["embed_dims"]) == (
+        settings = bev_model_config(name)
+        assert settings.num_classes == 10 and settings.pc_range == PC_RANGE
+    assert (tiny.num_queries, tiny.decoder_layers, tiny.sca_points, tiny.embed_dims) == (
         900,
         6,
         8,
         256,
     )
     with pytest.raises(ValueError, match="unknown BEV model"):
-        bev_model_settings("bevformer_huge")
+        bev_model_config("bevformer_huge")
     with pytest.raises(ValueError, match="unknown settings"):
-        bev_model_settings("bev_demo", bev_size=3)
+        bev_model_config("bev_demo", bev_size=3)
 
 
 def test_demo_variant_runs_on_the_real_resnet18():
@@ -218,12 +219,12 @@ def test_demo_variant_runs_on_the_real_resnet18():
 @pytest.mark.parametrize("name", ["bevformer_tiny", "bevformer_small", "bevformer_base", "detr3d"])
 def test_published_variants_build_and_run(name):
     model = build_bev_model(name).eval()
-    settings = bev_model_settings(name)
+    settings = bev_model_config(name)
     img = torch.randn(1, 6, 3, 64, 128)
     with torch.no_grad():
         detections, bev = model.forward_test(img, ring_lidar2img((64, 128))[None], can_bus=torch.zeros(1, 18))
     assert len(detections[0]["scores"]) == 300
-    if settings["head"] == "bev":
-        assert bev.shape == (1, settings["bev_h"] * settings["bev_w"], 256)
+    if settings.head == "bev":
+        assert bev.shape == (1, settings.bev_h * settings.bev_w, 256)
     else:
         assert bev is None

@@ -11,7 +11,7 @@ import torch
 from nuscenes_fixtures import dataset, val_infos  # noqa: F401
 from torch.utils.data import DataLoader
 
-from datasets.nuscenes.constants import CLASS_NAMES, POINT_CLOUD_RANGE
+from datasets.nuscenes.constants import CLASS_NAMES, PC_RANGE
 from datasets.nuscenes.dataset import IMAGENET_MEAN, IMAGENET_STD, NuScenesMultiViewDataset, collate_nuscenes
 from datasets.nuscenes.visualize import denormalize_images
 
@@ -92,7 +92,7 @@ def test_boxes_are_filtered_to_range_classes_and_valid_flags(val_infos):  # noqa
     sample = val_infos["samples"][4]
     gt = sample["gt"]
     boxes = np.asarray(gt["boxes"])
-    low, high = np.asarray(POINT_CLOUD_RANGE[:3]), np.asarray(POINT_CLOUD_RANGE[3:])
+    low, high = np.asarray(PC_RANGE[:3]), np.asarray(PC_RANGE[3:])
     expected = [
         i
         for i, name in enumerate(gt["names"])
@@ -104,7 +104,7 @@ def test_boxes_are_filtered_to_range_classes_and_valid_flags(val_infos):  # noqa
     _, labels = dataset_._ground_truth(sample)
     assert labels.tolist() == [CLASS_NAMES.index(gt["names"][i]) for i in expected]
     narrow = NuScenesMultiViewDataset(
-        val_infos, image_size=IMAGE_SIZE, point_cloud_range=(-5, -5, -5, 5, 5, 3)
+        val_infos, image_size=IMAGE_SIZE, pc_range=(-5, -5, -5, 5, 5, 3)
     )
     assert all(np.abs(b[:2]).max() < 5 for b in narrow._ground_truth(sample)[0])
 

@@ -16,7 +16,6 @@ one); BEV graphs are fixed to it. Graph inputs and outputs:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bev.export import BevFrameForExport, camera_ring  # noqa: E402
-from configs import load_config  # noqa: E402
 from detr2d.export import Detr2dForExport  # noqa: E402
+from detr2d.runtime.cli import load_task, parser_with_config, split_checkpoint  # noqa: E402
 from detr2d.runtime.export import FORMATS, export_model, onnx_max_errors, prepare_export  # noqa: E402
-from detr2d.runtime.tasks import build_task  # noqa: E402
 
 
 def default_image_size(config: dict[str, Any]) -> tuple[int, int]:
@@ -43,27 +41,29 @@ def default_image_size(config: dict[str, Any]) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="config file (configs/detr2d/*.py or configs/bev/*.py)")
-    parser.add_argument("checkpoint", nargs="?", default=None, help="weights (default: random init)")
+    parser = parser_with_config(__doc__)
+    parser.add_argument(
+        "items", nargs="*", help="the weights (default: random init), then config overrides key=value"
+    )
     parser.add_argument(
         "--format", choices=FORMATS, default="onnx", help="onnx, or export (torch.export .pt2)"
     )
-    parser.add_argument("--out", required=True, help="file to write")
+    parser.add_argument("--out", help="file to write (required unless --print-config)")
     parser.add_argument("--height", type=int, default=None, help="image height (default: the config's)")
     parser.add_argument("--width", type=int, default=None, help="image width (default: the config's)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16)")
     parser.add_argument(
         "--check", action="store_true", help="compare ONNX Runtime with PyTorch on new inputs"
     )
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
-    args = parser.parse_args(argv)
-
-    config = load_config(args.config, args.overrides)
-    task = build_task(config)
+    args = parser.parse_intermixed_args(argv)
+    checkpoint, overrides = split_checkpoint(parser, args.items, required=False)
+    task = load_task(args, overrides)
+    if args.out is None:
+        parser.error("the following arguments are required: --out")
+    config = task.config
     model = task.build_model()
-    if args.checkpoint is not None:
-        task.load_weights(model, args.checkpoint)
+    if checkpoint is not None:
+        task.load_weights(model, checkpoint)
     else:
         print("no checkpoint given: exporting random weights", file=sys.stderr)
     height, width = default_image_size(config)

@@ -16,7 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detr2d.runtime.cli import add_inference_mode, load_task, parser_with_config  # noqa: E402
+from detr2d.runtime.cli import (  # noqa: E402
+    add_inference_mode,
+    load_task,
+    parser_with_config,
+    split_checkpoint,
+)
 from detr2d.runtime.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from detr2d.runtime.evaluate import run_test  # noqa: E402
 from detr2d.runtime.logs import setup_logging  # noqa: E402
@@ -24,8 +29,7 @@ from detr2d.runtime.logs import setup_logging  # noqa: E402
 
 def main() -> None:
     parser = parser_with_config(__doc__)
-    parser.add_argument("checkpoint")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
+    parser.add_argument("items", nargs="+", help="the checkpoint, then config overrides key=value")
     parser.add_argument("--out", help="folder for metrics.json and the evaluator's files")
     parser.add_argument(
         "--format-only",
@@ -34,11 +38,12 @@ def main() -> None:
     )
     add_inference_mode(parser)
     args = parser.parse_intermixed_args()
-    task = load_task(args, args.overrides)
+    checkpoint, overrides = split_checkpoint(parser, args.items, required=True)
+    task = load_task(args, overrides)
     info = init_distributed()
     setup_logging(None, info.is_main)
     try:
-        result = run_test(task, args.checkpoint, args.out, args.format_only, args.inference)
+        result = run_test(task, checkpoint, args.out, args.format_only, args.inference)
         if info.is_main:
             print(result.table)
     finally:

@@ -1,7 +1,8 @@
 """BEVFormer-base on nuScenes: the published recipe (Li et al., ECCV 2022), 24 epochs, NDS 51.7 / mAP 41.6.
 
 The other files in this folder inherit this one (``_base_``) and change only what differs. ``model``
-is a variant ``name`` of ``bev.VARIANTS`` plus overrides of any ``bev.DEFAULTS`` key.
+is a variant ``name`` of ``bev.VARIANTS`` plus overrides of any ``bev.BEVModelConfig`` field (every
+field: ``tools/train.py CONFIG --print-config``).
 """
 
 task = "nuscenes_detection"  # tools/train.py, test.py and predict.py dispatch on this
@@ -9,7 +10,6 @@ task = "nuscenes_detection"  # tools/train.py, test.py and predict.py dispatch o
 model = dict(
     name="bevformer_base",  # ResNet-101 C3-C5 -> 4 FPN levels, BEV 200 x 200, 6 encoder layers
     pretrained="ckpts/r101_dcn_fcos3d_pretrain.pth",  # the release starts from this FCOS3D checkpoint
-    backend=None,  # deformable attention op backend: None = best available
 )
 
 data = dict(

@@ -12,7 +12,7 @@ synthetic-nuscenes`` then ``tools/create_data.py nuscenes`` (see tools/demo_bev.
 
 _base_ = "base.py"
 
-model = dict(  # the bev_demo variant's sizes, spelled out so that they can be overridden
+model = dict(  # the demo's whole size (the bev_demo variant's and what differs from it) in one place
     name="bev_demo",
     return_layers=["layer2"],  # stride 8 only: the stem, layer1 and layer2 of the ResNet run
     pretrained=None,  # from scratch (trainable batch norm below)

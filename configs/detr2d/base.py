@@ -5,25 +5,9 @@ The variant files in this folder inherit this one (``_base_``) and change only w
 
 task = "coco_detection"  # tools/test.py dispatches on this
 
-model = dict(
+model = dict(  # what differs from detr2d.ModelConfig (every field: tools/train.py CONFIG --print-config)
     name="deformable_detr",  # see detr2d.build_model
-    backbone="resnet50",
     pretrained="torchvision://resnet50",  # ImageNet weights (file, URL or torchvision://); none: scratch
-    num_classes=91,  # COCO category ids are the labels (max id 90)
-    num_queries=300,
-    embed_dims=256,
-    num_heads=8,
-    encoder_layers=6,
-    decoder_layers=6,
-    ffn_dims=1024,
-    dropout=0.1,
-    encoder_points=4,
-    decoder_points=4,
-    train_backbone=True,  # False freezes the whole ResNet
-    backbone_norm="frozen_bn",  # "bn" (trainable batch norm) for training from scratch
-    backbone_trainable_layers=3,  # layer2-4 learn; 5 adds layer1 and the stem
-    padding="exact",  # "official": the original's padded-batch behaviour (see README, Padding)
-    backend=None,  # deformable attention op backend: None = best available
 )
 criterion = dict(  # Hungarian matching costs and loss weights (num_classes, decoder_layers: from the model)
     set_cost_class=2.0,

@@ -1,6 +1,6 @@
 """nuScenes data layer: synthetic generator, infos, multi-camera dataset, official evaluation, pictures."""
 
-from datasets.nuscenes.constants import CAMERA_NAMES, CLASS_NAMES, POINT_CLOUD_RANGE
+from datasets.nuscenes.constants import CAMERA_NAMES, CLASS_NAMES, PC_RANGE
 from datasets.nuscenes.dataset import NuScenesMultiViewDataset, collate_nuscenes
 from datasets.nuscenes.evaluation import detections_to_results, evaluate_nuscenes
 from datasets.nuscenes.infos import build_infos, create_nuscenes_infos, load_infos
@@ -10,7 +10,7 @@ from datasets.nuscenes.visualize import draw_bev, draw_camera_boxes
 __all__ = [
     "CAMERA_NAMES",
     "CLASS_NAMES",
-    "POINT_CLOUD_RANGE",
+    "PC_RANGE",
     "NuScenesMultiViewDataset",
     "SyntheticSpec",
     "build_infos",

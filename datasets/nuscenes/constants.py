@@ -16,8 +16,9 @@ CLASS_NAMES: tuple[str, ...] = (
     "traffic_cone",
 )
 
-#: [x_min, y_min, z_min, x_max, y_max, z_max] in metres, lidar frame.
-POINT_CLOUD_RANGE: tuple[float, ...] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
+#: ``pc_range``: [x_min, y_min, z_min, x_max, y_max, z_max] in metres, lidar frame; the published models'
+#: detection range (``bev.BEVModelConfig.pc_range``) and the dataset's ground-truth filter by default.
+PC_RANGE: tuple[float, float, float, float, float, float] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
 
 #: The six cameras in the order used for the camera axis of every tensor.
 CAMERA_NAMES: tuple[str, ...] = (

@@ -58,7 +58,7 @@ from torch.utils.data import Dataset
 
 from datasets.files import BadImagePolicy, OnBadImage, missing_files, read_rgb
 from datasets.nuscenes.augment import PhotoMetricDistortion, resize_camera
-from datasets.nuscenes.constants import CLASS_NAMES, POINT_CLOUD_RANGE
+from datasets.nuscenes.constants import CLASS_NAMES, PC_RANGE
 from datasets.nuscenes.infos import check_camera_matrices, load_infos
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -75,7 +75,7 @@ class NuScenesMultiViewDataset(Dataset):
         image_size: (width, height) every image is resized to; None keeps the stored size.
         num_history: previous frames of the same scene supplied before the current one.
         class_names: classes kept, in label order.
-        point_cloud_range: [x_min, y_min, z_min, x_max, y_max, z_max]; boxes whose centre is outside are
+        pc_range: [x_min, y_min, z_min, x_max, y_max, z_max]; boxes whose centre is outside are
             dropped.
         use_valid_flag: drop boxes without any lidar or radar point (as BEVFormer trains).
         on_bad_image: ``"raise"`` (default): a truncated or undecodable camera image raises ``ValueError``
@@ -96,7 +96,7 @@ class NuScenesMultiViewDataset(Dataset):
         image_size: tuple[int, int] | None = (800, 450),
         num_history: int = 0,
         class_names: Sequence[str] = CLASS_NAMES,
-        point_cloud_range: Sequence[float] = POINT_CLOUD_RANGE,
+        pc_range: Sequence[float] = PC_RANGE,
         use_valid_flag: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -120,13 +120,13 @@ class NuScenesMultiViewDataset(Dataset):
             raise ValueError(f"infos of split {self.infos.get('split')!r} hold no samples")
         if num_history < 0:
             raise ValueError(f"num_history must be >= 0, got {num_history}")
-        if len(point_cloud_range) != 6:
-            raise ValueError(f"point_cloud_range must have 6 values, got {len(point_cloud_range)}")
+        if len(pc_range) != 6:
+            raise ValueError(f"pc_range must have 6 values, got {len(pc_range)}")
         self.data_root = Path(data_root if data_root is not None else self.infos["dataroot"])
         self.image_size = image_size
         self.num_history = num_history
         self.class_names = list(class_names)
-        self.point_cloud_range = np.asarray(point_cloud_range, dtype=np.float64)
+        self.pc_range = np.asarray(pc_range, dtype=np.float64)
         self.use_valid_flag = use_valid_flag
         self.mean = np.asarray(mean, dtype=np.float32) * 255.0
         self.std = np.asarray(std, dtype=np.float32) * 255.0
@@ -214,7 +214,7 @@ class NuScenesMultiViewDataset(Dataset):
         gt = sample["gt"]
         boxes = np.asarray(gt["boxes"], dtype=np.float64).reshape(-1, 9)
         known = np.array([name in self.class_names for name in gt["names"]], dtype=bool)
-        low, high = self.point_cloud_range[:3], self.point_cloud_range[3:]
+        low, high = self.pc_range[:3], self.pc_range[3:]
         keep = known & np.all((boxes[:, :3] >= low) & (boxes[:, :3] < high), axis=1)
         if self.use_valid_flag:
             keep &= np.asarray(gt["valid_flag"], dtype=bool).reshape(-1)

@@ -23,7 +23,7 @@ from datasets.drawing import (
     place_label,
 )
 from datasets.nuscenes.boxes import box_corners
-from datasets.nuscenes.constants import CAMERA_NAMES, CLASS_NAMES, POINT_CLOUD_RANGE
+from datasets.nuscenes.constants import CAMERA_NAMES, CLASS_NAMES, PC_RANGE
 
 #: BGR colour per class index (the order of constants.CLASS_NAMES): a qualitative palette whose colours
 #: are pairwise far apart in CIELAB and far from the colours the synthetic renderer paints the objects
@@ -182,7 +182,7 @@ def draw_bev(
     pred_scores: np.ndarray | None = None,
     score_threshold: float = 0.3,
     points: np.ndarray | None = None,
-    point_cloud_range: Sequence[float] = POINT_CLOUD_RANGE,
+    pc_range: Sequence[float] = PC_RANGE,
     pixels_per_meter: float = 8.0,
     pred_labels: np.ndarray | None = None,
     gt_labels: np.ndarray | None = None,
@@ -200,7 +200,7 @@ def draw_bev(
     Returns the BGR image (H, W + legend panel, 3) uint8, H and W the range at ``pixels_per_meter``,
     also written to ``out_path`` (PNG) when given.
     """
-    x_min, y_min, _, x_max, y_max, _ = point_cloud_range
+    x_min, y_min, _, x_max, y_max, _ = pc_range
     height, width = round((y_max - y_min) * pixels_per_meter), round((x_max - x_min) * pixels_per_meter)
     image = np.full((height, width, 3), BACKGROUND, np.uint8)
     scale, line_width = font_scale(1.4 * pixels_per_meter), max(1, round(pixels_per_meter / 5))
@@ -215,7 +215,7 @@ def draw_bev(
         inside = (pixels[:, 0] >= 0) & (pixels[:, 0] < width) & (pixels[:, 1] >= 0) & (pixels[:, 1] < height)
         image[pixels[inside, 1], pixels[inside, 0]] = (150, 150, 150)
     center = to_pixels(np.zeros(2))
-    radii = range(10, int(max(abs(v) for v in point_cloud_range[:2] + point_cloud_range[3:5])) + 1, 10)
+    radii = range(10, int(max(abs(v) for v in pc_range[:2] + pc_range[3:5])) + 1, 10)
     for radius in radii:
         cv2.circle(
             image,

@@ -1,0 +1,254 @@
+"""Configs carry the whole model: every field shown and overridable, unknown keys named with their file,
+bad values as one-line errors, one ``pc_range``, old checkpoints' key names, the tools' arguments."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bev import BEVModelConfig
+from bev.decoder import DetectionDecoder
+from configs import ConfigError, upgrade_model_keys
+from datasets.nuscenes.constants import PC_RANGE
+from detr2d import ModelConfig, Predictor, build_model
+from detr2d.runtime.cli import load_task_config, parser_with_config, split_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.py"))
+SCHEMAS = {"coco_detection": ModelConfig, "nuscenes_detection": BEVModelConfig}
+
+
+def _tool(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def _fields(cls: type) -> set[str]:
+    return {field.name for field in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_config_shows_every_model_field_as_built(path: Path) -> None:
+    config = load_task_config(path)
+    schema = SCHEMAS[config["task"]]
+    model = config["model"]
+    assert set(model) == {"name", *_fields(schema)}
+    json.dumps(config)  # plain data: tuples are lists
+    assert not any(isinstance(value, tuple) for value in model.values())
+    name = model.pop("name")
+    # the section is exactly what the task builds (variant defaults + the files' values)
+    built = dataclasses.asdict(schema(**model))
+    assert json.loads(json.dumps(built)) == model, name
+
+
+def test_print_config_of_both_detectors_takes_any_model_field() -> None:
+    proc = _tool("tools/train.py", "configs/bev/bevformer_base.py", "--print-config", "model.bev_h=100")
+    assert proc.returncode == 0, proc.stderr
+    model = json.loads(proc.stdout)["model"]
+    assert model["bev_h"] == 100 and model["bev_w"] == 200 and model["num_levels"] == 4
+    assert model["pc_range"] == list(PC_RANGE) and set(model) == {"name", *_fields(BEVModelConfig)}
+    proc = _tool(
+        "tools/export.py", "configs/detr2d/deformable_detr.py", "--print-config", "model.num_queries=100"
+    )
+    assert proc.returncode == 0, proc.stderr
+    model = json.loads(proc.stdout)["model"]
+    assert model["num_queries"] == 100 and set(model) == {"name", *_fields(ModelConfig)}
+
+
+STRINGS = {  # two valid values each
+    "backbone": ("resnet18", "resnet34"),
+    "head": ("detr3d", "bev"),
+    "temporal_alignment": ("planar", "published"),
+    "backbone_norm": ("bn", "frozen_bn"),
+    "backbone_style": ("caffe", "pytorch"),
+    "padding": ("official", "exact"),
+    "backend": ("reference", "cpu"),
+    "pretrained": ("weights.pth", "other.pth"),
+    "return_layers": (["layer3", "layer4"], ["layer4"]),
+}
+
+
+def _changed(name: str, value: Any) -> Any:
+    """A valid value of model field ``name`` different from ``value``."""
+    if name in STRINGS:
+        return next(option for option in STRINGS[name] if option != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value * 2
+    if isinstance(value, float):
+        return value / 2
+    return [_changed(name, item) for item in value]
+
+
+@pytest.mark.parametrize("path", ["detr2d/deformable_detr.py", "bev/bevformer_base.py"])
+def test_every_model_field_is_overridable(path: str) -> None:
+    config = load_task_config(REPO / "configs" / path)
+    wanted = {key: _changed(key, value) for key, value in config["model"].items() if key != "name"}
+    overrides = [f"model.{k}={v if isinstance(v, str) else repr(v)}" for k, v in wanted.items()]
+    model = load_task_config(REPO / "configs" / path, overrides)["model"]
+    for key, value in wanted.items():
+        assert model[key] == value and model[key] != config["model"][key], key
+
+
+def test_a_name_override_chooses_the_variant_schema() -> None:
+    model = load_task_config(REPO / "configs/bev/bevformer_base.py", ["model.name=bevformer_small"])["model"]
+    assert (model["bev_h"], model["num_levels"], model["return_layers"]) == (150, 1, ["layer4"])
+
+
+def _child(tmp_path: Path, base: str, body: str, name: str = "child.py") -> Path:
+    path = tmp_path / name
+    path.write_text(f"_base_ = {str(REPO / 'configs' / base)!r}\n{body}\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("base", "body", "key"),
+    [
+        ("detr2d/demo.py", "train = dict(batch_sise=2, eval_evry=0)", "'train.batch_sise'"),
+        ("detr2d/base.py", "schedul = dict(epochs=1)", "'schedul'"),
+        ("bev/detr3d.py", "data = dict(num_histroy=0)", "'data.num_histroy'"),
+        ("bev/bevformer_tiny.py", "data = dict(img_norm=dict(meen=[0, 0, 0]))", "'data.img_norm.meen'"),
+        ("bev/demo.py", "model = dict(bev_sise=3)", "'model.bev_sise'"),
+        ("detr2d/demo.py", "model = dict(num_querys=3)", "'model.num_querys'"),
+        (
+            "detr2d/demo.py",
+            "model = dict(op_backend='reference')",
+            "'model.op_backend' \\(renamed 'backend'\\)",
+        ),
+    ],
+)
+def test_an_unknown_key_in_a_file_names_the_key_and_the_file(
+    tmp_path: Path, base: str, body: str, key: str
+) -> None:
+    path = _child(tmp_path, base, body)
+    with pytest.raises(ConfigError, match=f"{re.escape(str(path))}: unknown key {key}"):
+        load_task_config(path)
+
+
+def test_an_unknown_model_key_names_the_file_that_wrote_it(tmp_path: Path) -> None:
+    middle = _child(tmp_path, "bev/demo.py", "model = dict(num_query=5)", "middle.py")
+    (tmp_path / "leaf.py").write_text("_base_ = 'middle.py'\nmodel = dict(bev_h=8)\n")
+    with pytest.raises(
+        ConfigError, match=f"{re.escape(str(middle))}: unknown key 'model.num_query'.*known: "
+    ):
+        load_task_config(tmp_path / "leaf.py")
+
+
+def test_settings_groups_are_checked_where_the_base_holds_a_dict_and_none_takes_anything(
+    tmp_path: Path,
+) -> None:
+    body = "data = dict(grid_mask=dict(prob=1.0), photometric_distortion=dict(hue_delta=4))"
+    config = load_task_config(_child(tmp_path, "bev/bevformer_tiny.py", body))
+    assert config["data"]["grid_mask"]["prob"] == 1.0 and config["data"]["grid_mask"]["mode"] == 1
+    # the demo turns both off (None): a child may set them to anything
+    config = load_task_config(_child(tmp_path, "bev/demo.py", "data = dict(grid_mask=dict(prob=1.0))"))
+    assert config["data"]["grid_mask"] == {"prob": 1.0}
+    with pytest.raises(ConfigError, match="unknown key 'data.grid_mask.prb'; known in 'data.grid_mask': "):
+        load_task_config(_child(tmp_path, "bev/base.py", "data = dict(grid_mask=dict(prb=1.0))"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.batch_size=none", "train.batch_size must be a positive int (>= 1), got None"),
+        ("data.image_size=[64,36,3]", "data.image_size must be a (W, H) pair of positive ints"),
+        ("schedule.epochs=-1", "schedule.epochs must be a positive int (>= 1), got -1"),
+        ("train.amp=fp8", "train.amp must be None, 'bf16' or 'fp16', got 'fp8'"),
+        ("model.bev_h=0", "model.bev_h must be a positive int, got 0"),
+        ("model.pc_range=[1,2,3]", "model.pc_range must be tuple[float, float, float, float, float, float]"),
+        ("model.backend=7", "model.backend must be str | None, got 7"),
+        ("model.head=lidar", "model.head must be one of ('bev', 'detr3d'), got 'lidar'"),
+    ],
+)
+def test_a_bad_value_names_the_key_and_what_it_must_be(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_task_config(REPO / "configs/bev/demo.py", [override])
+
+
+def test_detr2d_model_values_are_validated_by_its_dataclass() -> None:
+    with pytest.raises(ConfigError, match=re.escape("model.num_queries must be a positive int, got -1")):
+        load_task_config(REPO / "configs/detr2d/demo.py", ["model.num_queries=-1"])
+    with pytest.raises(ConfigError, match="model.two_stage requires with_box_refine"):
+        load_task_config(REPO / "configs/detr2d/demo.py", ["model.with_box_refine=false"])
+
+
+def test_the_tools_print_a_config_error_as_one_line() -> None:
+    for tool in (["tools/train.py"], ["tools/test.py", "--print-config"]):
+        args = [*tool, "configs/detr2d/demo.py", *(["ckpt.pth"] if "tools/test.py" in tool else [])]
+        proc = _tool(*args, "train.batch_size=none")
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == "error: train.batch_size must be a positive int (>= 1), got None\n"
+    proc = _tool("tools/predict.py", "configs/bev/demo.py", "ckpt.pth", "x.json", "model.bev_hh=3")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: config override 'model.bev_hh=3'")
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def test_export_takes_config_checkpoint_and_overrides(tmp_path: Path) -> None:
+    """An item with ``=`` is an override, never the checkpoint (the docstring's example)."""
+    out = tmp_path / "demo.onnx"
+    proc = _tool(
+        "tools/export.py",
+        "configs/detr2d/demo.py",
+        "--format",
+        "onnx",
+        "--out",
+        str(out),
+        "model.num_classes=3",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and "no checkpoint given" in proc.stderr
+    items = ["model.num_classes=3", "runs/lr=1e-4/ckpt.pth", "train.amp=bf16"]
+    parser = parser_with_config(None)
+    assert split_checkpoint(parser, items, required=True) == (
+        "runs/lr=1e-4/ckpt.pth",
+        ["model.num_classes=3", "train.amp=bf16"],
+    )
+    assert split_checkpoint(parser, items[:1], required=False) == (None, items[:1])
+    proc = _tool("tools/export.py", "configs/detr2d/demo.py", "a.pth", "b.pth", "--out", str(out))
+    assert proc.returncode == 2 and "expected at most one checkpoint, got ['a.pth', 'b.pth']" in proc.stderr
+
+
+def test_an_old_checkpoint_config_with_op_backend_still_loads(tmp_path: Path) -> None:
+    sizes = {"backbone": "resnet18", "num_classes": 3, "num_queries": 5, "embed_dims": 32, "num_heads": 4}
+    sizes |= {"encoder_layers": 1, "decoder_layers": 1, "ffn_dims": 32, "train_backbone": False}
+    model = build_model("deformable_detr", **sizes)
+    config = {"model": {"name": "deformable_detr", **sizes, "op_backend": "reference"}}
+    torch.save({"model": model.state_dict(), "config": config}, tmp_path / "old.pth")
+    predictor = Predictor.from_checkpoint(tmp_path / "old.pth")
+    backends = {m.backend for m in predictor.model.modules() if hasattr(m, "backend")}
+    assert backends == {"reference"}
+    assert upgrade_model_keys({"op_backend": None, "bev_h": 5}) == {"backend": None, "bev_h": 5}
+
+
+def test_pc_range_has_one_name_and_one_literal() -> None:
+    assert BEVModelConfig().pc_range == PC_RANGE
+    default = dataclasses.fields(BEVModelConfig)
+    assert next(f for f in default if f.name == "pc_range").default is PC_RANGE
+    import inspect
+
+    assert inspect.signature(DetectionDecoder).parameters["pc_range"].default is PC_RANGE
+    literal = re.compile(r"-51\.2,\s*-51\.2,\s*-5")
+    sources = [p for d in ("bev", "detr2d", "datasets", "ops", "tools") for p in (REPO / d).rglob("*.py")]
+    holders = [p.relative_to(REPO).as_posix() for p in sources if literal.search(p.read_text())]
+    assert holders == ["datasets/nuscenes/constants.py"]
+
+
+def test_configs_and_the_runtime_import_no_detector() -> None:
+    code = (
+        "import sys, configs, detr2d.runtime.cli, detr2d.runtime.tasks; "
+        "print([m for m in sys.modules if m == 'detr2d.task' or m.startswith('bev')])"
+    )
+    proc = _tool("-c", code)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
