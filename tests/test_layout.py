@@ -99,11 +99,11 @@ OLD_WORDS = (
 
 def test_one_vocabulary() -> None:
     """No Python file outside tests uses the second vocabulary (the official state_dict keys are data,
-    not code, and keep their names)."""
+    not code, and keep their names); a line that maps an old name for old checkpoints says "old name"."""
     bad = []
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             for number, line in enumerate(path.read_text().splitlines(), 1):
-                if re.search(OLD_WORDS, line):
+                if re.search(OLD_WORDS, line) and "old name" not in line:
                     bad.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert bad == []
