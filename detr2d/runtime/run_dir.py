@@ -31,20 +31,20 @@ class RunFolderBusy(RuntimeError):
     """Another process holds the lock of the output folder."""
 
 
-def _holder(fd: int) -> str:
-    """The holder recorded in an open lock file: ``pid P on host H, started T`` ("" when empty)."""
+def _holder(fd: int) -> tuple[str, bool]:
+    """The holder recorded in an open lock file, ``pid P on host H, started T`` ("" when empty), and
+    whether that process is known to have ended (it ran on this host and runs no more)."""
     os.lseek(fd, 0, os.SEEK_SET)
     text = os.read(fd, 4096).decode(errors="replace").strip()
     if not text:
-        return ""
+        return "", False
     try:
         info = json.loads(text)
         holder = f"pid {info['pid']} on host {info['host']}, started {info['started']}"
+        ended = info["host"] == socket.gethostname() and not process_alive(int(info["pid"]))
     except (ValueError, KeyError, TypeError):
-        return f"unreadable holder record {text[:80]!r}"
-    if info["host"] == socket.gethostname() and not process_alive(int(info["pid"])):
-        holder += "; that process has ended, a child of it (a data loader worker) exits within seconds"
-    return holder
+        return f"unreadable holder record {text[:80]!r}", False
+    return holder, ended
 
 
 class RunLock:
@@ -81,7 +81,10 @@ def lock_run_dir(out_dir: str | Path) -> RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _holder(fd) or "a process that has not recorded itself yet"
+            holder, ended = _holder(fd)
+            holder = holder or "a process that has not recorded itself yet"
+            if ended:  # a forked child (data loader worker) still holds the lock, for a few seconds
+                holder += "; that process has ended, a child of it exits within seconds"
             os.close(fd)
             raise RunFolderBusy(
                 f"{out_dir} is in use by another training run ({holder}; lock file {path}): wait for it "
@@ -96,7 +99,7 @@ def lock_run_dir(out_dir: str | Path) -> RunLock:
         except FileNotFoundError:
             pass
         os.close(fd)  # the holder released (removed) this file between our open and flock: try again
-    stale = _holder(fd)
+    stale, _ = _holder(fd)
     if stale:
         logger.warning("%s: taking over the lock of a run that ended without releasing it (%s)", path, stale)
     started = datetime.now().astimezone().isoformat(timespec="seconds")
