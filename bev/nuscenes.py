@@ -38,6 +38,7 @@ from datasets.nuscenes.infos import infos_path
 from datasets.nuscenes.visualize import denormalize_images
 from detr2d.runtime.data import build_eval_loader
 from detr2d.runtime.io import atomic_write_json
+from detr2d.runtime.logs import plural
 from detr2d.runtime.task import DataSide, Detections, EvalResult, Evaluator, Record
 
 from .sequential import SceneShardSampler
@@ -201,7 +202,7 @@ class NuScenesData(DataSide):
             gt_boxes=gt_boxes,
             gt_labels=gt_labels,
         )
-        logger.info("%s: %d detections drawn", token, len(scores))
+        logger.info("%s: %s drawn", token, plural(len(scores), "detection"))
         return [
             {
                 "sample_token": token,
@@ -262,10 +263,9 @@ class NuScenesEvaluator(Evaluator):
         scored = None
         if skipped and data["on_bad_image"] == "skip":
             logger.warning(
-                "%d of %d samples of split %r could not be read (data.on_bad_image=skip) and are not "
-                "scored: %s",
+                "%d of %s of split %r could not be read (data.on_bad_image=skip), not scored: %s",
                 len(skipped),
-                len(self.dataset),
+                plural(len(self.dataset), "sample"),
                 data["val_split"],
                 skipped,
             )
@@ -305,5 +305,5 @@ class NuScenesEvaluator(Evaluator):
         results = detections_to_results(detections, open_nuscenes(data["root"], data["version"]))
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / RESULTS_FILE, results)
-        logger.info("wrote %s: %d samples", out_dir / RESULTS_FILE, len(results["results"]))
+        logger.info("wrote %s: %s", out_dir / RESULTS_FILE, plural(len(results["results"]), "sample"))
         return [out_dir / RESULTS_FILE]

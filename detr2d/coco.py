@@ -28,6 +28,7 @@ from datasets.transforms import build_transforms
 from .classes import class_names
 from .runtime.data import ShardSampler, build_eval_loader
 from .runtime.io import atomic_write, atomic_write_json
+from .runtime.logs import plural
 from .runtime.task import DataSide, Detections, EvalResult, Evaluator, Record
 from .visualize import draw_detections
 
@@ -209,7 +210,7 @@ class CocoData(DataSide):
                 for score, label, box in zip(scores, labels, boxes, strict=True)
             ]
             entries.append({"file": str(path), "output": str(out_path), "detections": found})
-            logger.info("%s: %d detections -> %s", path, len(found), out_path)
+            logger.info("%s: %s -> %s", path, plural(len(found), "detection"), out_path)
         return entries
 
 
@@ -270,10 +271,10 @@ class CocoEvaluator(Evaluator):
         skipped = len(set(dataset.ids) - set(image_ids))
         if skipped:
             logger.warning(
-                "%s: %d of %d images could not be read (data.on_bad_image=skip) and are not scored",
+                "%s: %d of %s could not be read (data.on_bad_image=skip), not scored",
                 dataset.ann_file,
                 skipped,
-                len(dataset),
+                plural(len(dataset), "image"),
             )
         metrics, table = coco_metrics(dataset.coco, self.results(), image_ids)
         if self.out_dir is not None:

@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from bev_helpers import tiny_demo_overrides, tiny_root  # noqa: F401
 from nuscenes.eval.common.config import config_factory
 from nuscenes.eval.detection.evaluate import DetectionEval
 from nuscenes_fixtures import dataset, ground_truth_detections, nusc, val_infos  # noqa: F401
+from test_coco_train import DEMO as COCO_DEMO
+from test_coco_train import tiny_overrides
 from test_padding_official import SIZES, TINY, original_forward, padded_batch
 from torch.utils.data import DataLoader
 
@@ -54,6 +57,9 @@ from detr2d.runtime.checkpoint import (
 from detr2d.runtime.evaluate import check_finite, run_predict
 from detr2d.runtime.fit import fit
 from detr2d.runtime.io import remove_stale_temporaries, temporary_path
+from detr2d.runtime.logs import read_log
+from detr2d.runtime.run_dir import RunFolderBusy, lock_run_dir
+from detr2d.task import CocoDetectionTask
 from ops import available_backends
 from ops.deform_conv import deform_conv2d
 
@@ -291,7 +297,7 @@ def test_bev_evaluation_scores_the_samples_read_when_skipping(
     torch.set_num_threads(1)
     with caplog.at_level(logging.WARNING):
         fit(NuScenesDetectionTask(load_config(BEV_DEMO, overrides)), tmp_path / "run")
-    (record,) = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    (record,) = read_log(tmp_path / "run" / "log.jsonl")
     assert record["val_samples"] == 5 and record["val_skipped"] == 1 and set(record["val"]) == {"mAP", "NDS"}
     assert (tmp_path / "run" / "checkpoint.pth").is_file()
     metrics = json.loads((tmp_path / "run" / "val" / "metrics.json").read_text())
@@ -500,6 +506,181 @@ def test_stale_temporaries_removed_live_ones_kept(tmp_path: Path, caplog: pytest
     assert not dead.exists() and live.exists() and all(path.exists() for path in others)
     assert f"removed {dead} (1000 bytes)" in caplog.text and f"process {dead_pid}" in caplog.text
     assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+# --- one run per folder, resumed logs ---------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _coco_run_config(root: Path, *overrides: str) -> dict:
+    """The tiny COCO demo (two iterations an epoch) on ``root``, no evaluation."""
+    return load_config(COCO_DEMO, [*tiny_overrides(root), "train.eval_every=0", *overrides])
+
+
+def _wait_for_lock(folder: Path, proc: subprocess.Popen) -> dict:
+    """The holder record of ``folder/.lock`` once ``proc`` has written it."""
+    for _ in range(1200):
+        text = (folder / ".lock").read_text() if (folder / ".lock").exists() else ""
+        if text.endswith("\n"):
+            return json.loads(text)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    raise AssertionError(f"{folder / '.lock'} was never written")
+
+
+def test_a_second_run_into_a_busy_folder_fails_and_the_first_is_unharmed(
+    generated: Path, tmp_path: Path
+) -> None:
+    """The first run (another process) waits before its first epoch; a fresh run and a --resume into its
+    folder fail at once naming it; it then completes with its own config, log and checkpoint."""
+    out, go = tmp_path / "run", tmp_path / "go"
+    first = _coco_run_config(generated, "schedule.epochs=1", "train.seed=1")
+    script = f"""
+import json, pathlib, sys, time
+from detr2d.runtime import fit as fit_module
+from detr2d.task import CocoDetectionTask
+go, train_one_epoch = pathlib.Path({str(go)!r}), fit_module.train_one_epoch
+def waiting(*args, **kwargs):
+    for _ in range(3000):
+        if go.exists():
+            break
+        time.sleep(0.05)
+    return train_one_epoch(*args, **kwargs)
+fit_module.train_one_epoch = waiting
+fit_module.fit(CocoDetectionTask(json.loads(sys.argv[1])), {str(out)!r})
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, json.dumps(first)],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        holder = _wait_for_lock(out, proc)
+        assert holder["pid"] == proc.pid
+        busy = rf"{re.escape(str(out))} is in use by another training run \(pid {proc.pid} on host "
+        second = _coco_run_config(generated, "schedule.epochs=1", "train.seed=2")
+        with pytest.raises(RunFolderBusy, match=busy) as error:
+            fit(CocoDetectionTask(second), out)
+        assert "\n" not in str(error.value) and holder["started"] in str(error.value)
+        with pytest.raises(RunFolderBusy, match=busy):
+            fit(CocoDetectionTask(second), out, resume=out / "checkpoint.pth")
+        go.touch()
+        assert proc.wait(timeout=300) == 0, proc.communicate()[1][-3000:]
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert json.loads((out / "config.json").read_text())["train"]["seed"] == 1
+    assert [r["epoch"] for r in read_log(out / "log.jsonl") if "train" in r] == [0]
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 0
+    assert not (out / ".lock").exists()  # released at the end of the run
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(
+    generated: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    code = (
+        "import sys, time; from detr2d.runtime.run_dir import lock_run_dir; "
+        f"lock_run_dir({str(out)!r}); print('locked', flush=True); time.sleep(120)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline() == "locked\n"
+    with pytest.raises(RunFolderBusy, match=f"pid {proc.pid} "):
+        lock_run_dir(out)  # held while it runs
+    proc.kill()  # kill -9: the lock file stays, the kernel drops the lock
+    proc.wait()
+    assert json.loads((out / ".lock").read_text())["pid"] == proc.pid
+    with caplog.at_level(logging.WARNING):
+        fit(CocoDetectionTask(_coco_run_config(generated, "schedule.epochs=1")), out)
+    assert (
+        f"taking over the lock of a run that ended without releasing it (pid {proc.pid} on host"
+        in caplog.text
+    )
+    assert (out / "checkpoint.pth").is_file() and not (out / ".lock").exists()
+
+
+def test_a_resumed_log_tells_redone_iterations_apart(
+    generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed in the second iteration of epoch 1 (iteration 4; checkpoint after epoch 0 = iteration 2)
+    and resumed: iteration 3 is logged by both attempts; read_log keeps the latest."""
+    config = _coco_run_config(generated, "schedule.epochs=2", "train.log_every=1")
+    task = CocoDetectionTask(config)
+    criterion = task.build_criterion()
+    forward, calls = criterion.forward, []
+
+    def killed_at_iteration_4(outputs, targets):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # the run dies after logging iteration 3
+        return forward(outputs, targets)
+
+    monkeypatch.setattr(criterion, "forward", killed_at_iteration_4)
+    monkeypatch.setattr(task, "build_criterion", lambda: criterion)
+    with pytest.raises(KeyboardInterrupt):
+        fit(task, tmp_path)
+    assert not (tmp_path / ".lock").exists()  # released on the exception
+    fit(CocoDetectionTask(config), tmp_path, resume=tmp_path / "checkpoint.pth")
+
+    raw = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(r.get("iter"), r.get("epoch"), r["attempt"]) for r in raw if "resumed" not in r] == [
+        (1, 0, 0),
+        (2, 0, 0),
+        (None, 0, 0),
+        (3, 1, 0),
+        (3, 1, 1),
+        (4, 1, 1),
+        (None, 1, 1),
+    ]
+    (resumed,) = [r for r in raw if "resumed" in r]
+    assert raw.index(resumed) == 4 and resumed["attempt"] == 1
+    assert resumed["resumed"]["from_epoch"] == 1 and resumed["resumed"]["iter"] == 2
+    assert resumed["resumed"]["checkpoint"] == str(tmp_path / "checkpoint.pth")
+    redone = [r for r in raw if r.get("iter") == 3]
+    assert redone[0]["loss"] == pytest.approx(redone[1]["loss"])  # the same iteration, done again
+
+    log = read_log(tmp_path / "log.jsonl")
+    assert [(r.get("iter"), r["epoch"], r["attempt"]) for r in log] == [
+        (1, 0, 0),
+        (2, 0, 0),
+        (None, 0, 0),
+        (3, 1, 1),
+        (4, 1, 1),
+        (None, 1, 1),
+    ]
+
+
+def test_read_log_drops_an_earlier_attempts_work_beyond_a_later_resume_point(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Attempt 0 reached iteration 5 (epoch 1 ends at iteration 4), attempt 1 resumed after epoch 0 and
+    died at iteration 3, attempt 2 resumed there again: nothing of attempt 0 after iteration 2 counts,
+    and a line cut by a killed write is skipped with a warning."""
+    lines = [{"iter": i, "epoch": (i - 1) // 2, "attempt": 0} for i in (1, 2)] + [
+        {"epoch": 0, "train": {}, "attempt": 0},
+        {"iter": 3, "epoch": 1, "attempt": 0},
+    ]
+    lines += [{"epoch": 1, "train": {}, "attempt": 0}, {"iter": 5, "epoch": 2, "attempt": 0}]
+    lines += [{"resumed": {"from_epoch": 1, "iter": 2}, "attempt": 1}, {"iter": 3, "epoch": 1, "attempt": 1}]
+    lines += [{"resumed": {"from_epoch": 1, "iter": 2}, "attempt": 2}, {"iter": 3, "epoch": 1, "attempt": 2}]
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"iter": 4, "ep')
+    with caplog.at_level(logging.WARNING):
+        log = read_log(path)
+    assert [(r.get("iter"), r["epoch"], r["attempt"]) for r in log] == [
+        (1, 0, 0),
+        (2, 0, 0),
+        (None, 0, 0),
+        (3, 1, 2),
+    ]
+    assert f"{path} line 11 is not a JSON object" in caplog.text
 
 
 def test_save_model_state_leaves_no_temporary(tmp_path: Path) -> None:

@@ -6,22 +6,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from nuscenes_fixtures import dataset, ground_truth_detections, nusc, val_infos  # noqa: F401 (fixtures)
 from test_coco_train import DEMO, tiny_overrides, tiny_root  # noqa: F401 (fixture)
 from torch import nn
 
+from bev.nuscenes import metrics_table
 from configs import load_config
 from datasets.coco_evaluation import COCO_METRIC_NAMES
+from datasets.nuscenes.evaluation import evaluate_nuscenes
+from datasets.nuscenes.synthetic import VERSION as NUSCENES_VERSION
 from detr2d.coco import CocoData, CocoEvaluator, coco_class_names
 from detr2d.layers.box_ops import box_cxcywh_to_xyxy
 from detr2d.runtime.cli import split_overrides
 from detr2d.runtime.evaluate import check_finite, run_predict, run_test
 from detr2d.runtime.fit import fit
+from detr2d.runtime.logs import plural
 from detr2d.runtime.optim import build_lr_scheduler, resume_lr_scheduler
 from detr2d.runtime.task import Task
 from detr2d.runtime.tasks import TASKS, task_class
@@ -347,6 +354,7 @@ def test_metrics_log_writes_tensorboard_events_when_the_extra_is_installed(
         "loss": 1.5,
         "lr": 1e-4,
         "val": {"AP": 0.5},
+        "attempt": 0,
     }
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     if installed:
@@ -373,3 +381,61 @@ def test_the_published_config_refuses_frozen_batch_norm_without_weights() -> Non
     ):
         CocoDetectionTask(config).build_model(pretrained=True)
     CocoDetectionTask(config).build_model()  # test / predict: the checkpoint brings the weights
+
+
+def test_the_progress_bar_labels_its_two_etas(
+    tiny_root: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    config = load_config(
+        DEMO, [*tiny_overrides(tiny_root), "schedule.epochs=1", "train.eval_every=0", "train.progress=True"]
+    )
+    fit(CocoDetectionTask(config), tmp_path)
+    (line,) = [line for line in capsys.readouterr().err.split("\r") if "epoch 0 (1/1): 100%" in line]
+    line = line.splitlines()[0].strip()
+    bar = r"epoch 0 \(1/1\): 100%\|█+\| 2/2 \[\d\d:\d\d, +[\d.]+(s/it|it/s)\]"
+    etas = r"\[epoch eta 0:00:00\] \[run eta 0:00:00\]"
+    assert re.fullmatch(rf"{bar}, loss [\d.]+, lr [\d.e+-]+ {etas}", line), line
+    assert "<" not in line  # tqdm's unlabelled remaining time is gone
+
+
+def test_counts_in_log_lines_agree_with_their_nouns(
+    tiny_root: Path,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert [plural(n, "detection") for n in (0, 1, 2)] == ["0 detections", "1 detection", "2 detections"]
+    assert (
+        plural(1, "process", "processes") == "1 process"
+        and plural(3, "process", "processes") == "3 processes"
+    )
+    task = CocoDetectionTask(load_config(DEMO, tiny_overrides(tiny_root)))
+    image = np.zeros((32, 32, 3), np.uint8)
+    batch = (None, None, [{"file": tmp_path / "a.jpg", "stem": "a", "image": image}])
+    one = {
+        "boxes": torch.tensor([[1.0, 1, 9, 9]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([1]),
+    }
+    with caplog.at_level(logging.INFO, logger="detr2d.coco"):
+        (entry,) = task.data.draw(batch, [one], 0.5, tmp_path)
+    assert len(entry["detections"]) == 1
+    assert f"a.jpg: 1 detection -> {tmp_path / 'a.png'}" in caplog.text
+
+
+def test_the_bev_evaluation_summary_is_printed_once(
+    dataset,  # noqa: F811
+    nusc,  # noqa: F811
+    val_infos,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """The devkit prints its own summary, and the tools print :func:`metrics_table`: only the latter."""
+    detections = ground_truth_detections(val_infos)
+    args = (detections, dataset.root, NUSCENES_VERSION, "mini_val", tmp_path)
+    metrics = evaluate_nuscenes(*args, nusc=nusc)
+    assert capsys.readouterr().out == ""
+    assert metrics_table(metrics).count("NDS:") == 1
+    evaluate_nuscenes(*args, nusc=nusc, verbose=True)
+    assert capsys.readouterr().out.count("NDS:") == 1  # the devkit's, on request

@@ -15,9 +15,11 @@ raises ``Invalid box type: None`` on a box set without boxes, is bypassed for th
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
+import sys
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -210,7 +212,8 @@ def evaluate_nuscenes(
     the split, e.g. the samples whose images could be read) with the official evaluation.
 
     Writes ``results_nusc.json``, the devkit's ``metrics_summary.json``/``metrics_details.json`` and
-    ``metrics.json`` into ``out_dir``, prints the devkit's summary and returns the ``metrics.json`` content:
+    ``metrics.json`` into ``out_dir`` and returns the ``metrics.json`` content (printing nothing unless
+    ``verbose``: the callers print one summary, e.g. :func:`bev.nuscenes.metrics_table`):
     ``mAP``, ``NDS``, ``mATE``, ``mASE``, ``mAOE``, ``mAVE``, ``mAAE`` (floats), ``per_class_AP``
     {class: AP}, ``per_class_tp_errors`` {class: {error: value or None}}, ``split``, ``version``,
     ``num_samples`` (scored). ``split`` is any predefined split fitting ``version`` or a custom one of
@@ -233,9 +236,10 @@ def evaluate_nuscenes(
     no_boxes = not any(results["results"].values())
     if no_boxes:
         logger.warning(
-            "no predicted box in any of the %d samples of split %r: scoring them as the devkit scores "
+            "no predicted box in any of the %d sample%s of split %r: scoring them as the devkit scores "
             "no predictions (mAP 0, NDS 0)",
             len(part),
+            "" if len(part) == 1 else "s",
             split,
         )
     with contextlib.ExitStack() as patches:
@@ -256,7 +260,8 @@ def evaluate_nuscenes(
             output_dir=str(out_dir),
             verbose=verbose,
         )
-    summary = evaluator.main(plot_examples=0, render_curves=False)
+    with contextlib.redirect_stdout(sys.stdout if verbose else io.StringIO()):
+        summary = evaluator.main(plot_examples=0, render_curves=False)  # prints its summary: once is ours
     metrics: dict[str, Any] = {"mAP": summary["mean_ap"], "NDS": summary["nd_score"]}
     metrics.update({short: summary["tp_errors"][name] for name, short in TP_ERROR_NAMES.items()})
     metrics["per_class_AP"] = dict(summary["mean_dist_aps"])

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from .distributed import all_gather_object, broadcast_object, init_distributed
 from .fast_inference import optimize_for_inference
 from .io import atomic_write_json
+from .logs import plural
 from .task import EvalResult, Record, Task
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def evaluate(
     result = EvalResult({}, "", len(evaluator.records))
     if is_main and format_only:
         written = evaluator.write_submission(out_dir)
-        result.table = f"{result.num_samples} samples; submission files (not scored): " + ", ".join(
+        result.table = f"{plural(result.num_samples, 'sample')}; submission files (not scored): " + ", ".join(
             map(str, written)
         )
     elif is_main:

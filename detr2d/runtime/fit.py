@@ -3,10 +3,12 @@ the lr stepped every iteration, evaluate when due, checkpoint atomically, resume
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,11 @@ from .data import build_train_loader, set_epoch
 from .distributed import DistInfo, all_gather_object, barrier, init_distributed, reduce_mean, seed_everything
 from .evaluate import evaluate
 from .io import atomic_write_json, remove_stale_temporaries
-from .logs import MetricsLog, setup_logging
+from .logs import MetricsLog, plural, setup_logging
 from .losses import Criterion, is_last_layer
 from .optim import build_lr_scheduler, build_optimizer, resume_lr_scheduler
 from .precision import autocast, check_amp, grad_scaler
+from .run_dir import locked_run_dir
 from .task import Task
 
 logger = logging.getLogger(__name__)
@@ -39,34 +42,39 @@ LATEST = "checkpoint.pth"
 VAL_DIR = "val"
 
 
+@contextlib.contextmanager
 def start_run(
     config: dict[str, Any], out_dir: str | Path, resume: str | Path | None
-) -> tuple[DistInfo, Path]:
-    """Join the process group and prepare ``out_dir`` (``config.json``, ``train.log``) for a training run.
+) -> Iterator[tuple[DistInfo, Path]]:
+    """Join the process group, lock ``out_dir`` for this run (:func:`.run_dir.locked_run_dir`, released
+    when the block ends) and prepare it (``config.json``, ``train.log``).
 
     A fresh run refuses to start where a ``checkpoint.pth`` exists, so an earlier run is never
     overwritten; temporary files of an interrupted checkpoint write are removed; the total batch size
     must split evenly over the processes.
+
+    Raises:
+        RunFolderBusy: another run holds ``out_dir`` (its pid, host and start time named).
     """
     info = init_distributed()
     out_dir = Path(out_dir)
-    if resume is None and (out_dir / LATEST).exists():
-        raise FileExistsError(
-            f"{out_dir / LATEST} exists: pass --resume {out_dir / LATEST} to continue it, "
-            "or choose another --out"
-        )
-    barrier()
     setup_logging(None, info.is_main)
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out_dir)
-        atomic_write_json(out_dir / "config.json", config, indent=2)
-    barrier()
-    setup_logging(out_dir / "train.log", info.is_main)
-    batch_size = config["train"]["batch_size"]
-    if batch_size % info.world_size:
-        raise ValueError(f"train.batch_size {batch_size} is not divisible by {info.world_size} processes")
-    return info, out_dir
+    with locked_run_dir(out_dir, info.is_main):
+        if resume is None and (out_dir / LATEST).exists():
+            raise FileExistsError(
+                f"{out_dir / LATEST} exists: pass --resume {out_dir / LATEST} to continue it, "
+                "or choose another --out"
+            )
+        if info.is_main:
+            remove_stale_temporaries(out_dir)
+            atomic_write_json(out_dir / "config.json", config, indent=2)
+        barrier()
+        setup_logging(out_dir / "train.log", info.is_main)
+        batch_size = config["train"]["batch_size"]
+        if batch_size % info.world_size:
+            processes = plural(info.world_size, "process", "processes")
+            raise ValueError(f"train.batch_size {batch_size} is not divisible by {processes}")
+        yield info, out_dir
 
 
 def evaluation_due(eval_every: int, epoch: int, epochs: int) -> bool:
@@ -135,7 +143,14 @@ def train_one_epoch(
     sums: dict[str, float] = defaultdict(float)
     seen, start = 0, time.perf_counter()
     steps = len(loader)
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, mininterval=2.0)
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch} ({epoch + 1}/{epochs})",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=2.0,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}]{postfix}",
+    )
     lr = state.optimizer.param_groups[0]["lr"]
     for step, batch in enumerate(bar, start=1):
         inputs, targets = task.split_batch(batch, device)
@@ -170,9 +185,13 @@ def train_one_epoch(
             sums[key] += value
         seen += task.data.batch_size(batch)
         elapsed = time.perf_counter() - start
-        remaining = (steps - step) + (epochs - epoch - 1) * steps
-        eta_s = elapsed / step * remaining
-        bar.set_postfix(loss=f"{sums['loss'] / step:.4f}", lr=f"{lr:.2e}", eta=_clock(eta_s), refresh=False)
+        epoch_eta_s = elapsed / step * (steps - step)
+        eta_s = epoch_eta_s + elapsed / step * (epochs - epoch - 1) * steps
+        bar.set_postfix_str(
+            f"loss {sums['loss'] / step:.4f}, lr {lr:.2e} [epoch eta {_clock(epoch_eta_s)}] "
+            f"[run eta {_clock(eta_s)}]",
+            refresh=False,
+        )
         if log_every > 0 and (step % log_every == 0 or step == steps):
             record = {
                 "iter": epoch * steps + step,
@@ -229,15 +248,23 @@ def fit(
     (fine-tuning; see the task's ``init_from``).
 
     ``out_dir`` also receives ``config.json`` and ``train.log``; a fresh run refuses to start where a
-    ``checkpoint.pth`` exists.
+    ``checkpoint.pth`` exists; one run at a time writes there (``out_dir/.lock``, see
+    :mod:`.run_dir`); ``log.jsonl`` tells redone iterations apart (see :class:`.logs.MetricsLog`).
 
     Returns:
         ``{"epoch": last completed epoch, "val": last evaluation summary or {}}``.
     """
-    config = task.config
     if resume is not None and init_from is not None:
         raise ValueError("--resume continues a run, --init-from starts a new one: pass only one")
-    info, out_dir = start_run(config, out_dir, resume)
+    with start_run(task.config, out_dir, resume) as (info, out_dir):
+        return _train(task, info, out_dir, resume, init_from)
+
+
+def _train(
+    task: Task, info: DistInfo, out_dir: Path, resume: str | Path | None, init_from: str | Path | None
+) -> dict[str, Any]:
+    """:func:`fit` in a prepared, locked ``out_dir``."""
+    config = task.config
     train_cfg, schedule = config["train"], config["schedule"]
     check_amp(train_cfg["amp"])
     torch.use_deterministic_algorithms(train_cfg["deterministic"], warn_only=True)
@@ -286,19 +313,21 @@ def fit(
         logger.info("resumed from %s at epoch %d", resume, start_epoch)
     task.data.check_labels(train_set, training=True)
     task.data.check_labels(val_set, training=False)
+    unit = task.data.unit.removesuffix("s")  # "images" -> "image"
     logger.info(
-        "training %s (%s): %d train / %d val %s, %d process(es) on %s, %d trainable parameters",
+        "training %s (%s): %s / %s, %s on %s, %d trainable parameters",
         config["model"]["name"],
         task.name,
-        len(train_set),
-        len(val_set),
-        task.data.unit,
-        info.world_size,
+        plural(len(train_set), f"train {unit}"),
+        plural(len(val_set), f"val {unit}"),
+        plural(info.world_size, "process", "processes"),
         info.device,
         sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
 
-    metrics_log = MetricsLog(out_dir, info.is_main, train_cfg["tensorboard"])
+    metrics_log = MetricsLog(
+        out_dir, info.is_main, train_cfg["tensorboard"], start_epoch, start_epoch * len(train_loader), resume
+    )
     summary: dict[str, float] = {}
     try:
         for epoch in range(start_epoch, schedule["epochs"]):
@@ -319,7 +348,7 @@ def fit(
             skipped = getattr(train_set, "num_skipped_images", 0)
             if skipped:
                 record["skipped_images"] = skipped
-                logger.warning("%d bad image(s) skipped so far (data.on_bad_image=skip)", skipped)
+                logger.warning("%s skipped so far (data.on_bad_image=skip)", plural(skipped, "bad image"))
             if evaluation_due(train_cfg["eval_every"], epoch, schedule["epochs"]):
                 result = evaluate(
                     task, model, val_loader, info.device, info.is_main, train_cfg["amp"], out_dir / VAL_DIR

@@ -83,7 +83,7 @@ def temporary_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.tmp.{os.getpid()}")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this machine (True when that cannot be told, so nothing is removed)."""
     if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
         return True
@@ -111,7 +111,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     removed = []
     for path in sorted(folder.iterdir()):
         match = _TEMPORARY_NAME.fullmatch(path.name)
-        if match and path.is_file() and not _process_alive(int(match["pid"])):
+        if match and path.is_file() and not process_alive(int(match["pid"])):
             size = path.stat().st_size
             path.unlink(missing_ok=True)
             logger.warning(
