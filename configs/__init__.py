@@ -39,7 +39,7 @@ Config = dict[str, Any]
 ModelDefaults = Callable[..., Config | None]
 MODEL = "model"
 #: Model keys renamed since checkpoints were written (old -> new); :func:`upgrade_model_keys` maps them.
-RENAMED_MODEL_KEYS = {"op_backend": "backend"}  # old name -> new name, for checkpoints written before the rename
+RENAMED_MODEL_KEYS = {"op_backend": "backend"}  # old name -> new name, for older checkpoints
 
 
 class ConfigError(ValueError):

@@ -129,13 +129,17 @@ class CocoDetection(torch.utils.data.Dataset):
         self.num_dropped_crowd = 0
         self.num_dropped_zero_area = 0
         self._targets = [self._build_target(image_id) for image_id in self.ids]
+        num_boxes = sum(len(t["labels"]) for t in self._targets)
         logger.info(
-            "%s: %d images, %d boxes; dropped %d crowd boxes and %d zero-area boxes",
+            "%s: %d image%s, %d box%s; dropped %d crowd and %d zero-area box%s",
             self.ann_file,
             len(self.ids),
-            sum(len(t["labels"]) for t in self._targets),
+            "" if len(self.ids) == 1 else "s",
+            num_boxes,
+            "" if num_boxes == 1 else "es",
             self.num_dropped_crowd,
             self.num_dropped_zero_area,
+            "" if self.num_dropped_zero_area == 1 else "es",
         )
 
     @property

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .io import atomic_save
+from .logs import plural
 
 logger = logging.getLogger(__name__)
 
@@ -299,9 +300,9 @@ def restore_rng_of_rank(checkpoint: dict[str, Any], path: str | Path, rank: int,
         restore_rng_state(checkpoint["rng"][rank])
     else:
         logger.warning(
-            "%s was written by %d process(es), this run has %d: RNG states not restored, the resumed run "
+            "%s was written by %s, this run has %d: RNG states not restored, the resumed run "
             "is not bit-identical to an uninterrupted one",
             path,
-            len(checkpoint["rng"]),
+            plural(len(checkpoint["rng"]), "process", "processes"),
             world_size,
         )
