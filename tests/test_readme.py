@@ -117,7 +117,7 @@ def test_every_command_line_is_checked_or_skipped_with_a_reason() -> None:
         assert checked or skipped, f"README command not checked: {line!r}"
 
 
-@pytest.mark.parametrize("line", TOOL_LINES)
+@pytest.mark.parametrize("line", TOOL_LINES, ids=lambda line: line.split("tools/", 1)[1][:50])
 def test_a_tool_line_parses_and_resolves_its_config(line: str, demo_checkpoint: str) -> None:
     tool, args = _tool_args(shlex.split(line))
     assert (REPO / tool).is_file(), tool
@@ -169,5 +169,6 @@ def test_the_layout_lists_every_tool() -> None:
     listed = set(re.findall(r"[\w]+\.(?:py|sh)", line.group(1)))
     present = {path.name for path in (REPO / "tools").iterdir() if path.suffix in (".py", ".sh")}
     assert listed == present, (
-        f"missing: {sorted(present - listed)}, not in tools/: {sorted(listed - present)}"
+        f"tools/ files the Layout does not list: {sorted(present - listed)}; listed but absent: "
+        f"{sorted(listed - present)}"
     )
