@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The embedded demo, CPU only: generate the synthetic COCO dataset, train configs/detr2d/demo.py from
 # scratch, evaluate it with tools/test.py (pycocotools) and draw predictions on a few val images (the
-# detections scoring at least tools/predict.py's default 0.3: this model's true detections score 0.35-0.6).
+# detections scoring at least tools/predict.py's default, 0.3: at 0.5 most true detections would be lost).
 #
 #   tools/demo.sh                     # outputs in work_dirs/demo, data in data/synthetic_coco
 #   DEMO_OUT=/tmp/demo DEMO_DATA=/tmp/shapes PYTHON=.venv/bin/python tools/demo.sh
