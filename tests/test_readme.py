@@ -39,7 +39,7 @@ PLACEHOLDERS = {
 }
 #: Commands not run (only checked as far as stated), by their first words, with the reason.
 SKIPPED = {
-    "pip install": "installs packages from the network (the packages are the `[export]` extra)",
+    "pip install": "installs from the network; its packages must be an extra of setup.py (tested)",
     "source .venv/bin/activate": "a shell's venv set-up; the venv is the Makefile's VENV",
 }
 
@@ -115,6 +115,15 @@ def test_every_command_line_is_checked_or_skipped_with_a_reason() -> None:
         checked = words[0] == "make" or _tool_args(words) is not None
         skipped = any(line.startswith(prefix) for prefix in SKIPPED)
         assert checked or skipped, f"README command not checked: {line!r}"
+
+
+def test_packages_the_readme_installs_are_an_extra_of_setup_py() -> None:
+    extras = re.search(r"extras_require=\{(.*?)\}", (REPO / "setup.py").read_text(), re.S)
+    assert extras, "setup.py has no extras_require"
+    named = set(re.findall(r'"([A-Za-z][\w.-]*?)(?:[<>=!~].*?)?"', extras.group(1)))
+    lines = [shlex.split(line)[2:] for line in COMMANDS if line.startswith("pip install")]
+    packages = {word for line in lines for word in line if not word.startswith("-")}
+    assert packages and packages <= named, packages - named
 
 
 @pytest.mark.parametrize("line", TOOL_LINES, ids=lambda line: line.split("tools/", 1)[1][:50])
