@@ -1,9 +1,12 @@
 """Configs carry the whole model: every field shown and overridable, unknown keys named with their file,
-bad values as one-line errors, one ``pc_range``, old checkpoints' key names, the tools' arguments."""
+bad values as one-line errors, one ``pc_range``, old checkpoints' key names, the tools' arguments (a
+checkpoint of ours alone, a config that does not fit it, the drawing threshold)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -12,15 +15,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bev import BEVModelConfig
 from bev.decoder import DetectionDecoder
 from configs import ConfigError, upgrade_model_keys
 from datasets.nuscenes.constants import PC_RANGE
 from detr2d import ModelConfig, Predictor, build_model
-from detr2d.runtime.cli import load_task_config, parser_with_config, split_checkpoint
+from detr2d.runtime.cli import (
+    DRAW_SCORE_THRESHOLD,
+    load_task,
+    load_task_config,
+    parser_with_config,
+    split_checkpoint,
+)
+from detr2d.runtime.tasks import build_task
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.py"))
@@ -210,14 +222,113 @@ def test_export_takes_config_checkpoint_and_overrides(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and "no checkpoint given" in proc.stderr
     items = ["model.num_classes=3", "runs/lr=1e-4/ckpt.pth", "train.amp=bf16"]
-    parser = parser_with_config(None)
-    assert split_checkpoint(parser, items, required=True) == (
+    parser = parser_with_config(None, checkpoint_first=True)
+    args = argparse.Namespace(config="configs/detr2d/demo.py")
+    assert split_checkpoint(parser, args, items, required=True) == (
         "runs/lr=1e-4/ckpt.pth",
         ["model.num_classes=3", "train.amp=bf16"],
     )
-    assert split_checkpoint(parser, items[:1], required=False) == (None, items[:1])
+    assert split_checkpoint(parser, args, items[:1], required=False) == (None, items[:1])
+    # a checkpoint first is the checkpoint; the config then comes from it (args.config None)
+    args = argparse.Namespace(config="runs/ckpt.pt")
+    assert split_checkpoint(parser, args, items[::2], required=True) == ("runs/ckpt.pt", items[::2])
+    assert args.config is None
     proc = _tool("tools/export.py", "configs/detr2d/demo.py", "a.pth", "b.pth", "--out", str(out))
     assert proc.returncode == 2 and "expected at most one checkpoint, got ['a.pth', 'b.pth']" in proc.stderr
+    proc = _tool("tools/test.py", "configs/detr2d/demo.py")
+    assert proc.returncode == 2 and "expected a checkpoint after the config file" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of ours (weights, config, task) of the COCO demo's model, trained on data.root=shapes,
+    and a bare copy of its weights (``bare.pth``, as a released file) next to it."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    config = load_task_config(REPO / "configs/detr2d/demo.py", ["data.root=shapes"])
+    model = build_task(config).build_model()
+    torch.save({"model": model.state_dict(), "config": config, "task": config["task"]}, folder / "ours.pth")
+    torch.save({"model": model.state_dict()}, folder / "bare.pth")
+    return folder / "ours.pth"
+
+
+def test_test_and_export_take_a_checkpoint_alone_with_the_config_it_carries(demo_checkpoint: Path) -> None:
+    proc = _tool("tools/test.py", str(demo_checkpoint), "--print-config", "model.num_queries=7")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)
+    assert config["data"]["root"] == "shapes" and config["model"]["num_queries"] == 7
+    assert config["model"]["name"] == "deformable_detr_two_stage"
+    proc = _tool("tools/export.py", str(demo_checkpoint), "--print-config", "model.bad_key=1")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: config override 'model.bad_key=1'")
+    out = demo_checkpoint.parent / "ours.pt2"
+    proc = _tool("tools/export.py", str(demo_checkpoint), "--format", "export", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and "no checkpoint given" not in proc.stderr
+
+
+def test_predict_takes_a_checkpoint_alone_and_draws_at_the_default_threshold(
+    demo_checkpoint: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(2):
+        Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    out = str(tmp_path)
+    proc = _tool("tools/predict.py", str(demo_checkpoint), str(images), "--limit", "1", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    entries = json.loads((tmp_path / "predictions.json").read_text())
+    assert [Path(entry["file"]).name for entry in entries] == ["0.png"] and (tmp_path / "0.png").is_file()
+    assert all(found["score"] >= DRAW_SCORE_THRESHOLD for found in entries[0]["detections"])
+    assert "(default: 0.3)" in _tool("tools/predict.py", "--help").stdout
+
+
+def test_the_demos_draw_at_the_default_threshold() -> None:
+    for script in ("tools/demo.sh", "tools/demo_bev.sh"):
+        assert "--score-threshold" not in (REPO / script).read_text(), script
+    assert DRAW_SCORE_THRESHOLD == 0.3
+    assert inspect.signature(Predictor).parameters["score_threshold"].default == 0.0
+
+
+def _load(config: str | None, checkpoint: Path, overrides: list[str]) -> Any:
+    return load_task(argparse.Namespace(config=config, print_config=False), overrides, str(checkpoint))
+
+
+def test_a_given_config_wins_and_one_that_does_not_fit_names_the_trained_model(
+    demo_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    demo = str(REPO / "configs/detr2d/demo.py")
+    task = _load(demo, demo_checkpoint, ["model.backend=reference"])  # differs, but fits
+    assert task.config["model"]["backend"] == "reference" and task.config["data"]["root"] != "shapes"
+    with pytest.raises(SystemExit) as exit_info:
+        _load(demo, demo_checkpoint, ["model.num_queries=7", "model.embed_dims=32"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: checkpoint {demo_checkpoint} does not fit the model of {demo}")
+    assert "trained with model 'deformable_detr_two_stage' with embed_dims=64 (config: 32), " in error
+    assert "num_queries=20 (config: 7); pass the checkpoint without the config file" in error
+    assert "shape mismatches" in error and len(error.splitlines()) == 1
+    # the README's config for the demo checkpoint: the variant differs too
+    with pytest.raises(SystemExit):
+        _load(str(REPO / "configs/detr2d/deformable_detr.py"), demo_checkpoint, [])
+    error = capsys.readouterr().err
+    assert "does not fit the model of" in error and "('deformable_detr'): it was trained with model " in error
+    assert "backbone='resnet18' (config: 'resnet50')" in error
+
+
+def test_a_checkpoint_without_a_config_alone_asks_for_its_config(
+    demo_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bare = demo_checkpoint.parent / "bare.pth"
+    with pytest.raises(SystemExit) as exit_info:
+        _load(None, bare, [])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"error: checkpoint {bare} carries no config (a released file or a bare state_dict): pass its "
+        f"config file before it (CONFIG {bare})\n"
+    )
+    # with its config it loads (a released file is not compared with anything)
+    assert _load(str(REPO / "configs/detr2d/demo.py"), bare, []).config["model"]["num_queries"] == 20
 
 
 def test_an_old_checkpoint_config_with_op_backend_still_loads(tmp_path: Path) -> None:
@@ -236,8 +347,6 @@ def test_pc_range_has_one_name_and_one_literal() -> None:
     assert BEVModelConfig().pc_range == PC_RANGE
     default = dataclasses.fields(BEVModelConfig)
     assert next(f for f in default if f.name == "pc_range").default is PC_RANGE
-    import inspect
-
     assert inspect.signature(DetectionDecoder).parameters["pc_range"].default is PC_RANGE
     literal = re.compile(r"-51\.2,\s*-51\.2,\s*-5")
     sources = [p for d in ("bev", "detr2d", "datasets", "ops", "tools") for p in (REPO / d).rglob("*.py")]

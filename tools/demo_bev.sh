@@ -3,7 +3,7 @@
 # configs/bev/demo.py (one history frame per sample) with its image backbone initialized from the COCO
 # demo's checkpoint (COCO as the first stage: `make demo` runs first when that checkpoint is absent),
 # evaluate it with tools/test.py (sequential test, official nuScenes DetectionEval) and draw BEV and
-# camera pictures of val samples.
+# camera pictures of val samples (boxes scoring at least tools/predict.py's default 0.3).
 #
 #   tools/demo_bev.sh                 # outputs in work_dirs/demo_bev, data in data/synthetic_nuscenes
 #   DEMO_BEV_OUT=/tmp/bev DEMO_BEV_DATA=/tmp/nusc PYTHON=.venv/bin/python tools/demo_bev.sh
@@ -66,7 +66,7 @@ stamp "4/5 official nuScenes evaluation of the val split -> $OUT/eval"
 
 stamp "5/5 BEV and camera pictures of 6 val samples -> $OUT/predict"
 "$PYTHON" tools/predict.py "$CONFIG" "$OUT/checkpoint.pth" "$DATA/infos/nuscenes_infos_synthetic_val.json" \
-  --limit 6 --score-threshold 0.3 --out "$OUT/predict" "${DATA_ARGS[@]}"
+  --limit 6 --out "$OUT/predict" "${DATA_ARGS[@]}"
 
 read -r nds map < <("$PYTHON" -c "import json, sys; m = json.load(open(sys.argv[1])); print(f\"{m['NDS']:.3f} {m['mAP']:.3f}\")" "$OUT/eval/metrics.json")
 stamp "done in $(($(date +%s) - start)) s: nuScenes NDS = $nds (target >= 0.40), mAP = $map on the synthetic val split"

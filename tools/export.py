@@ -5,8 +5,11 @@ Examples::
     python tools/export.py configs/detr2d/deformable_detr.py CKPT --format onnx --out detr.onnx
     python tools/export.py configs/bev/bevformer_tiny.py CKPT --format onnx --out bev.onnx --check
     python tools/export.py configs/detr2d/demo.py --format onnx --out demo.onnx model.num_classes=5
+    python tools/export.py work_dirs/demo/checkpoint.pth --format onnx --out demo.onnx --check
 
-Without a checkpoint the weights are random (useful to try the pipeline). The image size (of the
+A checkpoint of ours carries its config, so it may come alone (a config given before it wins; one whose
+model does not fit the checkpoint is refused naming the model it was trained with); released files need
+their config. Without a checkpoint the weights are random (useful to try the pipeline). The image size (of the
 example images traced) defaults to the config's evaluation size (COCO: ``augment.eval_size`` x
 ``augment.max_size``; nuScenes: ``data.image_size``). Deformable DETR graphs accept any image size
 from the model's ``min_image_size`` up (``--check`` compares at the traced size and at the transposed
@@ -41,9 +44,11 @@ def default_image_size(config: dict[str, Any]) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = parser_with_config(__doc__)
+    parser = parser_with_config(__doc__, checkpoint_first=True)
     parser.add_argument(
-        "items", nargs="*", help="the weights (default: random init), then config overrides key=value"
+        "items",
+        nargs="*",
+        help="the weights after a config file (default: random init), config overrides key=value",
     )
     parser.add_argument(
         "--format", choices=FORMATS, default="onnx", help="onnx, or export (torch.export .pt2)"
@@ -56,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         "--check", action="store_true", help="compare ONNX Runtime with PyTorch on new inputs"
     )
     args = parser.parse_intermixed_args(argv)
-    checkpoint, overrides = split_checkpoint(parser, args.items, required=False)
-    task = load_task(args, overrides)
+    checkpoint, overrides = split_checkpoint(parser, args, args.items, required=False)
+    task = load_task(args, overrides, checkpoint)
     if args.out is None:
         parser.error("the following arguments are required: --out")
     config = task.config
