@@ -83,7 +83,7 @@ class Predictor:
         device: where the model runs.
         score_threshold: minimum sigmoid score of a detection. Default 0.0: every one of the top
             ``top_k``, what the COCO evaluation scores; filter them yourself, e.g. at 0.3 for pictures
-            (the default of ``tools/predict.py``, :data:`detr2d.runtime.cli.DRAW_SCORE_THRESHOLD`).
+            (the default of ``tools/predict.py``, :data:`detr2d.runtime.evaluate.DRAW_SCORE_THRESHOLD`).
         top_k: detections per image before the threshold (the published evaluation keeps 100).
         batch_size: images per forward pass.
         amp: None, ``"bf16"`` or ``"fp16"`` (autocast).

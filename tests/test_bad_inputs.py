@@ -326,7 +326,7 @@ def test_bev_predict_skips_a_sample_with_a_truncated_camera(bev_bad_val, tmp_pat
         timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    assert proc.returncode == 1 and "1 input(s) could not be read" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 1 and "1 input could not be read" in proc.stderr, proc.stderr[-2000:]
     assert len(json.loads((tmp_path / "cli" / "predictions.json").read_text())) == 3
 
 

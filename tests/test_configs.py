@@ -26,12 +26,12 @@ from configs import ConfigError, upgrade_model_keys
 from datasets.nuscenes.constants import PC_RANGE
 from detr2d import ModelConfig, Predictor, build_model
 from detr2d.runtime.cli import (
-    DRAW_SCORE_THRESHOLD,
     load_task,
     load_task_config,
     parser_with_config,
     split_checkpoint,
 )
+from detr2d.runtime.evaluate import DRAW_SCORE_THRESHOLD
 from detr2d.runtime.tasks import build_task
 
 REPO = Path(__file__).resolve().parents[1]

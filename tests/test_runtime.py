@@ -272,7 +272,7 @@ def test_predict_skips_an_undecodable_file_and_still_writes_the_json(
             *tiny_overrides(tiny_root),
         ]
     )
-    assert proc.returncode == 1 and "1 input(s) could not be read" in proc.stderr
+    assert proc.returncode == 1 and "1 input could not be read" in proc.stderr
     assert len(json.loads((tmp_path / "cli" / "predictions.json").read_text())) == 2
 
 

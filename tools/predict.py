@@ -3,7 +3,7 @@
 CKPT is a checkpoint of ours (it carries its config, so CONFIG may be left out; a CONFIG given wins, and
 a checkpoint that does not fit its model is refused naming the model it was trained with), or a released
 file or bare state_dict after its CONFIG. Detections scoring at least ``--score-threshold`` (default 0.3,
-:data:`detr2d.runtime.cli.DRAW_SCORE_THRESHOLD`) are drawn and listed.
+:data:`detr2d.runtime.evaluate.DRAW_SCORE_THRESHOLD`) are drawn and listed.
 
 COCO configs: INPUTs are image files and/or folders of images; writes DIR/<image>.png with boxes, class
 names and scores drawn. BEV configs: INPUTs are nuScenes infos files; writes DIR/<token>_bev.png and
@@ -21,15 +21,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detr2d.runtime.cli import (  # noqa: E402
-    DRAW_SCORE_THRESHOLD,
     add_inference_mode,
     load_task,
     parser_with_config,
     split_overrides,
     take_checkpoint,
 )
-from detr2d.runtime.evaluate import run_predict  # noqa: E402
-from detr2d.runtime.logs import setup_logging  # noqa: E402
+from detr2d.runtime.evaluate import (
+    DRAW_SCORE_THRESHOLD,  # noqa: E402
+    run_predict,  # noqa: E402
+)
+from detr2d.runtime.logs import (
+    plural,  # noqa: E402
+    setup_logging,  # noqa: E402
+)
 
 
 def main() -> None:
@@ -59,7 +64,9 @@ def main() -> None:
         task, checkpoint, inputs, args.out, args.score_threshold, args.limit, args.inference
     )
     if errors:
-        sys.exit(f"{len(errors)} input(s) could not be read; see {Path(args.out) / 'predictions.json'}")
+        sys.exit(
+            f"{plural(len(errors), 'input')} could not be read; see {Path(args.out) / 'predictions.json'}"
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detr2d.runtime.cli import load_task, parser_with_config  # noqa: E402
 from detr2d.runtime.distributed import shutdown_distributed  # noqa: E402
 from detr2d.runtime.fit import fit  # noqa: E402
+from detr2d.runtime.run_dir import RunFolderBusy  # noqa: E402
 
 
 def main() -> None:
@@ -39,6 +40,8 @@ def main() -> None:
     init_from = args.init_from or task.config.get("init_from")
     try:
         fit(task, out, resume=args.resume, init_from=None if args.resume else init_from)
+    except RunFolderBusy as error:  # another run writes into --out: one line, nothing touched
+        sys.exit(f"error: {error}")
     finally:
         shutdown_distributed()
 

@@ -23,11 +23,6 @@ from .tasks import build_task, task_class
 OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*=")
 #: Suffixes of checkpoint files: such a first positional is a checkpoint, anything else a config file.
 CHECKPOINT_SUFFIXES = (".pth", ".pt")
-#: Minimum score of a drawn detection (tools/predict.py, the demos). Lower than the usual 0.5 because
-#: small or briefly trained models, the demos' among them, are not confident: at 0.5 the COCO demo's
-#: pictures lose most true detections (README, "Score thresholds"). The APIs (``detr2d.Predictor``, the
-#: evaluation) keep every one of the top-k detections instead.
-DRAW_SCORE_THRESHOLD = 0.3
 
 
 def parser_with_config(doc: str | None, checkpoint_first: bool = False) -> argparse.ArgumentParser:

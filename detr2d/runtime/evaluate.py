@@ -26,6 +26,12 @@ logger = logging.getLogger(__name__)
 #: or the fast path under ``torch.compile`` (``compile``). Training always runs the model as built.
 INFERENCE_MODES = ("eager", "fast", "compile")
 
+#: Minimum score of a drawn detection (tools/predict.py, the demos). Lower than the usual 0.5 because
+#: small or briefly trained models, the demos' among them, are not confident: at 0.5 the COCO demo's
+#: pictures lose most true detections (README, "Score thresholds"). The APIs (``detr2d.Predictor``, the
+#: evaluation) keep every one of the top-k detections instead.
+DRAW_SCORE_THRESHOLD = 0.3
+
 
 def inference_model(model: nn.Module, mode: str) -> nn.Module:
     """``model`` for evaluation or prediction in ``mode`` (:data:`INFERENCE_MODES`); the fast modes return
@@ -183,7 +189,7 @@ def run_predict(
     checkpoint: str | Path,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
-    score_threshold: float = 0.5,
+    score_threshold: float = DRAW_SCORE_THRESHOLD,
     limit: int | None = None,
     mode: str = "eager",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
