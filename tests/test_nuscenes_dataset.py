@@ -33,6 +33,7 @@ def test_batches_have_the_documented_shapes(temporal_dataset, batch_size):
         and batch["img"].dtype == torch.float32
     )
     assert batch["lidar2img"].shape == (batch_size, frames, 6, 4, 4)
+    assert batch["timestamps"].shape == (batch_size, frames, 6) and batch["timestamps"].dtype == torch.float32
     assert batch["can_bus"].shape == (batch_size, frames, 18)
     assert batch["ego_motion"].shape == (batch_size, frames, 4, 4)
     assert batch["history_valid"].shape == (batch_size, frames) and batch["history_valid"].dtype == torch.bool
@@ -103,9 +104,7 @@ def test_boxes_are_filtered_to_range_classes_and_valid_flags(val_infos):  # noqa
     assert len(expected) < len(gt["names"])  # something is filtered
     _, labels = dataset_._ground_truth(sample)
     assert labels.tolist() == [CLASS_NAMES.index(gt["names"][i]) for i in expected]
-    narrow = NuScenesMultiViewDataset(
-        val_infos, image_size=IMAGE_SIZE, pc_range=(-5, -5, -5, 5, 5, 3)
-    )
+    narrow = NuScenesMultiViewDataset(val_infos, image_size=IMAGE_SIZE, pc_range=(-5, -5, -5, 5, 5, 3))
     assert all(np.abs(b[:2]).max() < 5 for b in narrow._ground_truth(sample)[0])
 
 
