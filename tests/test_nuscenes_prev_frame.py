@@ -125,8 +125,9 @@ def test_a_scene_start_reuses_its_own_images_with_the_pad_gap(infos):
 
 
 def test_the_earlier_lidar2img_projects_a_static_box_onto_it_in_the_earlier_image(infos, sweeps_dataset):  # noqa: F811
-    """Current-frame boxes of static objects through the earlier views' lidar2img land where the devkit puts
-    the same annotations in that earlier image (its own ego pose and calibration)."""
+    """Current-frame centres of static boxes through the earlier views' lidar2img land where the devkit puts
+    the same annotations in that earlier image (its own ego pose and calibration). Centres, not corners: the
+    lidar-frame boxes are yaw-only, so their corners lose the lidar's tilt (boxes.py)."""
     nusc = open_nuscenes(sweeps_dataset.root, VERSION)
     index, sample = 3, infos["samples"][3]
     item = _dataset(infos)[index]

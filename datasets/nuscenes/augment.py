@@ -281,7 +281,7 @@ def rotate_scale_scene(
     cos, sin = np.cos(angle), np.sin(angle)
     rotation = np.array([[cos, -sin], [sin, cos]])
     transform = np.diag([scale, scale, scale, 1.0])
-    transform[:2, :2] *= rotation
+    transform[:2, :2] = scale * rotation
     boxes = np.array(boxes, dtype=np.float64).reshape(-1, 9)
     boxes[:, :3] = boxes[:, :3] @ transform[:3, :3].T
     boxes[:, 3:6] *= scale
