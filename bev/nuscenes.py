@@ -26,6 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from datasets.files import BadImageError
 from datasets.nuscenes import (
+    CAMERA_NAMES,
     NuScenesMultiViewDataset,
     collate_nuscenes,
     detections_to_results,
@@ -205,10 +206,11 @@ class NuScenesData(DataSide):
         )
         options = self.image_options()
         order = slice(None, None, -1) if options["bgr"] else slice(None)  # the pictures need RGB
+        num_cameras = len(CAMERA_NAMES)  # PETRv2's earlier views are not drawn
         images = denormalize_images(
-            batch["img"][0, -1].numpy()[:, order], options["mean"][order], options["std"][order]
+            batch["img"][0, -1, :num_cameras].numpy()[:, order], options["mean"][order], options["std"][order]
         )
-        lidar2img = batch["lidar2img"][0, -1].numpy()
+        lidar2img = batch["lidar2img"][0, -1, :num_cameras].numpy()
         draw_camera_boxes(
             images,
             lidar2img,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,9 @@ import torch
 from nuscenes.utils.geometry_utils import view_points
 from nuscenes_fixtures import SWEEPS_SPEC, sweeps_dataset  # noqa: F401
 
+from bev.task import NuScenesDetectionTask
+from configs import load_config
+from datasets.nuscenes.augment import GlobalRotScale, ResizeCropFlip
 from datasets.nuscenes.constants import CAMERA_NAMES
 from datasets.nuscenes.database import open_nuscenes
 from datasets.nuscenes.dataset import NuScenesMultiViewDataset, collate_nuscenes
@@ -20,6 +24,7 @@ from datasets.nuscenes.synthetic import CAMERA_DELAY_US, VERSION
 SPLIT = "mini_train"  # one scene of SWEEPS_SPEC.samples_per_scene samples
 FRAME_PERIOD_S = 0.5 / (SWEEPS_SPEC.camera_sweeps + 1)
 TEST, TRAIN = PrevFrame(), PrevFrame(train_range_s=(0.29, 2.29))
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "bev"
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +161,34 @@ def test_the_earlier_lidar2img_projects_a_static_box_onto_it_in_the_earlier_imag
             assert np.abs(stale[:2] / stale[2] - expected).max() > 2.0
             checked += 1
     assert checked >= 3
+
+
+def test_the_config_options_build_petrs_train_and_val_datasets(sweeps_dataset):  # noqa: F811
+    """``data.prev_frame`` / ``resize_crop_flip`` / ``global_rot_scale``: random in training, the test-time
+    choice and crop on val; off (today's datasets) without them."""
+    overrides = [
+        f"data.root={sweeps_dataset.root}",
+        f"data.infos_dir={sweeps_dataset.infos_dir}",
+        "data.train_split=mini_train",
+        "data.val_split=mini_val",
+        "data.num_history=0",
+    ]
+    petr = [
+        "data.prev_frame={'test_offset_s': 1.25, 'train_range_s': [0.29, 2.29], 'pad_offset_s': 1.245}",
+        "data.resize_crop_flip={'final_size': [256, 96], 'resize_range': [0.85, 1.0], "
+        "'bot_pct_range': [0.0, 0.0], 'flip': True}",
+        "data.global_rot_scale={'rot_range': [-0.3925, 0.3925], 'scale_range': [0.95, 1.05]}",
+    ]
+    plain = NuScenesDetectionTask(load_config(CONFIGS / "bevformer_tiny.py", overrides)).data
+    assert all(
+        (d.prev_frame, d.image_crop, d.scene_aug) == (None, None, None)
+        for d in (plain.build_dataset("train"), plain.build_dataset("val"))
+    )
+    data = NuScenesDetectionTask(load_config(CONFIGS / "bevformer_tiny.py", overrides + petr)).data
+    train, val = data.build_dataset("train"), data.build_dataset("val")
+    assert train.prev_frame == TRAIN and val.prev_frame == TEST
+    assert train.image_crop == ResizeCropFlip((256, 96), (0.85, 1.0), (0.0, 0.0), True)
+    assert val.image_crop == ResizeCropFlip((256, 96)) and train.image_size is None is val.image_size
+    assert train.scene_aug == GlobalRotScale() and val.scene_aug is None
+    batch = collate_nuscenes([val[3]])
+    assert batch["img"].shape == (1, 1, 12, 3, 96, 256) and batch["timestamps"].shape == (1, 1, 12)
