@@ -4,9 +4,11 @@ detector on nuScenes-format data (a detector adds only its model side, e.g.
 
 Config section ``data``: ``root``, ``version``, ``infos_dir``, ``train_split``, ``val_split``,
 ``image_size`` (W, H), ``img_norm`` (mmcv's ``img_norm_cfg``: ``mean``/``std`` 0-255 in the network's
-channel order, ``to_rgb``), ``num_history``, ``num_workers``, ``on_bad_image``, and the training
-augmentation ``random_history``, ``photometric_distortion``. The val split is run sequentially, scene by
-scene (:class:`bev.sequential.SceneShardSampler`).
+channel order, ``to_rgb``), ``num_history``, ``num_workers``, ``on_bad_image``, the training
+augmentation ``random_history``, ``photometric_distortion``, and PETR's ``prev_frame`` (PETRv2's earlier
+frame), ``resize_crop_flip`` (random in training, the test-time resize + crop otherwise; replaces
+``image_size``) and ``global_rot_scale`` (training); ``configs/bev/base.py`` documents each. The val split
+is run sequentially, scene by scene (:class:`bev.sequential.SceneShardSampler`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from datasets.files import BadImageError
 from datasets.nuscenes import (
+    CAMERA_NAMES,
     NuScenesMultiViewDataset,
     collate_nuscenes,
     detections_to_results,
@@ -31,10 +34,11 @@ from datasets.nuscenes import (
     draw_camera_boxes,
     evaluate_nuscenes,
 )
-from datasets.nuscenes.augment import PhotoMetricDistortion
+from datasets.nuscenes.augment import GlobalRotScale, PhotoMetricDistortion, ResizeCropFlip
 from datasets.nuscenes.database import open_nuscenes
 from datasets.nuscenes.evaluation import RESULTS_FILE, TP_ERROR_NAMES
 from datasets.nuscenes.infos import infos_path
+from datasets.nuscenes.prev_frame import PrevFrame
 from datasets.nuscenes.visualize import denormalize_images
 from detr2d.runtime.data import build_eval_loader
 from detr2d.runtime.io import atomic_write_json
@@ -113,11 +117,17 @@ class NuScenesData(DataSide):
     unit = "samples"
 
     def image_options(self) -> dict[str, Any]:
-        """The dataset's image arguments: ``image_size`` and the ``data.img_norm`` normalization."""
+        """The dataset's test-time image arguments: ``image_size`` (or PETR's test-time ``image_crop`` with
+        ``data.resize_crop_flip``), the ``data.img_norm`` normalization and ``prev_frame`` (the test-time
+        choice of ``data.prev_frame``)."""
         data = self.config["data"]
         norm = data["img_norm"]
+        crop, prev = data.get("resize_crop_flip"), data.get("prev_frame")
+        bot_pct = (crop or {}).get("bot_pct_range", (0.0, 0.0))
         return {
-            "image_size": tuple(data["image_size"]),
+            "image_size": tuple(data["image_size"]) if crop is None else None,
+            "image_crop": None if crop is None else ResizeCropFlip(crop["final_size"], None, bot_pct),
+            "prev_frame": None if prev is None else PrevFrame(**{**prev, "train_range_s": None}),
             "mean": [value / 255.0 for value in norm["mean"]],
             "std": [value / 255.0 for value in norm["std"]],
             "bgr": not norm["to_rgb"],
@@ -126,11 +136,19 @@ class NuScenesData(DataSide):
     def build_dataset(self, split: str) -> NuScenesMultiViewDataset:
         """The train split with ``data.num_history`` history frames per sample (picked at random among
         the previous ``num_history + 1`` with ``data.random_history``), photometric distortion
-        (``data.photometric_distortion``) and the ground truth limited to the model's ``pc_range``; or
-        the val split with no history and no augmentation."""
+        (``data.photometric_distortion``), PETR's random earlier frame, resize / crop / flip and scene
+        rotation / scaling (``data.prev_frame``, ``resize_crop_flip``, ``global_rot_scale``) and the ground
+        truth limited to the model's ``pc_range``; or the val split with no history and no augmentation
+        (the test-time earlier frame and crop)."""
         data = self.config["data"]
         train = split == "train"
         photometric = data.get("photometric_distortion") if train else None
+        options = self.image_options()
+        if train and data.get("prev_frame") is not None:
+            options["prev_frame"] = PrevFrame(**data["prev_frame"])
+        if train and data.get("resize_crop_flip") is not None:
+            options["image_crop"] = ResizeCropFlip(**data["resize_crop_flip"])
+        rot_scale = data.get("global_rot_scale") if train else None
         return NuScenesMultiViewDataset(
             infos_path(data["infos_dir"], data["train_split"] if train else data["val_split"]),
             data_root=Path(data["root"]),
@@ -140,7 +158,8 @@ class NuScenesData(DataSide):
             random_history=train and data.get("random_history", False),
             photometric=None if photometric is None else PhotoMetricDistortion(**photometric),
             seed=self.config["train"]["seed"],
-            **self.image_options(),
+            scene_aug=None if rot_scale is None else GlobalRotScale(**rot_scale),
+            **options,
         )
 
     def collate(self, items: list[Any]) -> dict[str, Any]:
@@ -188,10 +207,11 @@ class NuScenesData(DataSide):
         )
         options = self.image_options()
         order = slice(None, None, -1) if options["bgr"] else slice(None)  # the pictures need RGB
+        num_cameras = len(CAMERA_NAMES)  # PETRv2's earlier views are not drawn
         images = denormalize_images(
-            batch["img"][0, -1].numpy()[:, order], options["mean"][order], options["std"][order]
+            batch["img"][0, -1, :num_cameras].numpy()[:, order], options["mean"][order], options["std"][order]
         )
-        lidar2img = batch["lidar2img"][0, -1].numpy()
+        lidar2img = batch["lidar2img"][0, -1, :num_cameras].numpy()
         draw_camera_boxes(
             images,
             lidar2img,

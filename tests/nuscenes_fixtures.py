@@ -21,7 +21,21 @@ from nuscenes import NuScenes
 from datasets.nuscenes.constants import CLASS_NAMES
 from datasets.nuscenes.database import open_nuscenes
 from datasets.nuscenes.infos import create_nuscenes_infos, infos_path, load_infos
-from datasets.nuscenes.synthetic import VERSION, generate_synthetic_nuscenes
+from datasets.nuscenes.synthetic import (
+    NUSCENES_CAMERA_SWEEPS,
+    VERSION,
+    SyntheticSpec,
+    generate_synthetic_nuscenes,
+)
+
+#: A small synthetic set with camera sweeps at the real 12 Hz: 2 scenes of 4 samples (1.5 s each).
+SWEEPS_SPEC = SyntheticSpec(
+    num_scenes=2,
+    samples_per_scene=4,
+    image_size=(320, 180),
+    camera_sweeps=NUSCENES_CAMERA_SWEEPS,
+    can_bus=False,
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,22 @@ def generated_dataset() -> GeneratedDataset:
     print(f"\n[nuscenes tests] generated the default synthetic dataset in {seconds:.1f} s")
     create_nuscenes_infos(root, VERSION, workdir / "infos")
     return GeneratedDataset(root, workdir / "infos", seconds)
+
+
+@functools.cache
+def generated_sweeps_dataset() -> GeneratedDataset:
+    """:data:`SWEEPS_SPEC` and its infos for every split (sweeps kept), written once into a temporary dir."""
+    workdir = Path(tempfile.mkdtemp(prefix="deformbev_nuscenes_sweeps_"))
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    start = time.perf_counter()
+    root = generate_synthetic_nuscenes(workdir / "nuscenes", SWEEPS_SPEC)
+    create_nuscenes_infos(root, VERSION, workdir / "infos")
+    return GeneratedDataset(root, workdir / "infos", time.perf_counter() - start)
+
+
+@pytest.fixture(scope="session")
+def sweeps_dataset() -> GeneratedDataset:
+    return generated_sweeps_dataset()
 
 
 @functools.cache

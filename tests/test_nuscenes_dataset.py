@@ -33,6 +33,7 @@ def test_batches_have_the_documented_shapes(temporal_dataset, batch_size):
         and batch["img"].dtype == torch.float32
     )
     assert batch["lidar2img"].shape == (batch_size, frames, 6, 4, 4)
+    assert batch["timestamps"].shape == (batch_size, frames, 6) and batch["timestamps"].dtype == torch.float32
     assert batch["can_bus"].shape == (batch_size, frames, 18)
     assert batch["ego_motion"].shape == (batch_size, frames, 4, 4)
     assert batch["history_valid"].shape == (batch_size, frames) and batch["history_valid"].dtype == torch.bool

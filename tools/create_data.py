@@ -1,7 +1,9 @@
 """Build nuScenes infos, or write a synthetic nuScenes dataset.
 
 python tools/create_data.py nuscenes --root R --version V --out DIR [--splits S ...] [--can-bus-root C]
-python tools/create_data.py synthetic-nuscenes --out R [--scenes N --samples N --image-size W H --seed S]
+    [--max-sweeps N]
+python tools/create_data.py synthetic-nuscenes --out R [--scenes N --samples N --image-size W H --seed S
+    --camera-sweeps N]
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.nuscenes.infos import create_nuscenes_infos  # noqa: E402
-from datasets.nuscenes.synthetic import SyntheticSpec, generate_synthetic_nuscenes  # noqa: E402
+from datasets.nuscenes.infos import MAX_SWEEPS, create_nuscenes_infos  # noqa: E402
+from datasets.nuscenes.synthetic import (  # noqa: E402
+    NUSCENES_CAMERA_SWEEPS,
+    SyntheticSpec,
+    generate_synthetic_nuscenes,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,6 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     infos.add_argument("--out", required=True, help="output directory of the infos files")
     infos.add_argument("--splits", nargs="+", help="splits to index (default: all that fit the version)")
     infos.add_argument("--can-bus-root", help="directory holding can_bus/ (default: root or its parent)")
+    infos.add_argument(
+        "--max-sweeps",
+        type=int,
+        default=MAX_SWEEPS,
+        help="earlier camera frames kept per sample for PETRv2 (0: none; the infos stay ~6x smaller)",
+    )
     defaults = SyntheticSpec()
     synthetic = commands.add_parser("synthetic-nuscenes", help="write a synthetic dataset in nuScenes format")
     synthetic.add_argument("--out", required=True, help="dataset root to create")
@@ -39,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     synthetic.add_argument("--objects-per-class", type=int, default=defaults.objects_per_class)
     synthetic.add_argument("--seed", type=int, default=defaults.seed)
     synthetic.add_argument("--no-can-bus", action="store_true", help="do not write can_bus/")
+    synthetic.add_argument(
+        "--camera-sweeps",
+        type=int,
+        default=defaults.camera_sweeps,
+        help=f"non-keyframe camera images between two keyframes (real nuScenes: {NUSCENES_CAMERA_SWEEPS})",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,7 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     if args.command == "nuscenes":
-        for path in create_nuscenes_infos(args.root, args.version, args.out, args.splits, args.can_bus_root):
+        paths = create_nuscenes_infos(
+            args.root, args.version, args.out, args.splits, args.can_bus_root, args.max_sweeps
+        )
+        for path in paths:
             print(f"wrote {path}")
     else:
         spec = SyntheticSpec(
@@ -56,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             objects_per_class=args.objects_per_class,
             seed=args.seed,
             can_bus=not args.no_can_bus,
+            camera_sweeps=args.camera_sweeps,
         )
         print(f"wrote {generate_synthetic_nuscenes(args.out, spec)}")
     print(f"done in {time.perf_counter() - start:.1f} s")

@@ -31,6 +31,19 @@ data = dict(
     grid_mask=dict(  # the detector's GridMask on the current frame's images in training (None: off)
         use_h=True, use_w=True, rotate=1, offset=False, ratio=0.5, mode=1, prob=0.7
     ),
+    # PETRv2's earlier frame (12 views: the current 6 cameras, then the same cameras of a camera sweep whose
+    # lidar2img maps the current lidar frame; needs num_history 0 and infos with sweeps, format 2).
+    # None: off. PETRv2: dict(test_offset_s=1.25, train_range_s=[0.29, 2.29], pad_offset_s=1.245) = the
+    # frame nearest 1.25 s back at test time, a uniform one 0.29..2.29 s back in training (the 4th..27th
+    # frame at 12 Hz), and the current images with a 1.245 s gap at a scene's first sample.
+    prev_frame=None,
+    # PETR's ResizeCropFlipImage (replaces image_size; lidar2img updated), None: off. PETR VoVNet
+    # 800 x 320: dict(final_size=[800, 320], resize_range=[0.47, 0.625], bot_pct_range=[0.0, 0.0], flip=True):
+    # random in training; the val split gets the test-time resize (max of the ratios) + bottom crop.
+    resize_crop_flip=None,
+    # PETR's GlobalRotScaleTransImage in training (boxes and lidar2img), None: off. PETR:
+    # dict(rot_range=[-0.3925, 0.3925], scale_range=[0.95, 1.05]).
+    global_rot_scale=None,
     num_workers=4,  # per process
     on_bad_image="raise",  # a truncated/corrupt image: "raise" (names the file) or "skip" (logged, counted)
 )

@@ -1,9 +1,12 @@
 """Multi-camera nuScenes dataset over an infos file, with history frames for temporal BEV models.
 
-One item (T = 1 + ``num_history`` frames, oldest first, the current frame last; N = 6 cameras)::
+One item (T = 1 + ``num_history`` frames, oldest first, the current frame last; N = 6 cameras, or 12
+with ``prev_frame``: PETRv2's views, below)::
 
     img               float32 (T, N, 3, H, W)  RGB (BGR with ``bgr``), (x / 255 - mean) / std
     lidar2img         float32 (T, N, 4, 4)     lidar frame of *that* frame -> resized image pixels
+    timestamps        float32 (T, N)           seconds: that frame's lidar time - the image's time (the
+                                               original's ``img_timestamp``; about -0.05..0 for a keyframe)
     can_bus           float64 (T, 18)          absolute CAN bus vectors of the frames, below
     ego_motion        float32 (T, 4, 4)        lidar frame of frame t-1 -> lidar frame of frame t (identity
                                                at t = 0 or where frame t-1 is padding); aligns prev_bev
@@ -17,8 +20,8 @@ One item (T = 1 + ``num_history`` frames, oldest first, the current frame last; 
 
 :func:`collate_nuscenes` stacks a batch: ``img`` (B, T, N, 3, H, W), ``lidar2img`` (B, T, N, 4, 4),
 ``can_bus`` (B, T, 18), ``ego_motion`` (B, T, 4, 4), ``history_valid`` (B, T),
-``lidar2global`` (B, 4, 4), ``img_shape`` (B, 2); ``gt_boxes``, ``gt_labels``, ``sample_token``,
-``scene_token`` stay lists of length B.
+``lidar2global`` (B, 4, 4), ``img_shape`` (B, 2), ``timestamps`` (B, T, N); ``gt_boxes``, ``gt_labels``,
+``sample_token``, ``scene_token`` stay lists of length B.
 
 ``can_bus[t]``, frame t's absolute vector (BEVFormer's ``get_data_info`` layout; see can_bus.py)::
 
@@ -41,6 +44,19 @@ before ``RandomScaleImageMultiViewImage``). Both draw from a generator seeded wi
 ``(seed, epoch, index)`` (call :meth:`NuScenesMultiViewDataset.set_epoch`), so a resumed run sees the
 same samples.
 
+PETRv2 (``prev_frame``, :class:`datasets.nuscenes.prev_frame.PrevFrame`; T = 1): the N = 12 views are the
+6 current cameras, then the same 6 cameras of an earlier frame picked among the sample's camera sweeps
+(infos format 2), whose ``lidar2img`` maps the CURRENT lidar frame into the earlier images (ego motion
+folded in, float64: :func:`datasets.nuscenes.infos.sweep_lidar2img`) and whose ``timestamps`` are current
+lidar time - earlier image time (about +1.25 s at test time). At a scene's first sample the current images
+and matrices are reused with ``timestamps`` + ``pad_offset_s``. The model takes ``batch[key][:, -1]``
+(B, 12, ...) of ``img``, ``lidar2img`` and ``timestamps``.
+
+PETR's geometric augmentations: ``image_crop`` (:class:`datasets.nuscenes.augment.ResizeCropFlip`, one
+draw per sample for all N images; without a ``resize_range`` the test-time resize + bottom crop; replaces
+``image_size``) and ``scene_aug`` (:class:`datasets.nuscenes.augment.GlobalRotScale`: the boxes and every
+lidar2img, after the ``pc_range`` filter as in the original).
+
 Every camera file named by the infos must exist when the dataset is built (one error lists how many are
 missing and names one); a truncated or undecodable camera image raises an error naming the file, the
 camera and the sample token, or is skipped and counted (``on_bad_image="skip"``).
@@ -57,12 +73,29 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.files import BadImagePolicy, OnBadImage, missing_files, read_rgb
-from datasets.nuscenes.augment import PhotoMetricDistortion, resize_camera
+from datasets.nuscenes.augment import (
+    GlobalRotScale,
+    ImageCrop,
+    PhotoMetricDistortion,
+    ResizeCropFlip,
+    resize_camera,
+    rotate_scale_scene,
+)
 from datasets.nuscenes.constants import CLASS_NAMES, PC_RANGE
-from datasets.nuscenes.infos import check_camera_matrices, load_infos
+from datasets.nuscenes.infos import check_camera_matrices, check_sweeps, load_infos, sweep_lidar2img
+from datasets.nuscenes.prev_frame import PrevFrame
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-_STACKED_KEYS = ("img", "lidar2img", "can_bus", "ego_motion", "history_valid", "lidar2global", "img_shape")
+_STACKED_KEYS = (
+    "img",
+    "lidar2img",
+    "timestamps",
+    "can_bus",
+    "ego_motion",
+    "history_valid",
+    "lidar2global",
+    "img_shape",
+)
 _LISTED_KEYS = ("gt_boxes", "gt_labels", "sample_token", "scene_token")
 
 
@@ -87,6 +120,10 @@ class NuScenesMultiViewDataset(Dataset):
         seed: seed of the random history and distortion (with the epoch and the sample index).
         bgr: give the network BGR images (caffe-style weights; mmcv's ``to_rgb=False``); ``mean`` and
             ``std`` are in the network's channel order.
+        prev_frame: PETRv2's earlier frame (12 views; needs ``num_history`` 0 and infos with sweeps), or
+            None.
+        image_crop: PETR's resize / crop / flip of every image (``image_size`` must then be None), or None.
+        scene_aug: PETR's global rotation and scaling of the scene (training), or None.
     """
 
     def __init__(
@@ -105,6 +142,9 @@ class NuScenesMultiViewDataset(Dataset):
         photometric: PhotoMetricDistortion | None = None,
         seed: int = 0,
         bgr: bool = False,
+        prev_frame: PrevFrame | None = None,
+        image_crop: ResizeCropFlip | None = None,
+        scene_aug: GlobalRotScale | None = None,
     ) -> None:
         self.infos = infos if isinstance(infos, dict) else load_infos(infos)
         source = (
@@ -120,6 +160,15 @@ class NuScenesMultiViewDataset(Dataset):
             raise ValueError(f"infos of split {self.infos.get('split')!r} hold no samples")
         if num_history < 0:
             raise ValueError(f"num_history must be >= 0, got {num_history}")
+        if prev_frame is not None:
+            if num_history:
+                raise ValueError(f"prev_frame (PETRv2) takes no history frame; num_history is {num_history}")
+            check_sweeps(self.infos, source)
+        if image_crop is not None and image_size is not None:
+            raise ValueError(
+                f"image_crop (final size {image_crop.final_size}) replaces image_size {tuple(image_size)}: "
+                "pass image_size=None"
+            )
         if len(pc_range) != 6:
             raise ValueError(f"pc_range must have 6 values, got {len(pc_range)}")
         self.data_root = Path(data_root if data_root is not None else self.infos["dataroot"])
@@ -136,6 +185,9 @@ class NuScenesMultiViewDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.bgr = bgr
+        self.prev_frame = prev_frame
+        self.image_crop = image_crop
+        self.scene_aug = scene_aug
         self._scene_position = self._index_scenes()
         self._check_camera_files(source)
 
@@ -145,11 +197,24 @@ class NuScenesMultiViewDataset(Dataset):
         return self.bad_images.num_skipped
 
     def _check_camera_files(self, source: str) -> None:
+        """Every keyframe image and, with ``prev_frame``, every test-time earlier image must exist (a
+        training sweep that is missing raises when it is drawn, naming the file)."""
         entries = {
             self.data_root / sample["cameras"][channel]["path"]: (channel, sample["token"])
             for sample in self.samples
             for channel in self.camera_names
         }
+        if self.prev_frame is not None:
+            test_choice = PrevFrame(self.prev_frame.test_offset_s, None, self.prev_frame.pad_offset_s)
+            for sample in self.samples:
+                chosen = test_choice.choose(self.sweep_offsets(sample), np.random.default_rng(0))
+                if chosen is not None:
+                    entries.update(
+                        {
+                            self.data_root / camera["path"]: (f"{channel} sweep", sample["token"])
+                            for channel, camera in sample["sweeps"][chosen].items()
+                        }
+                    )
         missing = missing_files(entries)
         if missing:
             channel, token = entries[missing[0]]
@@ -186,24 +251,75 @@ class NuScenesMultiViewDataset(Dataset):
         dropped = 1 + int(rng.integers(self.num_history + 1))
         return [offset for offset in range(self.num_history + 1, 0, -1) if offset != dropped]
 
+    @staticmethod
+    def sweep_offsets(sample: dict) -> np.ndarray:
+        """(K,) seconds each of the sample's earlier frames (``sweeps``) is back: the mean over the
+        cameras of (current image time - earlier image time)."""
+        current = np.array([camera["timestamp"] for camera in sample["cameras"].values()], np.float64)
+        return (
+            np.array(
+                [
+                    current.mean() - np.mean([camera["timestamp"] for camera in sweep.values()])
+                    for sweep in sample["sweeps"]
+                ],
+                dtype=np.float64,
+            ).reshape(-1)
+            * 1e-6
+        )
+
+    def _views(self, sample: dict, rng: np.random.Generator) -> list[tuple[dict, str, np.ndarray, float]]:
+        """(camera entry, description, lidar2img float64, timestamp s) of each view of a frame: the 6
+        cameras and, with ``prev_frame``, the 6 cameras of the earlier frame."""
+        lidar_time = sample["lidar"]["timestamp"]
+        views = [
+            (
+                sample["cameras"][channel],
+                f"{channel} of sample {sample['token']}",
+                np.asarray(sample["cameras"][channel]["lidar2img"], dtype=np.float64),
+                (lidar_time - sample["cameras"][channel]["timestamp"]) * 1e-6,
+            )
+            for channel in self.camera_names
+        ]
+        if self.prev_frame is None:
+            return views
+        chosen = self.prev_frame.choose(self.sweep_offsets(sample), rng)
+        if chosen is None:  # a scene's first sample: the current images again
+            return views + [(c, d, m, t + self.prev_frame.pad_offset_s) for c, d, m, t in views]
+        sweep = sample["sweeps"][chosen]
+        lidar2global = np.asarray(sample["lidar2global"], dtype=np.float64)
+        return views + [
+            (
+                sweep[channel],
+                f"{channel} sweep {chosen} of sample {sample['token']}",
+                sweep_lidar2img(lidar2global, sweep[channel]),
+                (lidar_time - sweep[channel]["timestamp"]) * 1e-6,
+            )
+            for channel in self.camera_names
+        ]
+
     def _load_camera(
-        self, sample: dict, channel: str, rng: np.random.Generator
+        self,
+        camera: dict,
+        what: str,
+        lidar2img: np.ndarray,
+        rng: np.random.Generator,
+        crop: ImageCrop | None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Normalized CHW float32 image and the resized lidar2img (4, 4) of one camera (distorted first,
-        with ``photometric``)."""
-        camera = sample["cameras"][channel]
+        """Normalized CHW float32 image and the resized lidar2img (4, 4) of one camera image (distorted
+        first, with ``photometric``; then resized to ``image_size`` or transformed by ``crop``)."""
         path = self.data_root / camera["path"]
-        image = read_rgb(path, f"{channel} of sample {sample['token']}")
+        image = read_rgb(path, what)
         if image.shape[:2] != (camera["height"], camera["width"]):
             raise ValueError(
                 f"image {path} is {image.shape[1]}x{image.shape[0]} but the database says "
                 f"{camera['width']}x{camera['height']}; its intrinsic would be wrong"
             )
-        lidar2img = np.asarray(camera["lidar2img"], dtype=np.float64)
         image = image.astype(np.float32)
         if self.photometric is not None:
             image = self.photometric(image, rng)
-        if self.image_size is not None and tuple(self.image_size) != (camera["width"], camera["height"]):
+        if crop is not None:
+            image, lidar2img = crop.apply(image), crop.matrix() @ lidar2img
+        elif self.image_size is not None and tuple(self.image_size) != (camera["width"], camera["height"]):
             image, lidar2img = resize_camera(image, lidar2img, tuple(self.image_size))
         if self.bgr:
             image = image[..., ::-1]
@@ -233,11 +349,17 @@ class NuScenesMultiViewDataset(Dataset):
         offsets = [*self.history_offsets(rng), 0]
         history_valid = np.array([position - offset >= 0 for offset in offsets])
         frames = [self.samples[scene_indices[max(position - offset, 0)]] for offset in offsets]
-        images, lidar2img = [], []
+        images, lidar2img, timestamps = [], [], []
         for frame in frames:
-            loaded = [self._load_camera(frame, channel, rng) for channel in self.camera_names]
+            views = self._views(frame, rng)
+            crop = None
+            if self.image_crop is not None:
+                first = views[0][0]
+                crop = self.image_crop.draw((first["width"], first["height"]), rng)
+            loaded = [self._load_camera(camera, what, matrix, rng, crop) for camera, what, matrix, _ in views]
             images.append(np.stack([image for image, _ in loaded]))
             lidar2img.append(np.stack([matrix for _, matrix in loaded]))
+            timestamps.append([timestamp for *_, timestamp in views])
         lidar2global = np.array([frame["lidar2global"] for frame in frames], dtype=np.float64)
         ego_motion = np.tile(np.eye(4), (len(frames), 1, 1))
         for t in range(1, len(frames)):
@@ -245,9 +367,13 @@ class NuScenesMultiViewDataset(Dataset):
                 ego_motion[t] = np.linalg.solve(lidar2global[t], lidar2global[t - 1])
         sample = frames[-1]
         boxes, labels = self._ground_truth(sample)
+        lidar2img = np.stack(lidar2img)
+        if self.scene_aug is not None:
+            boxes, lidar2img = rotate_scale_scene(boxes, lidar2img, *self.scene_aug.draw(rng))
         return {
             "img": torch.from_numpy(np.stack(images)),
-            "lidar2img": torch.from_numpy(np.stack(lidar2img).astype(np.float32)),
+            "lidar2img": torch.from_numpy(lidar2img.astype(np.float32)),
+            "timestamps": torch.tensor(timestamps, dtype=torch.float32),
             "can_bus": torch.tensor([frame["can_bus"] for frame in frames], dtype=torch.float64),
             "ego_motion": torch.from_numpy(ego_motion.astype(np.float32)),
             "history_valid": torch.from_numpy(history_valid),

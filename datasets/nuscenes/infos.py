@@ -1,9 +1,10 @@
 """The per-sample index ("infos") of a nuScenes split, built with the devkit and stored as versioned JSON.
 
-Schema (``INFOS_FORMAT``, ``format_version`` 1); matrices are nested lists, 4 x 4 are rigid or projective
-transforms acting on column vectors ``[x, y, z, 1]``::
+Schema (``INFOS_FORMAT``, ``format_version`` 2; version 1 files, without ``sweeps``, are still read);
+matrices are nested lists, 4 x 4 are rigid or projective transforms acting on column vectors
+``[x, y, z, 1]``::
 
-    {"format": "deformbev.nuscenes_infos", "format_version": 1,
+    {"format": "deformbev.nuscenes_infos", "format_version": 2,
      "version": "v1.0-mini", "split": "mini_val", "dataroot": "/abs/path",
      "class_names": [10 names], "camera_names": [6 names], "can_bus_root": str | null,
      "samples": [{
@@ -18,10 +19,18 @@ transforms acting on column vectors ``[x, y, z, 1]``::
                "velocity_valid": [K bool], "names": [K] (detection class, or the raw category name when the
                category is none of the 10), "attributes": [K] ("" if none), "num_lidar_pts": [K],
                "num_radar_pts": [K], "valid_flag": [K bool] (num_lidar_pts + num_radar_pts > 0),
-               "instance_tokens": [K], "annotation_tokens": [K]}}]}
+               "instance_tokens": [K], "annotation_tokens": [K]},
+        "sweeps": [earlier camera frames, newest first: {CAM_*: {"token", "path", "timestamp", "width",
+                   "height", "intrinsic" 3x3, "sensor2ego" 4x4, "ego2global" 4x4 (at that image's time)}}]}]}
 
 ``lidar2img = K4 @ inv(sensor2lidar)`` with ``sensor2lidar = inv(lidar2global) @ ego2global(camera time)
 @ sensor2ego``: every camera uses its own sample_data's ego pose.
+
+``sweeps`` (PETRv2's earlier frame): the i-th entry holds every camera's (i+1)-th earlier image (camera
+sweeps at ~12 Hz and earlier keyframes), walking each camera's sample_data chain back to the keyframe of
+the scene's first sample, at most ``max_sweeps`` deep (the shortest camera chain bounds the list); empty at a
+scene's first sample (the original's ``tools/generate_sweep_pkl.py`` keeps 30, of which PETRv2 reads at
+most the 27th). :func:`sweep_lidar2img` maps the sample's CURRENT lidar frame into such an image.
 """
 
 from __future__ import annotations
@@ -43,7 +52,11 @@ from datasets.nuscenes.database import check_nuscenes_root, open_nuscenes, pose_
 from datasets.nuscenes.splits import available_splits, sample_tokens_of_split, splits_with_samples
 
 INFOS_FORMAT = "deformbev.nuscenes_infos"
-INFOS_FORMAT_VERSION = 1
+INFOS_FORMAT_VERSION = 2
+#: Versions :func:`load_infos` reads (1: before ``sweeps``).
+READABLE_FORMAT_VERSIONS = (1, 2)
+#: Earlier camera frames kept per sample by default: the farthest of PETRv2's training range (27th).
+MAX_SWEEPS = 27
 #: The splits whose scenes a released version's tables hold exactly (850 / 150 scenes).
 RELEASED_VERSION_SCENES = {"v1.0-trainval": ("train", "val"), "v1.0-test": ("test",)}
 SAMPLE_KEYS = frozenset(
@@ -105,7 +118,52 @@ def _ground_truth(nusc: NuScenes, sample: dict, lidar2global: np.ndarray) -> dic
     }
 
 
-def _sample_info(nusc: NuScenes, sample: dict, frame_index: int, can_bus: CanBusReader) -> dict[str, Any]:
+def _camera_entry(nusc: NuScenes, data: dict) -> dict[str, Any]:
+    """One earlier camera image of ``sweeps`` (schema in the module docstring)."""
+    calibration = nusc.get("calibrated_sensor", data["calibrated_sensor_token"])
+    return {
+        "token": data["token"],
+        "path": data["filename"],
+        "timestamp": data["timestamp"],
+        "width": data["width"],
+        "height": data["height"],
+        "intrinsic": calibration["camera_intrinsic"],
+        "sensor2ego": pose_matrix(calibration).tolist(),
+        "ego2global": pose_matrix(nusc.get("ego_pose", data["ego_pose_token"])).tolist(),
+    }
+
+
+def _camera_sweeps(nusc: NuScenes, sample: dict, max_sweeps: int) -> list[dict[str, dict[str, Any]]]:
+    """The earlier camera frames of ``sample`` (``sweeps`` in the module docstring)."""
+    if not sample["prev"] or max_sweeps == 0:
+        return []
+    chains = {}
+    for channel in CAMERA_NAMES:
+        record, chain = nusc.get("sample_data", sample["data"][channel]), []
+        while len(chain) < max_sweeps and record["prev"]:
+            record = nusc.get("sample_data", record["prev"])
+            chain.append(_camera_entry(nusc, record))
+            if record["is_key_frame"] and not nusc.get("sample", record["sample_token"])["prev"]:
+                break  # the scene's first keyframe
+        chains[channel] = chain
+    depth = min(len(chain) for chain in chains.values())
+    return [{channel: chains[channel][i] for channel in CAMERA_NAMES} for i in range(depth)]
+
+
+def sweep_lidar2img(lidar2global: np.ndarray, camera: dict[str, Any]) -> np.ndarray:
+    """(4, 4) float64 map from the CURRENT lidar frame (``lidar2global`` of the sample) into an earlier
+    image (an entry of ``sweeps``): current lidar -> global -> that image's ego -> camera -> pixels, so
+    the ego motion between the frames is folded in."""
+    intrinsic4 = np.eye(4)
+    intrinsic4[:3, :3] = np.asarray(camera["intrinsic"], dtype=np.float64)
+    cam2global = np.asarray(camera["ego2global"], np.float64) @ np.asarray(camera["sensor2ego"], np.float64)
+    global2cam = np.linalg.inv(cam2global)
+    return intrinsic4 @ global2cam @ np.asarray(lidar2global, dtype=np.float64)
+
+
+def _sample_info(
+    nusc: NuScenes, sample: dict, frame_index: int, can_bus: CanBusReader, max_sweeps: int
+) -> dict[str, Any]:
     missing = [channel for channel in (*CAMERA_NAMES, LIDAR_NAME) if channel not in sample["data"]]
     if missing:
         raise ValueError(f"sample {sample['token']} has no keyframe sample_data for channel(s) {missing}")
@@ -166,24 +224,30 @@ def _sample_info(nusc: NuScenes, sample: dict, frame_index: int, can_bus: CanBus
         "can_bus_from_messages": from_messages,
         "cameras": cameras,
         "gt": _ground_truth(nusc, sample, lidar2global),
+        "sweeps": _camera_sweeps(nusc, sample, max_sweeps),
     }
 
 
-def build_infos(nusc: NuScenes, split: str, can_bus_root: str | Path | None = None) -> dict[str, Any]:
+def build_infos(
+    nusc: NuScenes, split: str, can_bus_root: str | Path | None = None, max_sweeps: int = MAX_SWEEPS
+) -> dict[str, Any]:
     """Infos (schema in the module docstring) of every sample of ``split``.
 
     Args:
         nusc: a loaded database (see :func:`datasets.nuscenes.database.open_nuscenes`).
         split: predefined split fitting ``nusc.version`` or a custom split of ``splits.json``.
         can_bus_root: directory holding ``can_bus/`` (``NuScenesCanBus`` convention), or None for zeros.
+        max_sweeps: earlier camera frames kept per sample (``sweeps``; 0: none).
     """
+    if max_sweeps < 0:
+        raise ValueError(f"max_sweeps must be >= 0, got {max_sweeps}")
     reader = CanBusReader(can_bus_root)
     samples = []
     frame_index = 0
     for token in sample_tokens_of_split(nusc, split):
         sample = nusc.get("sample", token)
         frame_index = frame_index + 1 if sample["prev"] else 0
-        samples.append(_sample_info(nusc, sample, frame_index, reader))
+        samples.append(_sample_info(nusc, sample, frame_index, reader, max_sweeps))
     return {
         "format": INFOS_FORMAT,
         "format_version": INFOS_FORMAT_VERSION,
@@ -222,10 +286,12 @@ def create_nuscenes_infos(
     out_dir: str | Path,
     splits: list[str] | None = None,
     can_bus_root: str | Path | None = None,
+    max_sweeps: int = MAX_SWEEPS,
 ) -> list[Path]:
     """Write ``nuscenes_infos_<split>.json`` into ``out_dir`` for ``splits`` (default: every predefined split
     that fits ``version`` and every custom split, skipping those without scenes in the database).
-    ``can_bus_root`` defaults to :func:`find_can_bus_root`. Returns the written paths.
+    ``can_bus_root`` defaults to :func:`find_can_bus_root`; ``max_sweeps`` as :func:`build_infos`. Returns
+    the written paths.
 
     Raises:
         FileNotFoundError: the database is incomplete (:func:`check_nuscenes_root`), or a map file of
@@ -239,7 +305,8 @@ def create_nuscenes_infos(
         raise ValueError(f"no split of {root}/{version} has samples (splits: {available_splits(nusc)})")
     can_bus_root = can_bus_root if can_bus_root is not None else find_can_bus_root(root)
     return [
-        save_infos(build_infos(nusc, split, can_bus_root), infos_path(out_dir, split)) for split in splits
+        save_infos(build_infos(nusc, split, can_bus_root, max_sweeps), infos_path(out_dir, split))
+        for split in splits
     ]
 
 
@@ -289,13 +356,15 @@ def load_infos(path: str | Path) -> dict[str, Any]:
     infos = read_json(path, "nuScenes infos")
     if not isinstance(infos, dict) or infos.get("format") != INFOS_FORMAT:
         raise ValueError(f"{path} is not a nuScenes infos file of format {INFOS_FORMAT!r}")
-    if infos.get("format_version") != INFOS_FORMAT_VERSION:
+    version = infos.get("format_version")
+    if version not in READABLE_FORMAT_VERSIONS:
         raise ValueError(
-            f"{path} has infos format_version {infos.get('format_version')!r}; this code reads "
-            f"version {INFOS_FORMAT_VERSION}: rebuild it with tools/create_data.py nuscenes"
+            f"{path} has infos format_version {version!r}; this code reads versions "
+            f"{list(READABLE_FORMAT_VERSIONS)}: rebuild it with tools/create_data.py nuscenes"
         )
+    sample_keys = SAMPLE_KEYS | ({"sweeps"} if version >= 2 else set())
     for index, sample in enumerate(infos.get("samples", [])):
-        missing = (SAMPLE_KEYS - sample.keys()) or (GT_KEYS - sample["gt"].keys())
+        missing = (sample_keys - sample.keys()) or (GT_KEYS - sample["gt"].keys())
         if missing:
             raise ValueError(f"{path}: sample {index} lacks key(s) {sorted(missing)}")
         if set(sample["cameras"]) != set(infos["camera_names"]):
@@ -305,6 +374,27 @@ def load_infos(path: str | Path) -> dict[str, Any]:
             )
     check_camera_matrices(infos, f"infos file {path}")
     return infos
+
+
+def check_sweeps(infos: dict[str, Any], source: str) -> None:
+    """Refuse infos without earlier camera frames where a PETRv2 config needs them (``data.prev_frame``).
+
+    Raises:
+        ValueError: naming ``source`` and its format version (version 1 predates ``sweeps``), or the
+            infos were written with ``max_sweeps`` 0 (no sample past a scene's first has sweeps).
+    """
+    samples = infos.get("samples", [])
+    if any("sweeps" not in sample for sample in samples):
+        raise ValueError(
+            f"{source} (infos format_version {infos.get('format_version')!r}) has no camera sweeps, which "
+            f"data.prev_frame (PETRv2's earlier frame) needs: rebuild it with tools/create_data.py nuscenes "
+            f"(format_version {INFOS_FORMAT_VERSION})"
+        )
+    if any(sample["prev"] for sample in samples) and not any(sample["sweeps"] for sample in samples):
+        raise ValueError(
+            f"{source} holds no camera sweeps for any sample (written with --max-sweeps 0?), which "
+            "data.prev_frame (PETRv2's earlier frame) needs: rebuild it with tools/create_data.py nuscenes"
+        )
 
 
 def check_camera_matrices(infos: dict[str, Any], source: str) -> None:

@@ -1,7 +1,8 @@
 """Writes a small synthetic dataset in the exact nuScenes on-disk format (loaded by the devkit as v1.0-mini).
 
 Layout under ``root``: ``v1.0-mini/`` (13 tables + ``splits.json``), ``maps/*.png`` (placeholders),
-``samples/<CHANNEL>/*.jpg|*.pcd.bin`` (keyframes only) and, optionally, ``can_bus/`` (pose, route,
+``samples/<CHANNEL>/*.jpg|*.pcd.bin`` (keyframes), ``sweeps/<CAM>/*.jpg`` (camera sweeps, non-keyframe
+images between two keyframes, with ``camera_sweeps`` > 0) and, optionally, ``can_bus/`` (pose, route,
 meta per scene). Scene names are real ones: the ten mini scenes first, alternating train and val, so the
 stock ``mini_train``/``mini_val`` splits work for up to 10 scenes; more scenes take trainval names, four
 train scenes for each val scene. The custom ``synthetic_train``/``synthetic_val`` splits cover them all.
@@ -44,6 +45,8 @@ CAMERA_DELAY_US: dict[str, int] = {
     "CAM_FRONT_LEFT": 4_500,
 }
 CAN_BUS_RATE_HZ = 50
+#: Camera sweeps between two keyframes in real nuScenes (12 Hz cameras, 2 Hz keyframes).
+NUSCENES_CAMERA_SWEEPS = 5
 
 
 def _scene_names() -> tuple[str, ...]:
@@ -118,6 +121,7 @@ class SyntheticSpec:
     lidar_azimuths: int = 720
     seed: int = 0
     can_bus: bool = True
+    camera_sweeps: int = 0  # non-keyframe images per camera between two keyframes (real nuScenes: 5)
 
     def validate(self) -> None:
         if not 1 <= self.num_scenes <= len(SCENE_NAMES):
@@ -134,6 +138,8 @@ class SyntheticSpec:
             raise ValueError(f"image_size must be (width, height) >= 16 pixels, got {self.image_size}")
         if self.objects_per_class < 1:
             raise ValueError(f"objects_per_class must be >= 1, got {self.objects_per_class}")
+        if self.camera_sweeps < 0:
+            raise ValueError(f"camera_sweeps must be >= 0, got {self.camera_sweeps}")
 
 
 def _visibility_token(fraction: float) -> str:
@@ -292,7 +298,12 @@ class _Writer:
             )
             lidar_stats = self._write_lidar(scene, sample_token, timestamp)
             for channel in CAMERA_NAMES:
-                self._write_camera(scene, channel, sample_token, timestamp + CAMERA_DELAY_US[channel])
+                keyframe_us = timestamp + CAMERA_DELAY_US[channel]
+                if sample_index > 0:  # sweeps after the previous keyframe, in time order
+                    for k in range(spec.camera_sweeps, 0, -1):
+                        sweep_us = keyframe_us - k * SAMPLE_PERIOD_US // (spec.camera_sweeps + 1)
+                        self._write_camera(scene, channel, sample_token, sweep_us, key_frame=False)
+                self._write_camera(scene, channel, sample_token, keyframe_us)
             for obj_index, obj in enumerate(world.objects):
                 center, yaw = obj.pose(world.road, scene.seconds(timestamp))
                 self.tables["sample_annotation"].append(
@@ -336,8 +347,10 @@ class _Writer:
         timestamp: int,
         filename: str,
         size: tuple[int, int],
+        key_frame: bool = True,
     ) -> str:
-        """Add a keyframe sample_data row and its ego_pose (same token), chained after the channel's last."""
+        """Add a sample_data row and its ego_pose (same token), chained after the channel's last. A sweep
+        (``key_frame`` False) belongs to the sample of the next keyframe, as in nuScenes."""
         token = self.token()
         _, position, yaw = scene.ego2global(timestamp)
         self.tables["ego_pose"].append(
@@ -360,7 +373,7 @@ class _Writer:
                 "calibrated_sensor_token": scene.calibrated_token[channel],
                 "timestamp": timestamp,
                 "fileformat": "pcd" if channel == LIDAR_NAME else "jpg",
-                "is_key_frame": True,
+                "is_key_frame": key_frame,
                 "height": size[1],
                 "width": size[0],
                 "filename": filename,
@@ -400,8 +413,11 @@ class _Writer:
         self._add_sample_data(scene, LIDAR_NAME, sample_token, timestamp, filename, (0, 0))
         return np.stack([np.array(counts, dtype=np.float64), scan.visibility], 1)
 
-    def _write_camera(self, scene: _Scene, channel: str, sample_token: str, timestamp: int) -> None:
-        """Render and write one camera keyframe, objects placed where they are at the camera's own time."""
+    def _write_camera(
+        self, scene: _Scene, channel: str, sample_token: str, timestamp: int, key_frame: bool = True
+    ) -> None:
+        """Render and write one camera image (a keyframe into ``samples/``, a sweep into ``sweeps/``),
+        objects placed where they are at the camera's own time."""
         ego2global, _, _ = scene.ego2global(timestamp)
         global2cam = np.linalg.inv(ego2global @ self.sensor2ego[channel])
         ego_s = scene.world.ego_speed * scene.seconds(timestamp)
@@ -411,9 +427,13 @@ class _Writer:
         rotations = np.stack([global2cam[:3, :3] @ box.rotation_matrix for box in boxes])
         colors = np.array([obj.spec.color for obj in scene.world.objects], dtype=np.float64)
         draw_boxes(image, corners, rotations, colors, sun_direction(global2cam), self.intrinsic[channel])
-        filename = f"samples/{channel}/{scene.logfile}__{channel}__{timestamp}.jpg"
+        folder = "samples" if key_frame else "sweeps"
+        filename = f"{folder}/{channel}/{scene.logfile}__{channel}__{timestamp}.jpg"
+        (self.root / folder / channel).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(self.root / filename), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        self._add_sample_data(scene, channel, sample_token, timestamp, filename, self.spec.image_size)
+        self._add_sample_data(
+            scene, channel, sample_token, timestamp, filename, self.spec.image_size, key_frame
+        )
 
     def _write_can_bus(self, scene: _Scene, scene_name: str) -> None:
         """CAN bus pose (50 Hz, from 1 s before to 1 s after the scene), route and meta files of a scene."""
