@@ -1,7 +1,7 @@
-"""Every model side by side (``make study``): train and evaluate the 2D detectors on the synthetic COCO set
-and the BEV detectors on the synthetic nuScenes set with the same data, seed, image size and schedule per group,
-measure parameters, training time, images/s, peak memory and inference latency (eager and fast path), and
-write ``OUT/report.md`` with its PNG plots (:mod:`study_report`).
+"""Every model side by side (``make study``): train and evaluate the 2D detectors on the synthetic COCO
+set and the BEV detectors on the synthetic nuScenes set with the same data, seed, image size and schedule
+per group, measure parameters, training time, images/s, peak memory and inference latency (eager and fast
+path), and write ``OUT/report.md`` with its PNG plots (:mod:`study_report`).
 
     python tools/study.py                              # default profile, outputs in work_dirs/study
     python tools/study.py --budget tiny --models deformable_detr_single_scale,bevformer --out /tmp/s
@@ -431,13 +431,13 @@ def measure_latency(run_dir: Path, spec: dict[str, Any]) -> tuple[dict[str, floa
     model's parameter count."""
     overrides = [*spec["overrides"], *(["train.eval_batch_size=1"] if spec["group"] == "2d" else [])]
     task = build_task(load_task_config(REPO / spec["config"], overrides))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = task.build_model()
     task.load_weights(model, run_dir / LATEST)
-    model.eval()
+    model = model.to(device).eval()
     loader = Preloaded(
         task.data.eval_loader(task.data.build_dataset("val"), 0, 1), spec["latency"]["samples"]
     )
-    device = torch.device("cpu")
     paths = []
     for mode in ("eager", "fast"):
         prepared = inference_model(model, mode)
@@ -482,6 +482,7 @@ def worker(run_dir: Path) -> None:
         "images_per_sample": images_per_sample,
         "images_per_s": per_s * images_per_sample,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "latency_ms": latency,
         "metrics": metrics,
         "history": history,

@@ -147,6 +147,15 @@ def plot_2d(rows: Sequence[Entry], path: Path) -> None:
         ap = [h["metrics"]["AP"] for h in history]
         by_epoch.plot([h["epoch"] for h in history], ap, marker="o", label=entry["name"])
         by_time.plot([h["train_time_s"] / 60 for h in history], ap, marker="o", label=entry["name"])
+    top = max(
+        [
+            0.05,
+            *(metric(e, "AP") * 1.1 for e in rows),
+            *(h["metrics"].get("AP", 0) * 1.1 for e in rows for h in e["result"]["history"]),
+        ]
+    )
+    for axis in (by_epoch, by_time):
+        axis.set_ylim(0, top)
     by_epoch.set(xlabel="epoch", ylabel="COCO AP (val)", title="AP vs epoch")
     by_time.set(xlabel="training wall time (min)", ylabel="COCO AP (val)", title="AP vs wall time")
     for axis in (by_epoch, by_time):
@@ -229,8 +238,8 @@ def write_report(out: Path, entries: Sequence[Entry], settings: dict[str, Any]) 
         ),
         "",
         f"Latency: {settings['latency']}. Peak RSS: the high-water mark of the model's own process "
-        "(training, evaluation and latency). Train images/s: training samples per second times the images per sample "
-        "(BEV: cameras x frames read).",
+        "(training, evaluation and latency). Train images/s: training samples per second times the images "
+        "per sample (BEV: cameras x frames read).",
     ]
     data = settings["data"]
     if groups["2d"]:

@@ -12,9 +12,9 @@ model = dict(
     backbone="resnet18",  # the demo's ResNet-18 (the demo's variant sets it, detr3d's is a ResNet-101)
     backbone_style="pytorch",  # the demo's ResNet-18, not the published caffe-style R101-DCN
     backbone_dcn=[False, False, False, False],
-    backbone_norm_eval=False,
+    backbone_norm_eval=False,  # trainable batch norm from scratch, as in the demo
     num_heads=4,  # the demo variant's
-    published_init=False,  # the demo variant's initialization  # trainable batch norm from scratch, as in the demo
+    published_init=False,  # the demo variant's initialization
     bev_pos_in_memory=False,  # no BEV: the head reads the image features
 )
 data = dict(num_history=0)  # one frame per sample
