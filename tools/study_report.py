@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 Entry = dict[str, Any]
 
@@ -160,6 +161,7 @@ def plot_2d(rows: Sequence[Entry], path: Path) -> None:
     by_time.set(xlabel="training wall time (min)", ylabel="COCO AP (val)", title="AP vs wall time")
     for axis in (by_epoch, by_time):
         axis.grid(alpha=0.3)
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_epoch.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
