@@ -93,7 +93,7 @@ def test_report_from_fixture_numbers(tmp_path: Path) -> None:
         in report
     )
     assert (
-        "| slow_starter | 0.400 | 0.600 | 0.100 | 0.300 | -1.000 | 11.50 | 180 | 12.5 | 700 | 50.0 | 25.0 |"
+        "| slow_starter | 0.400 | 0.600 | 0.100 | 0.300 | n/a | 11.50 | 180 | 12.5 | 700 | 50.0 | 25.0 |"
         in report
     )
     # computed sentences: the best, its margin over the next, relative reductions for errors, ties, no -1

@@ -118,6 +118,11 @@ def latency_speedup(entry: Entry) -> float:
     return latency["eager"] / latency["fast"]
 
 
+def score(value: float) -> str:
+    """A metric for a table: 3 decimals, "n/a" where undefined (COCO's -1: no object of that size)."""
+    return f"{value:.3f}" if math.isfinite(value) and value >= 0 else "n/a"
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -254,7 +259,7 @@ def write_report(out: Path, entries: Sequence[Entry], settings: dict[str, Any]) 
             "",
             table(
                 [*COST_HEADER[:1], *COCO_COLUMNS, *COST_HEADER[1:]],
-                [[e["name"], *(f"{metric(e, k):.3f}" for k in COCO_COLUMNS), *cost_row(e)[1:]] for e in rows],
+                [[e["name"], *(score(metric(e, k)) for k in COCO_COLUMNS), *cost_row(e)[1:]] for e in rows],
             ),
             "",
             *(f"- {s}" for s in found["2d"]),
