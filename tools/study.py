@@ -107,7 +107,7 @@ MODELS: tuple[Model, ...] = (
         "detr",
         "configs/detr2d/detr_r50.py",
         "configs/detr2d/detr_r50.py",
-        note="DETR: global attention over the C5 map only (one level), softmax classes with a no-object "
+        note="global attention over the C5 map only (one level), softmax classes with a no-object "
         "class and its own loss weights.",
     ),
     Model(
@@ -134,28 +134,28 @@ MODELS: tuple[Model, ...] = (
         "detr3d",
         "configs/bev/detr3d_demo.py",
         "configs/bev/detr3d.py",
-        note="DETR3D: no BEV grid and no history; one frame per sample.",
+        note="no BEV grid and no history; one frame per sample.",
     ),
     Model(
         "bev",
         "petr",
         "configs/bev/petr_demo.py",
         "configs/bev/petr_r50dcn_c5.py",
-        note="PETR: 3D position embedding of the image features, one frame per sample.",
+        note="3D position embedding of the image features, one frame per sample.",
     ),
     Model(
         "bev",
         "petrv2",
         "configs/bev/petrv2_demo.py",
         "configs/bev/petrv2_vov_p4_800x320.py",
-        note="PETRv2: a second (previous) frame per sample is part of its input.",
+        note="a second (previous) frame per sample is part of its input.",
     ),
     Model(
         "bev",
         "bevformer",
         "configs/bev/demo.py",
         "configs/bev/base.py",
-        note="BEVFormer: the previous frame's BEV (history) in training and in the sequential test.",
+        note="the previous frame's BEV (history) in training and in the sequential test.",
     ),
 )
 
