@@ -213,4 +213,4 @@ def test_tiny_study_resumes_after_a_kill(tmp_path: Path) -> None:
         )
     for png in ("study_2d_ap.png", "study_bev_metrics.png", "study_latency.png"):
         assert (out / png).read_bytes()[:8] == PNG
-    assert "has the highest NDS" in report and "has the highest final COCO AP" in report
+    assert "the highest NDS: " in report and "the highest final COCO AP: " in report  # a tiny run may tie

@@ -66,7 +66,7 @@ def compare(
     best, second = ranked[0], ranked[len(leaders)]
     margin = abs(value(best) - value(second))
     sentence += f", {margin:{fmt}} {'above' if higher else 'below'} {second['name']} ({value(second):{fmt}})"
-    if not higher and value(second) > 0:
+    if not higher and value(second) > 0 and round(100 * margin / value(second)) > 0:
         sentence += f", {100 * margin / value(second):.0f}% less"
     return sentence + "."
 
