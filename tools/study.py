@@ -342,7 +342,7 @@ def run_models(
             "reason": "",
         }
         entries.append(entry)
-        remaining = models[index:]
+        remaining = [m for m in models[index:] if not (out / m.group / m.name / RESULT).is_file()]
         eta = sum(
             statistics.mean(seconds[m.group]) if seconds[m.group] else profile.expected_s.get(m.group, 0)
             for m in remaining
