@@ -25,8 +25,8 @@ demo: env
 demo-bev: env
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash tools/demo_bev.sh
 
-# Every model side by side on the synthetic data (tools/study.py): work_dirs/study/report.md, <= 45 min on
-# 2 cores; finished runs are reused, so an interrupted study continues. STUDY_ARGS: e.g. --models 2d.
+# Every model side by side on the synthetic data (tools/study.py): work_dirs/study/report.md, sized for
+# < 45 min on 2 cores; finished runs are reused, so an interrupted study continues. STUDY_ARGS: --models 2d
 study: env
 	$(PY) tools/study.py $(STUDY_ARGS)
 
