@@ -8,7 +8,7 @@ TORCH_CUDA_ARCH_LIST ?= 9.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: env demo demo-bev test test-all lint bench cuda-compile-check clean
+.PHONY: env demo demo-bev study test test-all lint bench cuda-compile-check clean
 
 env: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: env
 # The BEV demo (synthetic nuScenes -> infos -> train -> official evaluation -> pictures).
 demo-bev: env
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash tools/demo_bev.sh
+
+# Every model side by side on the synthetic data (tools/study.py): work_dirs/study/report.md, sized for
+# < 45 min on 2 cores; finished runs are reused, so an interrupted study continues. STUDY_ARGS: --models 2d
+study: env
+	$(PY) tools/study.py $(STUDY_ARGS)
 
 test: env
 	$(PY) -m pytest -q

@@ -1,0 +1,569 @@
+"""Every model side by side (``make study``): train and evaluate the 2D detectors on the synthetic COCO
+set and the BEV detectors on the synthetic nuScenes set with the same data, seed, image size and schedule
+per group, measure parameters, training time, images/s, peak memory and inference latency (eager and fast
+path), and write ``OUT/report.md`` with its PNG plots (:mod:`study_report`).
+
+    python tools/study.py                              # default profile, outputs in work_dirs/study
+    python tools/study.py --budget tiny --models deformable_detr_single_scale,bevformer --out /tmp/s
+    python tools/study.py --models 2d                  # one group (2d, bev) or model names, comma-separated
+    python tools/study.py --budget published --models 2d data.root=/data/coco       # real data, GPUs
+    python tools/study.py --budget published --models bev bev:data.root=/data/nuscenes \\
+        bev:data.infos_dir=/data/nuscenes/infos
+
+Each model is one run folder ``OUT/<group>/<name>`` trained by a subprocess of its own (its peak RSS is the
+model's): a finished run (``result.json`` of the same settings) is reused, an interrupted one continues from
+its ``checkpoint.pth``. A model whose config does not exist or does not load is reported as not available,
+a run that fails as failed; the others go on. Trailing ``key=value`` overrides apply to every model,
+``2d:key=value`` / ``bev:key=value`` to one group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmark_detr2d import cpu_model, time_paths  # noqa: E402
+from study_report import write_report  # noqa: E402
+
+from configs import ConfigError, load_config  # noqa: E402
+from datasets.nuscenes.infos import create_nuscenes_infos  # noqa: E402
+from datasets.nuscenes.synthetic import SyntheticSpec, generate_synthetic_nuscenes  # noqa: E402
+from datasets.synthetic_coco import SyntheticCocoSpec, generate_synthetic_coco  # noqa: E402
+from detr2d.runtime.cli import load_task_config  # noqa: E402
+from detr2d.runtime.evaluate import inference_model  # noqa: E402
+from detr2d.runtime.fit import LATEST, VAL_DIR, fit  # noqa: E402
+from detr2d.runtime.io import atomic_write_json  # noqa: E402
+from detr2d.runtime.tasks import build_task  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT, SPEC, ERROR = "result.json", "spec.json", "error.txt"
+GROUPS = ("2d", "bev")
+#: The 2D models train the COCO demo's model size, data settings and schedule (these keys of
+#: configs/detr2d/demo.py are applied to every 2D config), each with its own head, loss and matching.
+DEMO_2D = "configs/detr2d/demo.py"
+SHARED_2D_KEYS = (
+    *(
+        f"model.{key}"
+        for key in (
+            "backbone",
+            "pretrained",
+            "backbone_norm",
+            "backbone_trainable_layers",
+            "num_classes",
+            "num_queries",
+            "embed_dims",
+            "encoder_layers",
+            "decoder_layers",
+            "ffn_dims",
+            "dropout",
+        )
+    ),
+    "data.num_workers",
+    "augment.scales",
+    "augment.max_size",
+    "augment.crop_resize_sizes",
+    "augment.eval_size",
+    "optim.lr",
+    "optim.lr_backbone",
+    "schedule.epochs",
+    "schedule.lr_drop",
+    "train.batch_size",
+    "train.eval_batch_size",
+)
+
+
+@dataclass(frozen=True)
+class Model:
+    """One row of the study: ``config`` (CPU-sized) and ``published`` (the real-data recipe) with
+    ``overrides`` on top; ``note``: what is inherent to the model and differs from the others."""
+
+    group: str
+    name: str
+    config: str
+    published: str
+    overrides: tuple[str, ...] = ()
+    note: str = ""
+
+
+MODELS: tuple[Model, ...] = (
+    Model(
+        "2d",
+        "detr",
+        "configs/detr2d/detr_r50.py",
+        "configs/detr2d/detr_r50.py",
+        note="global attention over the C5 map only (one level), softmax classes with a no-object "
+        "class and its own loss weights.",
+    ),
+    Model(
+        "2d",
+        "deformable_detr_single_scale",
+        "configs/detr2d/deformable_detr_single_scale.py",
+        "configs/detr2d/deformable_detr_single_scale.py",
+        note="deformable attention over one level (C5), sigmoid focal classification.",
+    ),
+    Model(
+        "2d",
+        "deformable_detr",
+        "configs/detr2d/deformable_detr.py",
+        "configs/detr2d/deformable_detr.py",
+        note="four levels (C3-C5 and a stride-64 level).",
+    ),
+    Model(
+        "2d",
+        "deformable_detr_refine",
+        "configs/detr2d/deformable_detr_refine.py",
+        "configs/detr2d/deformable_detr_refine.py",
+        note="four levels; each decoder layer refines the previous layer's boxes.",
+    ),
+    Model(
+        "2d",
+        "deformable_detr_two_stage",
+        "configs/detr2d/deformable_detr_two_stage.py",
+        "configs/detr2d/deformable_detr_two_stage.py",
+        note="four levels, box refinement, and the encoder's top proposals as the decoder's queries.",
+    ),
+    Model(
+        "bev",
+        "detr3d",
+        "configs/bev/detr3d_demo.py",
+        "configs/bev/detr3d.py",
+        note="no BEV grid and no history; one frame per sample.",
+    ),
+    Model(
+        "bev",
+        "petr",
+        "configs/bev/petr_demo.py",
+        "configs/bev/petr_r50dcn_c5.py",
+        note="3D position embedding of the image features, one frame per sample.",
+    ),
+    Model(
+        "bev",
+        "petrv2",
+        "configs/bev/petrv2_demo.py",
+        "configs/bev/petrv2_vov_p4_800x320.py",
+        note="a second (previous) frame per sample is part of its input.",
+    ),
+    Model(
+        "bev",
+        "bevformer",
+        "configs/bev/demo.py",
+        "configs/bev/base.py",
+        note="the previous frame's BEV (history) in training and in the sequential test.",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A budget: the synthetic data (None: the published configs on data.root given by overrides), the
+    epochs per group, the latency measurement and the expected seconds of one run per group (the ETA
+    before the first run of a group ends)."""
+
+    name: str
+    coco: SyntheticCocoSpec | None
+    nuscenes: SyntheticSpec | None
+    epochs: dict[str, int]
+    bev_image_size: tuple[int, int] | None
+    latency_samples: int
+    latency_runs: int
+    expected_s: dict[str, float] = field(default_factory=dict)
+
+
+def _coco(num_train: int, num_val: int) -> SyntheticCocoSpec:
+    """The COCO demo's synthetic shapes (tools/demo.sh), ``num_train`` / ``num_val`` images."""
+    return SyntheticCocoSpec(
+        num_train=num_train,
+        num_val=num_val,
+        image_size=96,
+        max_objects=3,
+        min_scale=0.2,
+        max_scale=0.5,
+        seed=0,
+    )
+
+
+PROFILES = {
+    "tiny": Profile(
+        "tiny",
+        _coco(16, 8),
+        SyntheticSpec(num_scenes=2, samples_per_scene=3, image_size=(96, 54), seed=0),
+        {"2d": 1, "bev": 1},
+        (96, 54),
+        latency_samples=2,
+        latency_runs=1,
+        expected_s={"2d": 15, "bev": 20},
+    ),
+    # 5 x ~3 min (2D: 1000 images x 3 epochs) + 4 x ~5 min (BEV: 12 train scenes x 10 samples x 6 epochs)
+    "default": Profile(
+        "default",
+        _coco(1000, 100),
+        SyntheticSpec(num_scenes=15, samples_per_scene=10, image_size=(192, 108), seed=0),
+        {"2d": 3, "bev": 6},
+        (192, 108),
+        latency_samples=8,
+        latency_runs=3,
+        expected_s={"2d": 200, "bev": 300},
+    ),
+    "published": Profile("published", None, None, {}, None, latency_samples=8, latency_runs=3),
+}
+
+
+def select(models: str) -> list[Model]:
+    """The models named by ``models`` (comma-separated model names or groups; ``all``), in table order."""
+    names = {item.strip() for item in models.split(",") if item.strip()}
+    known = {m.name for m in MODELS} | set(GROUPS) | {"all"}
+    unknown = sorted(names - known)
+    if unknown:
+        raise SystemExit(f"error: --models: unknown {unknown}; choose from {sorted(known)}")
+    return [m for m in MODELS if "all" in names or m.name in names or m.group in names]
+
+
+def group_overrides(overrides: list[str], group: str) -> list[str]:
+    """The trailing overrides of ``group``: plain ``key=value`` items and ``group:key=value`` items."""
+    chosen = []
+    for item in overrides:
+        prefix, sep, rest = item.partition(":")
+        if sep and prefix in GROUPS and "=" not in prefix:
+            if prefix == group:
+                chosen.append(rest)
+        else:
+            chosen.append(item)
+    return chosen
+
+
+def literal(value: Any) -> str:
+    """``value`` as the value of a ``key=value`` override (strings bare, the rest as Python literals)."""
+    return value if isinstance(value, str) else repr(value)
+
+
+def shared_2d_overrides() -> list[str]:
+    """``key=value`` items of :data:`SHARED_2D_KEYS` with configs/detr2d/demo.py's values."""
+    demo = load_config(REPO / DEMO_2D)
+    items = []
+    for key in SHARED_2D_KEYS:
+        section, leaf = key.split(".")
+        items.append(f"{key}={literal(demo[section][leaf])}")
+    return items
+
+
+def prepare_data(profile: Profile, groups: set[str], data_root: Path) -> dict[str, list[str]]:
+    """Generate (or reuse) the profile's synthetic data of ``groups`` under ``data_root``; the data
+    overrides of each group."""
+    overrides: dict[str, list[str]] = {group: [] for group in GROUPS}
+    if profile.coco is not None and "2d" in groups:
+        root = generate_synthetic_coco(data_root / "coco", profile.coco)
+        overrides["2d"] = [f"data.root={root}"]
+    if profile.nuscenes is not None and "bev" in groups:
+        root, infos = data_root / "nuscenes", data_root / "nuscenes" / "infos"
+        splits = ["synthetic_train", "synthetic_val"]
+        if not (root / "v1.0-mini").is_dir():
+            generate_synthetic_nuscenes(root, profile.nuscenes)
+        if not all((infos / f"nuscenes_infos_{split}.json").is_file() for split in splits):
+            create_nuscenes_infos(root, "v1.0-mini", infos, splits)
+        overrides["bev"] = [
+            f"data.root={root}",
+            f"data.infos_dir={infos}",
+            f"data.image_size={list(profile.bev_image_size)!r}",
+        ]
+    return overrides
+
+
+def model_overrides(model: Model, profile: Profile, data: list[str], user: list[str]) -> list[str]:
+    """Everything a model's run sets on top of its config: the shared settings of its group (CPU profiles),
+    the data, one seed, the epochs, the evaluation (2D: every epoch; BEV: after the last), then ``user``."""
+    shared = shared_2d_overrides() if model.group == "2d" and profile.coco is not None else []
+    epochs = profile.epochs.get(model.group)
+    schedule = [f"schedule.epochs={epochs}"] if epochs else []
+    evaluation = (
+        ["train.eval_every=1"] if model.group == "2d" else [f"train.eval_every={epochs}"] * bool(epochs)
+    )
+    return [
+        *shared,
+        *data,
+        "train.seed=0",
+        *schedule,
+        *evaluation,
+        "train.keep_every=0",
+        *model.overrides,
+        *user,
+    ]
+
+
+def availability(config: str, overrides: list[str]) -> str | None:
+    """None if ``config`` loads with ``overrides``, else why it is not available."""
+    if not (REPO / config).is_file():
+        return f"{config} does not exist yet"
+    try:
+        load_task_config(REPO / config, overrides)
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        return f"{config} does not load: {error}".splitlines()[0]
+    return None
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02}:{secs:02}"
+
+
+def run_models(
+    models: list[Model], profile: Profile, out: Path, data: dict[str, list[str]], user: list[str]
+) -> list[dict[str, Any]]:
+    """Run (or reuse) every model in its own subprocess, printing the overall progress and ETA; one entry
+    per model: ``group``, ``name``, ``status`` (trained | reused | not available | failed), ``reason``,
+    ``note``, ``result`` (the run's result.json, or None)."""
+    entries: list[dict[str, Any]] = []
+    seconds: dict[str, list[float]] = {group: [] for group in GROUPS}
+    start = time.perf_counter()
+    for index, model in enumerate(models):
+        overrides = model_overrides(model, profile, data[model.group], group_overrides(user, model.group))
+        config = model.published if profile.coco is None else model.config
+        entry: dict[str, Any] = {
+            "group": model.group,
+            "name": model.name,
+            "config": config,
+            "note": model.note,
+            "result": None,
+            "reason": "",
+        }
+        entries.append(entry)
+        remaining = [m for m in models[index:] if not (out / m.group / m.name / RESULT).is_file()]
+        eta = sum(
+            statistics.mean(seconds[m.group]) if seconds[m.group] else profile.expected_s.get(m.group, 0)
+            for m in remaining
+        )
+        print(
+            f"[study {index + 1}/{len(models)} {model.group}/{model.name}] elapsed "
+            f"{_clock(time.perf_counter() - start)}, ETA of the study {_clock(eta)}",
+            flush=True,
+        )
+        reason = availability(config, overrides)
+        if reason is not None:
+            entry.update(status="not available", reason=reason)
+            print(f"  not available: {reason}", flush=True)
+            continue
+        run_dir = out / model.group / model.name
+        spec = {
+            "group": model.group,
+            "name": model.name,
+            "config": config,
+            "overrides": overrides,
+            "latency": {"samples": profile.latency_samples, "runs": profile.latency_runs},
+        }
+        result = reusable_result(run_dir, spec)
+        if result is not None:
+            entry.update(status="reused", result=result)
+            print(f"  reused {run_dir / RESULT}", flush=True)
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / SPEC, spec, indent=2)
+        (run_dir / ERROR).unlink(missing_ok=True)
+        began = time.perf_counter()
+        code = subprocess.call([sys.executable, str(Path(__file__).resolve()), "--worker", str(run_dir)])
+        seconds[model.group].append(time.perf_counter() - began)
+        if code == 0 and (run_dir / RESULT).is_file():
+            entry.update(status="trained", result=json.loads((run_dir / RESULT).read_text()))
+            print(f"  done in {_clock(seconds[model.group][-1])}", flush=True)
+        else:
+            error = run_dir / ERROR
+            last = error.read_text().strip().splitlines()[-1] if error.is_file() else f"exit status {code}"
+            entry.update(status="failed", reason=f"{last} (see {run_dir}/train.log)")
+            print(f"  failed: {entry['reason']}", flush=True)
+    return entries
+
+
+def reusable_result(run_dir: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished run's result in ``run_dir`` when it ran ``spec``; None when it has not finished.
+
+    Raises:
+        SystemExit: ``run_dir`` holds a run of other settings (never overwritten).
+    """
+    for name in (RESULT, SPEC):
+        path = run_dir / name
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("spec", saved) != spec:
+                raise SystemExit(
+                    f"error: {path} is a run of other settings (another --budget, data or overrides); "
+                    "choose another --out or remove that folder"
+                )
+    result = run_dir / RESULT
+    return json.loads(result.read_text()) if result.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------------- worker
+
+
+def read_log(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
+    """The epoch records of ``run_dir/log.jsonl`` (the last of each epoch, in order) and the number of
+    training iterations run."""
+    epochs: dict[int, dict[str, Any]] = {}
+    iterations = 0
+    for line in (run_dir / "log.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "iter" in record:
+            iterations = max(iterations, int(record["iter"]))
+        elif "train" in record:
+            epochs[int(record["epoch"])] = record
+    return [epochs[e] for e in sorted(epochs)], iterations
+
+
+class Preloaded:
+    """Batches read ahead of the timing (decoding is not timed), with the loader's ``dataset``."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, count: int) -> None:
+        self.dataset = loader.dataset
+        self.batches = [batch for batch in islice(loader, count) if batch is not None]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def measure_latency(run_dir: Path, spec: dict[str, Any]) -> tuple[dict[str, float], int]:
+    """Milliseconds per image (2D) or frame (BEV) of the trained model over the first val samples, batch 1,
+    eager and fast path (:func:`detr2d.runtime.evaluate.inference_model`), calls alternating; and the
+    model's parameter count."""
+    overrides = [*spec["overrides"], *(["train.eval_batch_size=1"] if spec["group"] == "2d" else [])]
+    task = build_task(load_task_config(REPO / spec["config"], overrides))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = task.build_model()
+    task.load_weights(model, run_dir / LATEST)
+    model = model.to(device).eval()
+    loader = Preloaded(
+        task.data.eval_loader(task.data.build_dataset("val"), 0, 1), spec["latency"]["samples"]
+    )
+    paths = []
+    for mode in ("eager", "fast"):
+        prepared = inference_model(model, mode)
+        paths.append((mode, lambda m=prepared: sum(1 for _ in task.infer(m, loader, device))))
+    times = time_paths(paths, spec["latency"]["runs"], warmup=1)
+    latency = {
+        mode: statistics.median(t[0] for t in values) / len(loader.batches) * 1e3
+        for mode, values in times.items()
+    }
+    return latency, sum(p.numel() for p in model.parameters())
+
+
+def worker(run_dir: Path) -> None:
+    """Train (or continue) the run of ``run_dir/spec.json``, then measure it; write ``result.json``."""
+    spec = json.loads((run_dir / SPEC).read_text())
+    config_path = REPO / spec["config"]
+    task = build_task(load_task_config(config_path, spec["overrides"]))
+    checkpoint = run_dir / LATEST
+    fit(task, run_dir, resume=checkpoint if checkpoint.is_file() else None)
+    config = task.config
+    records, iterations = read_log(run_dir)
+    unit = task.data.unit
+    metrics = json.loads((run_dir / VAL_DIR / "metrics.json").read_text())
+    train_time, history = 0.0, []
+    for record in records:
+        train_time += record["train"]["time_s"]
+        history.append(
+            {"epoch": record["epoch"] + 1, "train_time_s": train_time, "metrics": record.get("val", {})}
+        )
+    per_s = sum(r["train"][f"{unit}_per_s"] * r["train"]["time_s"] for r in records) / max(train_time, 1e-9)
+    images_per_sample = 1
+    if spec["group"] == "bev":
+        images_per_sample = config["model"].get("num_cams", 6) * (1 + config["data"].get("num_history", 0))
+    latency, params = measure_latency(run_dir, spec)
+    sizes = {split: len(task.data.build_dataset(split)) for split in ("train", "val")}
+    result = {
+        "spec": spec,
+        "params": params,
+        "unit": unit,
+        "train_time_s": train_time,
+        "train_per_s": per_s,
+        "images_per_sample": images_per_sample,
+        "images_per_s": per_s * images_per_sample,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        "latency_ms": latency,
+        "metrics": metrics,
+        "history": history,
+        "iterations": iterations,
+        "settings": {
+            "train samples": sizes["train"],
+            "val samples": sizes["val"],
+            "image size": config["data"]["image_size"]
+            if spec["group"] == "bev"
+            else config["augment"]["eval_size"],
+            "queries": config["model"].get("num_queries"),
+            "backbone": config["model"].get("backbone"),
+            "history frames": config["data"].get("num_history", 0) if spec["group"] == "bev" else 0,
+            "epochs": config["schedule"]["epochs"],
+            "iterations": iterations,
+            "batch size": config["train"]["batch_size"],
+            "lr": config["optim"]["lr"],
+            "seed": config["train"]["seed"],
+        },
+    }
+    atomic_write_json(run_dir / RESULT, result, indent=1)
+
+
+def synthetic_data(spec: SyntheticCocoSpec | SyntheticSpec | None) -> str:
+    """How the report names a group's data."""
+    if spec is None:
+        return "the published configs' data (data.root given on the command line)"
+    return "synthetic, " + ", ".join(f"{key} {value}" for key, value in asdict(spec).items())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value for every model, 2d:key=value / bev:key=value"
+    )
+    parser.add_argument(
+        "--models", default="all", help="comma-separated model names or groups (2d, bev, all)"
+    )
+    parser.add_argument(
+        "--budget", choices=sorted(PROFILES), default="default", help="profile (default: %(default)s)"
+    )
+    parser.add_argument("--out", default="work_dirs/study", help="study folder (default: %(default)s)")
+    parser.add_argument("--data", help="synthetic data folder (default: data/study/<budget>)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        try:
+            worker(Path(args.worker))
+        except BaseException:
+            (Path(args.worker) / ERROR).write_text(traceback.format_exc())
+            raise
+        return
+    profile = PROFILES[args.budget]
+    models = select(args.models)
+    out = Path(args.out)
+    start = time.perf_counter()
+    data = prepare_data(profile, {m.group for m in models}, Path(args.data or f"data/study/{profile.name}"))
+    entries = run_models(models, profile, out, data, args.overrides)
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    settings = {
+        "profile": profile.name,
+        "data": {"2d": synthetic_data(profile.coco), "bev": synthetic_data(profile.nuscenes)},
+        "machine": f"{machine}, {torch.get_num_threads()} threads",
+        "wall_s": time.perf_counter() - start,
+        "latency": f"batch 1, median of {profile.latency_runs} timed run(s) over the first "
+        f"{profile.latency_samples} val samples after 1 warm-up",
+    }
+    report = write_report(out, entries, settings)
+    print(f"[study] done in {_clock(settings['wall_s'])}: {report}")
+
+
+if __name__ == "__main__":
+    main()
