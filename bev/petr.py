@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasets.nuscenes.constants import PC_RANGE
 from detr2d.layers.box_ops import inverse_sigmoid
 from detr2d.layers.fpn import conv_module
 from detr2d.position_encoding import sine_embed
@@ -37,7 +38,6 @@ from .projection import check_pc_range, normalized_to_metric
 
 #: The range the 3D coordinates are normalized over (x, y, z min, then max), and the depth limit.
 POSITION_RANGE = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0)
-PC_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
 #: PETRv2's regression groups: centre (x, y), z, log size, (sin, cos) yaw, velocity.
 GROUP_DIMS = (2, 1, 3, 2, 2)
 COORD_EPS = 1e-5

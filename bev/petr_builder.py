@@ -1,8 +1,8 @@
 """Named PETR / PETRv2 variants as published (megvii-research/PETR ``projects/configs/petr*/``).
 
 Common settings: C = 256, 8 heads, FFN 2048, dropout 0.1, 6 decoder layers, 900 queries, 64 LID depths
-from 1 m, position_range [-61.2, -61.2, -10, 61.2, 61.2, 10], pc_range [-51.2, -51.2, -5, 51.2, 51.2, 3],
-top 300 boxes without NMS.
+from 1 m, position_range [-61.2, -61.2, -10, 61.2, 61.2, 10], pc_range the nuScenes ``PC_RANGE``, top 300
+boxes without NMS.
 
 - ``petr_r50dcn_c5``: ResNet-50-DCN caffe (BN frozen, norm_eval, DCNv2 in layer3-4), C5 (2048 ch, stride
   32), no neck; 1408 x 512 images.

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from bev import BEVModelConfig
+from bev import BEVModelConfig, PETRModelConfig
 from bev.decoder import DetectionDecoder
 from configs import ConfigError, upgrade_model_keys
 from datasets.nuscenes.constants import PC_RANGE
@@ -24,7 +24,11 @@ from detr2d.runtime.cli import load_task_config, parser_with_config, split_check
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.py"))
-SCHEMAS = {"coco_detection": ModelConfig, "nuscenes_detection": BEVModelConfig}
+SCHEMAS = {
+    "coco_detection": ModelConfig,
+    "nuscenes_detection": BEVModelConfig,
+    "nuscenes_petr": PETRModelConfig,
+}
 
 
 def _tool(*args: str) -> subprocess.CompletedProcess:
