@@ -171,7 +171,6 @@ def test_petrv2_trains_and_infers_on_two_frame_batches(tiny_root):  # noqa: F811
     assert torch.allclose(halved[0]["boxes"][:, 7:], detections[0]["boxes"][:, 7:] / 2, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_petr_demo_through_the_tools(tiny_root, tmp_path, capsys):  # noqa: F811
     """train (fit with in-training evaluation), test (official evaluator; eager, fast path, a
     released-layout file), --format-only and predict (pictures) on the PETR demo config."""
