@@ -17,7 +17,8 @@ import torch
 from bev_helpers import one_thread, tiny_root  # noqa: F401 (fixtures: one_thread autouse, tiny_root)
 
 from bev import build_petr, petr_state_dict
-from bev.petr_task import PETRTask
+from bev.petr_task import PETRTask, load_backbone_weights
+from bev.vovnet import VoVNetSpec
 from datasets.nuscenes import NuScenesMultiViewDataset, collate_nuscenes
 from datasets.nuscenes.infos import infos_path, load_infos
 from detr2d.runtime.cli import load_task_config
@@ -35,6 +36,7 @@ TINY_MODEL = [
     "model.num_queries=10",
     "model.num_depths=8",
 ]
+TINY_VOV = VoVNetSpec((8, 8, 16), (8, 8, 8, 8), (16, 16, 16, 16), 2, (1, 1, 1, 1))
 TINY = {"embed_dims": 32, "ffn_dims": 32, "decoder_layers": 2, "num_queries": 10, "num_depths": 8}
 
 
@@ -269,3 +271,33 @@ def _example(model) -> dict[str, torch.Tensor]:
     """The export example inputs of ``model`` as a batch (36 x 64 images)."""
     wrapper, example = prepare_export(model, (36, 64))
     return dict(zip(wrapper.input_names, example, strict=True))
+
+
+def test_init_from_fills_the_image_backbone_from_2d_and_released_checkpoints(tmp_path):
+    config = load_task_config(PETR_DEMO, TINY_MODEL)
+    task = PETRTask(config)
+    torch.manual_seed(0)
+    source = task.build_model()
+    detr = {f"backbone.0.body.{k}": v + 1 for k, v in source.backbone.body.state_dict().items()}
+    torch.save({"model": {**detr, "class_embed.weight": torch.zeros(3, 3)}}, tmp_path / "coco.pth")
+    model = task.build_model()
+    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    task.init_from(model, tmp_path / "coco.pth")
+    body = model.backbone.body.state_dict()
+    assert all(torch.equal(body[k.removeprefix("backbone.0.body.")], v) for k, v in detr.items())
+    assert all(torch.equal(v, model.head.state_dict()[k]) for k, v in head_before.items())
+
+    vov = PETRTask(load_task_config(REPO / "configs" / "bev" / "petr_vov_p4_800x320.py"))
+    vov_model = build_petr("petr_vov_p4_800x320", vovnet_spec=TINY_VOV, **TINY)
+    released = {
+        f"img_backbone.{k}": torch.full_like(v, 0.5) for k, v in vov_model.backbone.state_dict().items()
+    }
+    torch.save({"state_dict": released}, tmp_path / "fcos3d.pth")
+    load_backbone_weights(vov_model, tmp_path / "fcos3d.pth", strict=True)
+    state = vov_model.backbone.state_dict()
+    assert all(bool((v == 0.5).all()) for v in state.values() if v.is_floating_point())
+    released.pop(next(iter(released)))
+    torch.save({"state_dict": released}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"partial\.pth.*1 missing keys"):
+        load_backbone_weights(vov_model, tmp_path / "partial.pth", strict=True)
+    assert "tensors loaded" in vov.init_from(vov_model, tmp_path / "partial.pth")
