@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from datasets.nuscenes.constants import CLASS_NAMES
-from detr2d.layers.resnet import ResNetBackbone, initialize_backbone, load_pretrained
+from detr2d.layers.resnet import ResNetBackbone, check_initialization, initialize_backbone, load_pretrained
 from detr2d.runtime.checkpoint import key_mismatch_message, load_checkpoint, load_torch_file
 from detr2d.runtime.precision import autocast
 from detr2d.runtime.task import Detections, Task
@@ -32,7 +32,7 @@ from .augment import GridMask
 from .loss import DetectionLoss3D
 from .nuscenes import NuScenesData, NuScenesEvaluator
 from .petr import PETR
-from .petr_builder import PETRModelConfig, build_petr, build_petr_criterion, petr_model_config
+from .petr_builder import PETRModelConfig, build_petr_criterion, build_petr_from_config, petr_model_config
 from .petr_official import load_petr_checkpoint
 from .sequential import _cpu
 
@@ -147,15 +147,20 @@ class PETRTask(Task):
         return petr_model_config(name, **settings)
 
     def build_model(self, pretrained: bool = False) -> PETR:
-        name, settings = self._model_settings()
-        model = build_petr(name, **settings)
-        weights = self.model_config().pretrained
-        if pretrained and isinstance(model.backbone, ResNetBackbone):
-            report = initialize_backbone(model.backbone, weights)
+        """The model on the CPU; ``pretrained`` (a fresh training run): the backbone from
+        ``model.pretrained``, refusing fixed batch-norm statistics (``norm_eval``) without weights."""
+        cfg = self.model_config()
+        model = build_petr_from_config(cfg)
+        if not pretrained:
+            return model
+        if isinstance(model.backbone, ResNetBackbone):
+            report = initialize_backbone(model.backbone, cfg.pretrained)
             if report is not None:
                 logger.info("%s", report)
-        elif pretrained and weights is not None:
-            logger.info("%s", load_backbone_weights(model, weights, strict=True))
+        else:
+            check_initialization("bn", cfg.pretrained, cfg.norm_eval)
+            if cfg.pretrained is not None:
+                logger.info("%s", load_backbone_weights(model, cfg.pretrained, strict=True))
         return model
 
     def build_criterion(self) -> DetectionLoss3D:

@@ -301,3 +301,12 @@ def test_init_from_fills_the_image_backbone_from_2d_and_released_checkpoints(tmp
     with pytest.raises(ValueError, match=r"partial\.pth.*1 missing keys"):
         load_backbone_weights(vov_model, tmp_path / "partial.pth", strict=True)
     assert "tensors loaded" in vov.init_from(vov_model, tmp_path / "partial.pth")
+
+
+def test_a_fresh_run_refuses_fixed_batch_norm_without_backbone_weights():
+    config = load_task_config(
+        REPO / "configs" / "bev" / "petr_vov_p4_800x320.py", [*TINY_MODEL, "model.pretrained=none"]
+    )
+    with pytest.raises(ValueError, match="pretrained"):
+        PETRTask(config).build_model(pretrained=True)
+    PETRTask(config).build_model()  # testing or fine-tuning: the weights come from a checkpoint
