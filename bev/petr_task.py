@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from datasets.nuscenes.constants import CLASS_NAMES
-from detr2d.layers.resnet import ResNetBackbone, check_initialization, initialize_backbone, load_pretrained
+from detr2d.layers.resnet import ResNetBackbone, initialize_backbone, load_pretrained
 from detr2d.runtime.checkpoint import key_mismatch_message, load_checkpoint, load_torch_file
 from detr2d.runtime.precision import autocast
 from detr2d.runtime.task import Detections, Task
@@ -153,14 +153,18 @@ class PETRTask(Task):
         model = build_petr_from_config(cfg)
         if not pretrained:
             return model
+        if cfg.norm_eval and cfg.pretrained is None:
+            raise ValueError(
+                f"model.norm_eval keeps the {cfg.backbone} backbone's batch-norm statistics fixed, but "
+                "model.pretrained is None: give backbone weights (a file, URL or torchvision:// name) or "
+                "train the batch norm from scratch with model.norm_eval=false"
+            )
         if isinstance(model.backbone, ResNetBackbone):
             report = initialize_backbone(model.backbone, cfg.pretrained)
             if report is not None:
                 logger.info("%s", report)
-        else:
-            check_initialization("bn", cfg.pretrained, cfg.norm_eval)
-            if cfg.pretrained is not None:
-                logger.info("%s", load_backbone_weights(model, cfg.pretrained, strict=True))
+        elif cfg.pretrained is not None:
+            logger.info("%s", load_backbone_weights(model, cfg.pretrained, strict=True))
         return model
 
     def build_criterion(self) -> DetectionLoss3D:

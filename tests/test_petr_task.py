@@ -307,6 +307,6 @@ def test_a_fresh_run_refuses_fixed_batch_norm_without_backbone_weights():
     config = load_task_config(
         REPO / "configs" / "bev" / "petr_vov_p4_800x320.py", [*TINY_MODEL, "model.pretrained=none"]
     )
-    with pytest.raises(ValueError, match="pretrained"):
+    with pytest.raises(ValueError, match=r"model.norm_eval keeps the vovnet99 .* model.pretrained is None"):
         PETRTask(config).build_model(pretrained=True)
     PETRTask(config).build_model()  # testing or fine-tuning: the weights come from a checkpoint
