@@ -34,6 +34,7 @@ from detr2d.position_encoding import sine_embed
 
 from .box_coder import CODE_SIZE, CODE_WEIGHTS, NMSFreeDecoder
 from .decoder import HeadOutput, classification_branch, regression_branch
+from .export import camera_ring
 from .projection import check_pc_range, normalized_to_metric
 
 #: The range the 3D coordinates are normalized over (x, y, z min, then max), and the depth limit.
@@ -582,6 +583,23 @@ class PETR(nn.Module):
         feat = feat.view(batch, num_views, *feat.shape[1:])
         return self.head(feat, lidar2img, (height + pad_h, width + pad_w), (height, width), timestamps)
 
+    def for_export(
+        self, image_size: tuple[int, int], batch: int = 1
+    ) -> tuple[PETRForExport, tuple[torch.Tensor, ...]]:
+        """The export graph of this detector (:class:`PETRForExport`) and example inputs: random images,
+        a ring of cameras (:func:`bev.export.camera_ring`; PETRv2's earlier frame the same ring) and, for
+        PETRv2, timestamps with the earlier frame 0.5 s back; ``image_size`` (H, W) of every view."""
+        height, width = image_size
+        device = next(self.parameters()).device
+        img = torch.randn(batch, self.num_views, 3, height, width, device=device)
+        cams = self.num_views // 2 if self.head.with_time else self.num_views
+        lidar2img = camera_ring(cams, image_size, batch).repeat(1, self.num_views // cams, 1, 1).to(device)
+        if not self.head.with_time:
+            return PETRForExport(self), (img, lidar2img)
+        timestamps = torch.zeros(batch, self.num_views, device=device)
+        timestamps[:, cams:] = 0.5
+        return PETRForExport(self), (img, lidar2img, timestamps)
+
     def forward(self, batch: Mapping[str, Any]) -> HeadOutput:
         """``batch``: ``img``, ``lidar2img`` and, for PETRv2, ``timestamps`` (see the class docstring)."""
         missing = [
@@ -596,3 +614,24 @@ class PETR(nn.Module):
     def decode(self, outputs: HeadOutput) -> list[dict[str, torch.Tensor]]:
         """B dicts of ``boxes`` (K, 9) (centre z), ``scores`` (K,), ``labels`` (K,) from the last layer."""
         return self.box_decoder.decode(outputs.cls_logits[-1], outputs.box_code[-1])
+
+
+class PETRForExport(nn.Module):
+    """A :class:`PETR`'s graph for export (:mod:`detr2d.runtime.export` writes it): ``img`` (B, N, 3, H, W),
+    ``lidar2img`` (B, N, 4, 4) and, for PETRv2, ``timestamps`` (B, N) -> ``cls_logits`` (B, Q, num_classes)
+    and ``box_code`` (B, Q, 10) of the last decoder layer (what ``model.box_decoder.decode`` takes).
+    Global attention, the 3D position embedding and the lidar2img inverse are standard operators; the
+    graph is exported for the example images' size."""
+
+    def __init__(self, model: PETR) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = ("img", "lidar2img", *(("timestamps",) if model.head.with_time else ()))
+        self.output_names = ("cls_logits", "box_code")
+
+    def forward(
+        self, img: torch.Tensor, lidar2img: torch.Tensor, timestamps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-layer ``cls_logits`` (B, Q, K) and ``box_code`` (B, Q, 10)."""
+        outputs = self.model.predict(img, lidar2img, timestamps)
+        return outputs.cls_logits[-1], outputs.box_code[-1]

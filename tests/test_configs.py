@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bev import BEVModelConfig
+from bev import BEVModelConfig, PETRModelConfig
 from bev.decoder import DetectionDecoder
 from configs import ConfigError, upgrade_model_keys
 from datasets.nuscenes.constants import PC_RANGE
@@ -36,7 +36,11 @@ from detr2d.runtime.tasks import build_task
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.py"))
-SCHEMAS = {"coco_detection": ModelConfig, "nuscenes_detection": BEVModelConfig}
+SCHEMAS = {
+    "coco_detection": ModelConfig,
+    "nuscenes_detection": BEVModelConfig,
+    "nuscenes_petr": PETRModelConfig,
+}
 
 
 def _tool(*args: str) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ from .task import Task
 TASKS = {
     "coco_detection": "detr2d.task:CocoDetectionTask",
     "nuscenes_detection": "bev.task:NuScenesDetectionTask",
+    "nuscenes_petr": "bev.petr_task:PETRTask",
 }
 
 _DATASETS_HINT = (
