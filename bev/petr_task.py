@@ -57,12 +57,13 @@ def petr_inputs(batch: Mapping[str, Any], num_views: int, with_time: bool) -> di
     if missing:
         raise ValueError(f"the PETR batch is missing {missing} (it has {sorted(batch)})")
     img, lidar2img = batch["img"], batch["lidar2img"]
-    if img.dim() == 6 and img.shape[1] == 1 and lidar2img.dim() == 5:  # the data side's (B, T=1, Ncam, ...)
+    if img.dim() == 6 and img.shape[1] == 1 and lidar2img.dim() == 5:  # the data side's (B, T=1, N, ...)
         img, lidar2img = img[:, 0], lidar2img[:, 0]
     if img.dim() != 5 or img.shape[1] != num_views or img.shape[2] != 3:
         raise ValueError(
             f"batch key 'img' must have shape (B, {num_views}, 3, H, W)"
-            + (" (6 current + 6 earlier cameras)" if with_time else " (or (B, 1, 6, 3, H, W))")
+            + (" (6 current + 6 earlier cameras)" if with_time else "")
+            + f" or (B, 1, {num_views}, 3, H, W)"
             + f", got {tuple(img.shape)}"
         )
     batch_size = img.shape[0]
@@ -74,6 +75,8 @@ def petr_inputs(batch: Mapping[str, Any], num_views: int, with_time: bool) -> di
     inputs = {"img": img, "lidar2img": lidar2img}
     if with_time:
         timestamps = batch["timestamps"]
+        if timestamps.dim() == 3 and timestamps.shape[1] == 1:  # the data side's (B, T=1, Ncam)
+            timestamps = timestamps[:, 0]
         if tuple(timestamps.shape) != (batch_size, num_views):
             raise ValueError(
                 f"batch key 'timestamps' must have shape {(batch_size, num_views)} (seconds per view), "
