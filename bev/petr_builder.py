@@ -28,12 +28,12 @@ from torch import nn
 
 from detr2d.builder import BACKBONES, check_field_types, check_positive
 from detr2d.layers.resnet import ResNetBackbone
+from detr2d.layers.vovnet import VOVNET99_ESE, VoVNet, VoVNetSpec
 
 from .box_coder import CODE_WEIGHTS, NMSFreeDecoder
 from .loss import DetectionLoss3D
 from .petr import CPFPN, PC_RANGE, PETR, POSITION_RANGE, PETRHead
 from .projection import check_pc_range
-from .vovnet import VOVNET99_ESE, VoVNet, VoVNetSpec
 
 #: PETRv2's code weights (PETR keeps the velocity at 0.2: ``bev.box_coder.CODE_WEIGHTS``).
 CODE_WEIGHTS_V2 = (1.0,) * 10

@@ -24,7 +24,7 @@ from bev.petr import (
     frustum_coordinates,
     multiview_sine_embedding,
 )
-from bev.vovnet import EffectiveSE, OSAModule, VoVNet, VoVNetSpec
+from detr2d.layers.vovnet import EffectiveSE, OSAModule, VoVNet, VoVNetSpec
 
 TINY_VOV = VoVNetSpec((8, 8, 16), (8, 8, 8, 8), (16, 16, 24, 32), 2, (1, 2, 1, 2))
 

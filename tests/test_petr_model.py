@@ -18,7 +18,7 @@ from bev.petr import PETR
 from bev.petr_builder import PREPROCESS, VARIANTS, build_petr, build_petr_criterion
 from bev.petr_official import load_petr_checkpoint, petr_key_map, petr_state_dict
 from bev.petr_task import PETRTask
-from bev.vovnet import VoVNetSpec
+from detr2d.layers.vovnet import VoVNetSpec
 from detr2d.runtime.cli import load_task_config
 
 KEYS = Path(__file__).resolve().parent / "reference_keys"

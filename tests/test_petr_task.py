@@ -18,9 +18,9 @@ from bev_helpers import one_thread, tiny_root  # noqa: F401 (fixtures: one_threa
 
 from bev import build_petr, petr_state_dict
 from bev.petr_task import PETRTask, load_backbone_weights
-from bev.vovnet import VoVNetSpec
 from datasets.nuscenes import NuScenesMultiViewDataset, collate_nuscenes
 from datasets.nuscenes.infos import infos_path, load_infos
+from detr2d.layers.vovnet import VoVNetSpec
 from detr2d.runtime.cli import load_task_config
 from detr2d.runtime.export import export_model, onnx_max_errors, prepare_export
 from detr2d.runtime.fast_inference import optimize_for_inference
