@@ -321,3 +321,18 @@ def test_torch_export_detr2d_with_mask(tmp_path, cpu_backend, padding):
                 program.module()(images, new_mask), wrapper(images, new_mask), strict=True
             ):
                 torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["bev", "detr3d"])
+def test_bev_onnx_exported_at_batch_two_runs_batch_two(tmp_path, head):
+    """``tools/export.py --batch 2``: a BEV graph traced at B = 2 equals PyTorch on two different samples
+    (each with its own camera ring and, for BEVFormer, its own previous BEV)."""
+    model = small_bev(head)
+    wrapper, example = prepare_export(model, (64, 96), batch=2)
+    path = tmp_path / f"{head}_b2.onnx"
+    proto = export_model(wrapper, example, "onnx", path)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    ring = camera_ring(model.num_cams, (64, 96), batch=2)
+    ring[1] = ring[1].roll(1, dims=0)  # the second sample's cameras in another order
+    inputs = (torch.randn(2, model.num_cams, 3, 64, 96), ring, *example[2:])
+    assert max(onnx_max_errors(wrapper, path, inputs)) < TOL

@@ -13,7 +13,8 @@ their config. Without a checkpoint the weights are random (useful to try the pip
 example images traced) defaults to the config's evaluation size (COCO: ``augment.eval_size`` x
 ``augment.max_size``; nuScenes: ``data.image_size``). Deformable DETR graphs accept any image size
 from the model's ``min_image_size`` up (``--check`` compares at the traced size and at the transposed
-one); BEV graphs are fixed to it. Graph inputs and outputs:
+one) and any batch size; BEV graphs are fixed to it and to ``--batch`` (their spatial cross-attention
+gathers, per camera, a number of queries the tracer bakes in). Graph inputs and outputs:
 :mod:`detr2d.export`, :mod:`bev.export`.
 """
 
@@ -58,6 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=None, help="image width (default: the config's)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16)")
     parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="batch size B of the traced example (default 1); the 2D ONNX graphs leave B free, the BEV "
+        "graphs are fixed to it",
+    )
+    parser.add_argument(
         "--check", action="store_true", help="compare ONNX Runtime with PyTorch on new inputs"
     )
     args = parser.parse_intermixed_args(argv)
@@ -73,16 +81,18 @@ def main(argv: list[str] | None = None) -> None:
         print("no checkpoint given: exporting random weights", file=sys.stderr)
     height, width = default_image_size(config)
     size = (args.height or height, args.width or width)
-    wrapper, example = prepare_export(model.eval(), size)
+    if args.batch < 1:
+        parser.error(f"--batch must be >= 1, got {args.batch}")
+    wrapper, example = prepare_export(model.eval(), size, args.batch)
     export_model(wrapper, example, args.format, args.out, opset=args.opset)
     dynamic = isinstance(wrapper, Detr2dForExport)
     sizes = f"any H, W >= {wrapper.min_image_size}" if dynamic else f"{size[0]} x {size[1]}"
     print(f"wrote {args.out}: {type(model).__name__}, images {sizes}, format {args.format}")
     if args.check and args.format == "onnx":
         for check_size in (size, size[::-1]) if dynamic else (size,):
-            _, fresh = prepare_export(model, check_size)
+            _, fresh = prepare_export(model, check_size, args.batch)
             if isinstance(wrapper, BevFrameForExport):  # a camera ring instead of the all-seeing example rig
-                fresh = (fresh[0], camera_ring(model.num_cams, check_size), *fresh[2:])
+                fresh = (fresh[0], camera_ring(model.num_cams, check_size, args.batch), *fresh[2:])
             diffs = onnx_max_errors(wrapper, args.out, fresh)
             errors = ", ".join(f"{n} {e:.2e}" for n, e in zip(wrapper.output_names, diffs, strict=True))
             print(f"ONNX Runtime vs PyTorch at {check_size[0]} x {check_size[1]}, max |diff|: {errors}")
