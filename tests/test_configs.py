@@ -26,6 +26,7 @@ from detr2d.runtime.cli import load_task_config, parser_with_config, split_check
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.py"))
 
+
 def _schema(config: dict[str, Any]) -> type:
     """The model config dataclass of a loaded config (detr2d: its variant's family's)."""
     if config["task"] == "coco_detection":
