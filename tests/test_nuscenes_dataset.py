@@ -103,7 +103,9 @@ def test_boxes_are_filtered_to_range_classes_and_valid_flags(val_infos):  # noqa
     assert len(expected) < len(gt["names"])  # something is filtered
     _, labels = dataset_._ground_truth(sample)
     assert labels.tolist() == [CLASS_NAMES.index(gt["names"][i]) for i in expected]
-    narrow = NuScenesMultiViewDataset(val_infos, image_size=IMAGE_SIZE, pc_range=(-5, -5, -5, 5, 5, 3))
+    narrow = NuScenesMultiViewDataset(
+        val_infos, image_size=IMAGE_SIZE, pc_range=(-5, -5, -5, 5, 5, 3)
+    )
     assert all(np.abs(b[:2]).max() < 5 for b in narrow._ground_truth(sample)[0])
 
 
