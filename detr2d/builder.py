@@ -227,7 +227,7 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 #: The one dispatch table: variant name -> its family.
-MODELS: dict[str, Family] = {name: family for family in FAMILIES for name in family.variants}
+MODELS: dict[str, Family] = {name: fam for fam in FAMILIES for name in fam.variants}
 #: Every published variant, name -> overrides of its family's config defaults.
 VARIANTS: dict[str, dict[str, Any]] = {name: MODELS[name].variants[name] for name in MODELS}
 
