@@ -1,4 +1,5 @@
-"""Deformable DETR (2D): every published variant, loading the official checkpoints unchanged.
+"""2D detection: every published Deformable DETR and DETR variant, loading the official checkpoints
+unchanged.
 
 The names below are imported on first use (PEP 562), so that importing a submodule, e.g. the runtime
 (``detr2d.runtime``, which imports no detector) or the shared layers (``detr2d.layers``), does not load
@@ -20,7 +21,13 @@ _EXPORTS = {
     "build_criterion": "builder",
     "build_model": "builder",
     "build_model_from_config": "builder",
+    "build_postprocess": "builder",
+    "criterion_config": "builder",
     "model_config": "builder",
+    "DETR": "detr",
+    "DETRConfig": "detr",
+    "DETRCriterionConfig": "detr",
+    "DETRTransformer": "detr_transformer",
     "load_checkpoint": "runtime.checkpoint",
     "read_state_dict": "runtime.checkpoint",
     "save_model_state": "runtime.checkpoint",

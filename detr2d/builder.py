@@ -1,73 +1,34 @@
-"""Builders: the published variants as a table of config overrides, the criterion, the post-processor."""
+"""Builders: every published variant (Deformable DETR and DETR) in one table, name -> family (config
+schema, model builder, criterion schema and builder, post-processing score), and the generic builders
+that dispatch through it."""
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
+
 from .backbone import Joiner
 from .criterion import SetCriterion, make_weight_dict
-from .deformable_detr import DeformableDETR
+from .deformable_detr import CLASS_PRIOR_BIAS, DeformableDETR
+from .detr import (
+    DETR,
+    DETR_VARIANTS,
+    DETRConfig,
+    DETRCriterionConfig,
+    build_detr_criterion_from_config,
+    build_detr_from_config,
+)
 from .layers.resnet import ResNetBackbone
 from .matcher import HungarianMatcher
 from .position_encoding import PositionEmbeddingSine
+from .postprocess import PostProcess
+from .schema import check_field_types, check_positive, make_config
 from .transformer import DeformableTransformer
 
 BACKBONES = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """``value`` as the annotation ``hint`` holds it (a list for a tuple, an int for a float); TypeError
-    when it does not fit (a bool is never an int or a float)."""
-    origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        for arg in typing.get_args(hint):
-            try:
-                return _coerce(value, arg)
-            except TypeError:
-                pass
-    elif hint is type(None):
-        if value is None:
-            return value
-    elif origin is tuple:
-        if isinstance(value, list | tuple):
-            args = typing.get_args(hint)
-            items = args[:1] * len(value) if args[1:] == (Ellipsis,) else args
-            if len(items) == len(value):
-                return tuple(_coerce(item, arg) for item, arg in zip(value, items, strict=True))
-    elif not isinstance(value, bool) or hint is bool:
-        if hint is float and isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, hint):
-            return value
-    raise TypeError(hint)
-
-
-def check_field_types(cfg: Any) -> None:
-    """Check every field of the frozen dataclass ``cfg`` against its annotation, in place: lists become
-    tuples where a tuple is annotated, ints floats where a float is.
-
-    Raises:
-        ValueError: the first field whose value does not fit, e.g. ``"bev_h must be int, got None"``.
-    """
-    hints = typing.get_type_hints(type(cfg))
-    for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        try:
-            object.__setattr__(cfg, field.name, _coerce(value, hints[field.name]))
-        except TypeError:
-            raise ValueError(f"{field.name} must be {field.type}, got {value!r}") from None
-
-
-def check_positive(cfg: Any, names: tuple[str, ...]) -> None:
-    """ValueError naming the first of the int fields ``names`` of ``cfg`` that is below 1."""
-    for name in names:
-        value = getattr(cfg, name)
-        if value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -126,25 +87,14 @@ class ModelConfig:
             raise ValueError("two_stage requires with_box_refine (as in the official release)")
 
 
-# The published variants, as overrides of ModelConfig's defaults.
-VARIANTS: dict[str, dict[str, Any]] = {
+# The published Deformable DETR variants, as overrides of ModelConfig's defaults.
+DEFORMABLE_VARIANTS: dict[str, dict[str, Any]] = {
     "deformable_detr": {},
     "deformable_detr_single_scale": {"num_levels": 1},
     "deformable_detr_single_scale_dc5": {"num_levels": 1, "dilation": True},
     "deformable_detr_refine": {"with_box_refine": True},
     "deformable_detr_two_stage": {"with_box_refine": True, "two_stage": True},
 }
-
-
-def model_config(name: str = "deformable_detr", **overrides: Any) -> ModelConfig:
-    """The config of variant ``name`` with ``overrides`` (any :class:`ModelConfig` field) applied."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(VARIANTS)}")
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown overrides {unknown}; valid ones are {sorted(fields)}")
-    return ModelConfig(**{**VARIANTS[name], **overrides})
 
 
 def backbone_layers(num_levels: int) -> tuple[str, ...]:
@@ -154,8 +104,8 @@ def backbone_layers(num_levels: int) -> tuple[str, ...]:
     return ("layer2", "layer3", "layer4")[-min(num_levels, 3) :]
 
 
-def build_model_from_config(cfg: ModelConfig) -> DeformableDETR:
-    """Instantiate the model described by ``cfg`` (random init; backbone not pretrained)."""
+def build_deformable_detr_from_config(cfg: ModelConfig) -> DeformableDETR:
+    """Instantiate the Deformable DETR described by ``cfg`` (random init; backbone not pretrained)."""
     resnet = ResNetBackbone(
         BACKBONES[cfg.backbone],
         backbone_layers(cfg.num_levels),
@@ -191,17 +141,6 @@ def build_model_from_config(cfg: ModelConfig) -> DeformableDETR:
     )
 
 
-def build_model(name: str = "deformable_detr", **overrides: Any) -> DeformableDETR:
-    """Build a published variant, e.g. ``build_model('deformable_detr_refine', num_classes=2)``.
-
-    Names: ``deformable_detr`` (multi-scale), ``deformable_detr_single_scale``,
-    ``deformable_detr_single_scale_dc5``, ``deformable_detr_refine``, ``deformable_detr_two_stage``.
-    Overrides: any :class:`ModelConfig` field (``num_classes``, ``num_queries``, ``embed_dims``,
-    ``backbone``, ``encoder_layers``, ``decoder_layers``, ``ffn_dims``, ``dropout``, ``backend``...).
-    """
-    return build_model_from_config(model_config(name, **overrides))
-
-
 @dataclass(frozen=True)
 class CriterionConfig:
     """Matching costs and loss weights of the published recipe."""
@@ -217,20 +156,139 @@ class CriterionConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
 
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        check_positive(self, ("num_classes", "decoder_layers"))
 
-def build_criterion(**overrides: Any) -> SetCriterion:
-    """The :class:`SetCriterion` with the published costs/weights; overrides: :class:`CriterionConfig` fields.
 
-    ``decoder_layers`` must equal the model's (it names the aux loss weights). ``forward`` returns raw
-    terms; ``criterion.weighted_total(losses)`` is the training loss.
-    """
-    fields = {f.name for f in dataclasses.fields(CriterionConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown criterion overrides {unknown}; valid ones are {sorted(fields)}")
-    cfg = CriterionConfig(**overrides)
+def build_deformable_criterion_from_config(cfg: CriterionConfig) -> SetCriterion:
+    """Deformable DETR's loss: focal class cost and loss, L1 and GIoU, on every decoder layer."""
     matcher = HungarianMatcher(
         cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, cfg.focal_alpha, cfg.focal_gamma
     )
     weights = make_weight_dict(cfg.cls_loss_coef, cfg.bbox_loss_coef, cfg.giou_loss_coef, cfg.decoder_layers)
     return SetCriterion(cfg.num_classes, matcher, weights, cfg.focal_alpha, cfg.focal_gamma)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A detector family: what every variant of it is built from.
+
+    Attributes:
+        model: the detector class.
+        config: the model config schema (a frozen dataclass; a config's ``model`` section).
+        build: ``config -> model`` (random init).
+        criterion: the criterion schema (a frozen dataclass; a config's ``criterion`` section plus
+            ``num_classes`` and ``decoder_layers``, which come from the model).
+        build_criterion: ``criterion config -> SetCriterion``.
+        score: the post-processing's class score (:class:`PostProcess`): ``"sigmoid"`` (focal head, K
+            logits) or ``"softmax"`` (K + 1 logits, the last one "no object").
+        variants: the published variants, name -> overrides of ``config``'s defaults.
+    """
+
+    model: type[nn.Module]
+    config: type
+    build: Callable[[Any], nn.Module]
+    criterion: type
+    build_criterion: Callable[[Any], SetCriterion]
+    score: str
+    variants: dict[str, dict[str, Any]]
+
+    @property
+    def extra_logits(self) -> int:
+        """Class-head logits beyond the real classes: 1 ("no object") for softmax, else 0."""
+        return 1 if self.score == "softmax" else 0
+
+    @property
+    def class_bias(self) -> float | None:
+        """The class head's initial bias (the focal prior), None for PyTorch's Linear init."""
+        return CLASS_PRIOR_BIAS if self.score == "sigmoid" else None
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        DeformableDETR,
+        ModelConfig,
+        build_deformable_detr_from_config,
+        CriterionConfig,
+        build_deformable_criterion_from_config,
+        "sigmoid",
+        DEFORMABLE_VARIANTS,
+    ),
+    Family(
+        DETR,
+        DETRConfig,
+        build_detr_from_config,
+        DETRCriterionConfig,
+        build_detr_criterion_from_config,
+        "softmax",
+        DETR_VARIANTS,
+    ),
+)
+
+#: The one dispatch table: variant name -> its family.
+MODELS: dict[str, Family] = {name: fam for fam in FAMILIES for name in fam.variants}
+#: Every published variant, name -> overrides of its family's config defaults.
+VARIANTS: dict[str, dict[str, Any]] = {name: MODELS[name].variants[name] for name in MODELS}
+
+
+def family(name: str) -> Family:
+    """The family of variant ``name``; ValueError listing the variants if there is none."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def family_of(obj: Any) -> Family:
+    """The family of a model or of a model / criterion config; TypeError for anything else."""
+    for candidate in FAMILIES:
+        if isinstance(obj, candidate.model | candidate.config | candidate.criterion):
+            return candidate
+    raise TypeError(
+        f"{type(obj).__name__} is not a detr2d model or config; known: {[f.model.__name__ for f in FAMILIES]}"
+    )
+
+
+def model_config(name: str = "deformable_detr", **overrides: Any) -> ModelConfig | DETRConfig:
+    """The config of variant ``name`` (its family's schema) with ``overrides`` (any of its fields) applied."""
+    return make_config(family(name).config, "overrides", {**VARIANTS[name], **overrides})
+
+
+def build_model_from_config(cfg: ModelConfig | DETRConfig) -> nn.Module:
+    """Instantiate the model described by ``cfg`` (random init; backbone not pretrained)."""
+    return family_of(cfg).build(cfg)
+
+
+def build_model(name: str = "deformable_detr", **overrides: Any) -> nn.Module:
+    """Build a published variant, e.g. ``build_model('deformable_detr_refine', num_classes=2)`` or
+    ``build_model('detr_r50_dc5')``.
+
+    Names: ``deformable_detr`` (multi-scale), ``deformable_detr_single_scale``,
+    ``deformable_detr_single_scale_dc5``, ``deformable_detr_refine``, ``deformable_detr_two_stage``
+    (:class:`ModelConfig`); ``detr_r50``, ``detr_r50_dc5``, ``detr_r101``, ``detr_r101_dc5``
+    (:class:`detr2d.detr.DETRConfig`). Overrides: any field of the variant's config (``num_classes``,
+    ``num_queries``, ``embed_dims``, ``backbone``, ``encoder_layers``, ``decoder_layers``, ``ffn_dims``...).
+    """
+    return build_model_from_config(model_config(name, **overrides))
+
+
+def criterion_config(name: str = "deformable_detr", **values: Any) -> CriterionConfig | DETRCriterionConfig:
+    """The criterion config of variant ``name``'s family: its published costs and weights with ``values``
+    (any of its fields) on top; ValueError naming unknown keys or a bad value."""
+    return make_config(family(name).criterion, "criterion overrides", values)
+
+
+def build_criterion(name: str = "deformable_detr", **overrides: Any) -> SetCriterion:
+    """The :class:`SetCriterion` of variant ``name``'s family with the published costs/weights; overrides:
+    fields of its criterion config (:class:`CriterionConfig`, :class:`detr2d.detr.DETRCriterionConfig`).
+
+    ``num_classes`` and ``decoder_layers`` must equal the model's (the latter names the aux loss
+    weights). ``forward`` returns raw terms; ``criterion.weighted_total(losses)`` is the training loss.
+    """
+    cfg = criterion_config(name, **overrides)
+    return family_of(cfg).build_criterion(cfg)
+
+
+def build_postprocess(model: nn.Module, num_select: int = 100) -> PostProcess:
+    """The post-processing of ``model``'s family (its class score), keeping ``num_select`` per image."""
+    return PostProcess(num_select, score=family_of(model).score)

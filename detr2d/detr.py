@@ -9,20 +9,22 @@ matching costs and loss weights.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .backbone import Joiner
 from .criterion import SetCriterion, make_weight_dict
 from .deformable_detr import MLP
 from .detr_transformer import DETRTransformer
+from .export import Detr2dForExport
 from .layers.padding import PADDING_MODES, PaddingMasks, check_images_and_mask
 from .layers.resnet import ARCHS, ResNetBackbone
 from .matcher import HungarianMatcher
 from .position_encoding import PositionEmbeddingSine
+from .schema import check_field_types, check_positive, make_config
 
 
 class DETR(nn.Module):
@@ -46,6 +48,9 @@ class DETR(nn.Module):
     image region and ``aux_outputs`` (list of D - 1 such dicts).
     """
 
+    num_levels = 1  # one feature map (what the export wrapper reads)
+    two_stage = False  # no encoder proposals
+
     def __init__(
         self,
         backbone: Joiner,
@@ -60,6 +65,7 @@ class DETR(nn.Module):
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
         if len(backbone.num_channels) != 1:
             raise ValueError(f"DETR reads one backbone level, got {len(backbone.num_channels)}")
+        self.num_classes = num_classes
         self.num_queries = num_queries
         self.aux_loss = aux_loss
         self.padding = padding
@@ -70,6 +76,15 @@ class DETR(nn.Module):
         self.query_embed = nn.Embedding(num_queries, d)
         self.input_proj = nn.Conv2d(backbone.num_channels[0], d, kernel_size=1)
         self.backbone = backbone
+
+    def for_export(
+        self, image_size: tuple[int, int], batch: int = 1
+    ) -> tuple[Detr2dForExport, tuple[Tensor]]:
+        """The export graph of this model (:class:`detr2d.export.Detr2dForExport`: ``images`` (B, 3, H, W)
+        -> ``pred_logits`` (B, Q, K + 1), ``pred_boxes`` (B, Q, 4)) and random example images (B, 3, H, W)
+        of ``image_size`` (H, W)."""
+        device = next(self.parameters()).device
+        return Detr2dForExport(self), (torch.randn(batch, 3, *image_size, device=device),)
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
         """Detect objects in a padded batch; see the class docstring for the outputs."""
@@ -109,6 +124,7 @@ class DETRConfig:
     padding: str = "exact"
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         positive = (
             "num_classes",
             "num_queries",
@@ -118,10 +134,7 @@ class DETRConfig:
             "decoder_layers",
             "ffn_dims",
         )
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive(self, positive)
         if self.backbone not in _BACKBONES:
             raise ValueError(f"backbone must be one of {sorted(_BACKBONES)}, got {self.backbone!r}")
         if self.embed_dims % 2 != 0 or self.embed_dims % self.num_heads != 0:
@@ -147,11 +160,7 @@ def detr_config(name: str = "detr_r50", **overrides: Any) -> DETRConfig:
     """The config of variant ``name`` with ``overrides`` (any :class:`DETRConfig` field) applied."""
     if name not in DETR_VARIANTS:
         raise ValueError(f"unknown DETR model {name!r}; choose one of {sorted(DETR_VARIANTS)}")
-    fields = {f.name for f in dataclasses.fields(DETRConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown DETR overrides {unknown}; valid ones are {sorted(fields)}")
-    return DETRConfig(**{**DETR_VARIANTS[name], **overrides})
+    return make_config(DETRConfig, "DETR overrides", {**DETR_VARIANTS[name], **overrides})
 
 
 def build_detr_from_config(cfg: DETRConfig) -> DETR:
@@ -185,22 +194,39 @@ def build_detr(name: str = "detr_r50", **overrides: Any) -> DETR:
     return build_detr_from_config(detr_config(name, **overrides))
 
 
-def build_detr_criterion(
-    num_classes: int = 91,
-    decoder_layers: int = 6,
-    set_cost_class: float = 1.0,
-    set_cost_bbox: float = 5.0,
-    set_cost_giou: float = 2.0,
-    cls_loss_coef: float = 1.0,
-    bbox_loss_coef: float = 5.0,
-    giou_loss_coef: float = 2.0,
-    eos_coef: float = 0.1,
-) -> SetCriterion:
-    """DETR's published loss: matching cost ``1 * (-softmax prob) + 5 * L1 + 2 * (-GIoU)``; weighted
-    cross-entropy (``eos_coef`` on "no object"), L1 and GIoU with weights 1, 5, 2 on every decoder layer.
+@dataclass(frozen=True)
+class DETRCriterionConfig:
+    """DETR's published matching costs and loss weights (a config's ``criterion`` section for DETR)."""
 
-    ``num_classes`` (real classes) and ``decoder_layers`` must equal the model's.
+    num_classes: int = 91  # real classes (the model's)
+    decoder_layers: int = 6  # the model's (names the aux loss weights)
+    set_cost_class: float = 1.0  # -softmax probability of the target class
+    set_cost_bbox: float = 5.0
+    set_cost_giou: float = 2.0
+    cls_loss_coef: float = 1.0  # cross-entropy over num_classes + 1
+    bbox_loss_coef: float = 5.0
+    giou_loss_coef: float = 2.0
+    eos_coef: float = 0.1  # cross-entropy weight of "no object"
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        check_positive(self, ("num_classes", "decoder_layers"))
+
+
+def build_detr_criterion_from_config(cfg: DETRCriterionConfig) -> SetCriterion:
+    """DETR's loss: matching cost ``set_cost_class * (-softmax prob) + set_cost_bbox * L1 + set_cost_giou *
+    (-GIoU)``; weighted cross-entropy (``eos_coef`` on "no object"), L1 and GIoU on every decoder layer."""
+    matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, class_cost="softmax")
+    weights = make_weight_dict(cfg.cls_loss_coef, cfg.bbox_loss_coef, cfg.giou_loss_coef, cfg.decoder_layers)
+    return SetCriterion(cfg.num_classes, matcher, weights, class_loss="softmax", eos_coef=cfg.eos_coef)
+
+
+def build_detr_criterion(num_classes: int = 91, decoder_layers: int = 6, **overrides: Any) -> SetCriterion:
+    """DETR's published loss (:func:`build_detr_criterion_from_config`); ``overrides``: any other
+    :class:`DETRCriterionConfig` field. ``num_classes`` (real classes) and ``decoder_layers`` must equal
+    the model's.
     """
-    matcher = HungarianMatcher(set_cost_class, set_cost_bbox, set_cost_giou, class_cost="softmax")
-    weights = make_weight_dict(cls_loss_coef, bbox_loss_coef, giou_loss_coef, decoder_layers)
-    return SetCriterion(num_classes, matcher, weights, class_loss="softmax", eos_coef=eos_coef)
+    values = {"num_classes": num_classes, "decoder_layers": decoder_layers, **overrides}
+    return build_detr_criterion_from_config(
+        make_config(DETRCriterionConfig, "DETR criterion overrides", values)
+    )

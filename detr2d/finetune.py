@@ -10,12 +10,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .deformable_detr import CLASS_PRIOR_BIAS, DeformableDETR
+from .builder import family_of
 from .runtime.checkpoint import conflicting_aliases, read_state_dict
 
-# The class head: one Linear per decoder layer (plus the proposal head for two-stage), also attached
-# to the decoder as ``transformer.decoder.class_embed`` in two-stage models.
-CLASS_HEAD_KEY = re.compile(r"(transformer\.decoder\.)?class_embed\.\d+\.(weight|bias)")
+# The class head: Deformable DETR's one Linear per decoder layer (plus the proposal head for two-stage),
+# also attached to the decoder as ``transformer.decoder.class_embed`` in two-stage models; DETR's one
+# Linear shared by every layer.
+CLASS_HEAD_KEY = re.compile(r"(transformer\.decoder\.)?class_embed(\.\d+)?\.(weight|bias)")
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,8 @@ class InitReport:
             modules got the model's own init.
         missing: model keys the checkpoint does not provide; they keep the model's values.
         unexpected: checkpoint keys the model does not have; ignored.
-        checkpoint_classes: number of classes of the checkpoint's head (None if it has none).
-        model_classes: number of classes of the model.
+        checkpoint_classes: number of real classes of the checkpoint's head (None if it has none).
+        model_classes: number of real classes of the model (DETR's "no object" logit not counted).
     """
 
     source: str
@@ -62,8 +63,8 @@ class InitReport:
         return "\n".join(lines)
 
 
-def _head_classes(state: Mapping[str, Tensor]) -> int | None:
-    """Rows of the first class-head weight in ``state`` (None if there is none)."""
+def _head_rows(state: Mapping[str, Tensor]) -> int | None:
+    """Rows (logits) of the first class-head weight in ``state`` (None if there is none)."""
     for key, value in state.items():
         if CLASS_HEAD_KEY.fullmatch(key) and key.endswith(".weight"):
             return int(value.shape[0])
@@ -71,18 +72,19 @@ def _head_classes(state: Mapping[str, Tensor]) -> int | None:
 
 
 def init_from_checkpoint(
-    model: DeformableDETR, path_or_state: str | os.PathLike | Mapping, num_classes: int | None = None
+    model: nn.Module, path_or_state: str | os.PathLike | Mapping, num_classes: int | None = None
 ) -> InitReport:
     """Load a checkpoint non-strictly into a freshly built model, for fine-tuning.
 
     Tensors whose key and shape match are copied. Class-head tensors (``class_embed.*`` and
     ``transformer.decoder.class_embed.*``) whose number of classes differs are not loaded: their
-    modules are re-initialized with the model's own init (PyTorch's Linear init, bias
-    :data:`~detr2d.deformable_detr.CLASS_PRIOR_BIAS`). Keys only the model has keep their values;
+    modules are re-initialized with the model's own init (PyTorch's Linear init; for Deformable DETR
+    the bias :data:`~detr2d.deformable_detr.CLASS_PRIOR_BIAS`). Keys only the model has keep their values;
     keys only the checkpoint has are ignored. :meth:`InitReport.format` is the log line.
 
     Args:
-        model: the model to fill (its config decides the architecture and the class count).
+        model: the model to fill, a Deformable DETR or a DETR (its config decides the architecture and
+            the class count).
         path_or_state: an official release file, our checkpoint (``{"model": state_dict, ...}``) or
             a state_dict (see :func:`detr2d.read_state_dict`).
         num_classes: the class count the caller expects the model to have (e.g. from the dataset);
@@ -95,7 +97,8 @@ def init_from_checkpoint(
             under (e.g. a refinement checkpoint, with one head per layer, into a model without
             refinement, whose layers share one head).
     """
-    model_classes = model.class_embed[0].out_features
+    head = family_of(model)
+    model_classes = _head_rows(model.state_dict()) - head.extra_logits
     if num_classes is not None and num_classes != model_classes:
         raise ValueError(f"num_classes is {num_classes} but the model has {model_classes} classes")
     state = read_state_dict(path_or_state)
@@ -130,21 +133,23 @@ def init_from_checkpoint(
         status.update(dict.fromkeys(keys, group))
 
     model.load_state_dict(to_load, strict=False)
-    heads = {id(m): m for m in (model.get_submodule(k.rpartition(".")[0]) for k in reinit)}
+    modules = {id(m): m for m in (model.get_submodule(k.rpartition(".")[0]) for k in reinit)}
     with torch.no_grad():
-        for head in heads.values():
-            head.reset_parameters()
-            nn.init.constant_(head.bias, CLASS_PRIOR_BIAS)
+        for module in modules.values():
+            module.reset_parameters()
+            if head.class_bias is not None:
+                nn.init.constant_(module.bias, head.class_bias)
 
     def keys_with(group: str) -> tuple[str, ...]:
         return tuple(k for k in own if status[k] == group)
 
+    rows = _head_rows(state)
     return InitReport(
         source=source,
         loaded=keys_with("loaded"),
         reinitialized=keys_with("reinitialized"),
         missing=keys_with("missing"),
         unexpected=tuple(k for k in state if k not in own),
-        checkpoint_classes=_head_classes(state),
+        checkpoint_classes=None if rows is None else rows - head.extra_logits,
         model_classes=model_classes,
     )

@@ -9,17 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from configs import upgrade_model_keys
 from datasets.collate import pad_images
 from datasets.transforms import build_transforms
 
-from .builder import VARIANTS, build_model_from_config, model_config
+from .builder import VARIANTS, build_model_from_config, build_postprocess, family, model_config
 from .classes import class_names
-from .deformable_detr import DeformableDETR
 from .finetune import CLASS_HEAD_KEY
-from .postprocess import PostProcess
 from .runtime.checkpoint import load_checkpoint, load_torch_file, read_state_dict
 from .runtime.evaluate import check_finite
 from .runtime.precision import AMP_MODES, autocast
@@ -69,21 +67,23 @@ def to_rgb_array(image: ImageInput, index: int = 0) -> np.ndarray:
 
 
 class Predictor:
-    """Detect objects in images with a Deformable DETR.
+    """Detect objects in images with a detr2d model (Deformable DETR or DETR).
 
     Each image goes through the original's test-time preprocessing (short side ``eval_size``, long side
     at most ``max_size``, Pillow bilinear, ImageNet normalization), images are padded into batches of
-    ``batch_size`` and the top ``top_k`` (query, class) pairs per image with score ≥ ``score_threshold``
-    are returned with boxes in the input image's pixels. With exact padding (the model default) the
-    result of an image does not depend on the other images of the call.
+    ``batch_size`` and the top ``top_k`` detections per image with score ≥ ``score_threshold`` are
+    returned (the post-processing of the model's family: :func:`detr2d.builder.build_postprocess`) with
+    boxes in the input image's pixels. With exact padding (the model default) the result of an image
+    does not depend on the other images of the call.
 
     Args:
         model: the detector (moved to ``device``, put in eval mode).
         names: label -> class name (labels without one are named by their number).
         device: where the model runs.
-        score_threshold: minimum sigmoid score of a detection. Default 0.0: every one of the top
-            ``top_k``, what the COCO evaluation scores; filter them yourself, e.g. at 0.3 for pictures
-            (the default of ``tools/predict.py``, :data:`detr2d.runtime.evaluate.DRAW_SCORE_THRESHOLD`).
+        score_threshold: minimum score of a detection (sigmoid for Deformable DETR, softmax for DETR).
+            Default 0.0: every one of the top ``top_k``, what the COCO evaluation scores; filter them
+            yourself, e.g. at 0.3 for pictures (the default of ``tools/predict.py``,
+            :data:`detr2d.runtime.evaluate.DRAW_SCORE_THRESHOLD`).
         top_k: detections per image before the threshold (the published evaluation keeps 100).
         batch_size: images per forward pass.
         amp: None, ``"bf16"`` or ``"fp16"`` (autocast).
@@ -93,7 +93,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: DeformableDETR,
+        model: nn.Module,
         names: Mapping[int, str] | None = None,
         device: str | torch.device = "cpu",
         score_threshold: float = 0.0,
@@ -113,7 +113,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.names = dict(names or {})
         self.score_threshold = score_threshold
-        self.postprocess = PostProcess(top_k)
+        self.postprocess = build_postprocess(model, top_k)
         self.batch_size = batch_size
         self.amp = amp
         self.transform = build_transforms(False, eval_size=eval_size, max_size=max_size)
@@ -139,9 +139,10 @@ class Predictor:
         ``backend``) apply on top of their config. An official release file (``{"model",
         "optimizer", "args", ...}``) or a bare state_dict needs ``variant`` (one of
         :data:`detr2d.VARIANTS`) and ``model_overrides`` for anything not published; its
-        ``num_classes`` is read from the class head. Names: the checkpoint's ``class_names``, else the
-        COCO names for 91 classes, else none. ``eval_size`` / ``max_size`` default to the checkpoint
-        config's ``augment`` values, else 800 / 1333. Other arguments: see :class:`Predictor`.
+        ``num_classes`` is read from the class head (less DETR's "no object" logit). Names: the
+        checkpoint's ``class_names``, else the COCO names for 91 classes, else none. ``eval_size`` /
+        ``max_size`` default to the checkpoint config's ``augment`` values, else 800 / 1333. Other
+        arguments: see :class:`Predictor`.
 
         Raises:
             ValueError: a file without a config and no ``variant``, an unknown variant or override,
@@ -169,7 +170,7 @@ class Predictor:
             name, fields, augment = variant, {}, {}
             heads = [value for key, value in state.items() if CLASS_HEAD_KEY.fullmatch(key)]
             if heads:
-                fields["num_classes"] = int(heads[0].shape[0])
+                fields["num_classes"] = int(heads[0].shape[0]) - family(name).extra_logits
         cfg = model_config(name, **{**fields, **model_overrides})
         model = build_model_from_config(cfg)
         load_checkpoint(model, state, strict=True, source=str(path))

@@ -1,5 +1,5 @@
-"""Deformable DETR on COCO-format data as a runtime task (``task = "coco_detection"``): the model side;
-data and evaluation are the COCO family's (:mod:`detr2d.coco`)."""
+"""Deformable DETR and DETR on COCO-format data as a runtime task (``task = "coco_detection"``): the model
+side; data and evaluation are the COCO family's (:mod:`detr2d.coco`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from .builder import ModelConfig, build_criterion, build_model_from_config, model_config
 from .coco import Batch, CocoData, CocoEvaluator, coco_class_names, targets_to
 from .criterion import SetCriterion
+from .detr import DETRConfig
 from .finetune import init_from_checkpoint
 from .layers.resnet import initialize_backbone
 from .predictor import Predictor
@@ -26,11 +27,14 @@ logger = logging.getLogger(__name__)
 
 
 class CocoDetectionTask(Task):
-    """Deformable DETR (any of the five variants) trained and evaluated on COCO-format data.
+    """Any detr2d variant (:data:`detr2d.VARIANTS`: Deformable DETR's five, DETR's four) trained and
+    evaluated on COCO-format data.
 
-    Config sections: ``model`` (a variant ``name`` plus :class:`detr2d.ModelConfig` fields),
-    ``criterion`` (:class:`detr2d.CriterionConfig` fields), and the COCO family's ``data`` / ``augment``
-    (:mod:`detr2d.coco`).
+    Config sections: ``model`` (a variant ``name`` plus fields of its family's config,
+    :class:`detr2d.ModelConfig` or :class:`detr2d.DETRConfig`), ``criterion`` (fields of its family's
+    criterion config, :class:`detr2d.CriterionConfig` or :class:`detr2d.DETRCriterionConfig`, but
+    ``num_classes`` and ``decoder_layers``, which come from the model), and the COCO family's ``data`` /
+    ``augment`` (:mod:`detr2d.coco`).
     """
 
     name = "coco_detection"
@@ -39,12 +43,12 @@ class CocoDetectionTask(Task):
 
     @classmethod
     def model_defaults(cls, name: str, **overrides: Any) -> dict[str, Any]:
-        """The whole ``model`` section of variant ``name``: its name and every :class:`detr2d.ModelConfig`
-        field, ``overrides`` applied and validated (ValueError naming the field)."""
+        """The whole ``model`` section of variant ``name``: its name and every field of its family's config,
+        ``overrides`` applied and validated (ValueError naming the field)."""
         return {"name": name, **dataclasses.asdict(model_config(name, **overrides))}
 
     @cached_property
-    def model_config(self) -> ModelConfig:
+    def model_config(self) -> ModelConfig | DETRConfig:
         return model_config(**self.config["model"])
 
     def build_model(self, pretrained: bool = False) -> nn.Module:
@@ -56,10 +60,22 @@ class CocoDetectionTask(Task):
         return model
 
     def build_criterion(self) -> SetCriterion:
+        """The loss of the model's family (focal for Deformable DETR, softmax cross-entropy with
+        ``eos_coef`` for DETR) with the config's ``criterion`` section on top.
+
+        Raises:
+            ValueError: a key the family's criterion config does not have, or a bad value (names it).
+        """
         cfg = self.model_config
-        return build_criterion(
-            num_classes=cfg.num_classes, decoder_layers=cfg.decoder_layers, **self.config["criterion"]
-        )
+        try:
+            return build_criterion(
+                self.config["model"]["name"],
+                num_classes=cfg.num_classes,
+                decoder_layers=cfg.decoder_layers,
+                **self.config["criterion"],
+            )
+        except ValueError as error:
+            raise ValueError(f"criterion section: {error}") from error
 
     def num_classes(self) -> int:
         return self.model_config.num_classes
@@ -78,7 +94,8 @@ class CocoDetectionTask(Task):
     def infer(
         self, model: nn.Module, loader: DataLoader, device: torch.device, amp: str | None = None
     ) -> Iterator[tuple[Batch, Detections]]:
-        """Detections in original-image pixels (xyxy), top 100 per image, through
+        """Detections in original-image pixels (xyxy), top 100 per image (the post-processing of the model's
+        family), through
         :meth:`detr2d.Predictor.detect` (also what ``Predictor(images)`` runs)."""
         predictor = Predictor(model, self.class_names(), device, amp=amp)
         for batch in loader:

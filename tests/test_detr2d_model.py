@@ -12,6 +12,7 @@ from torch import nn
 
 import ops
 from detr2d import VARIANTS, PositionEmbeddingSine, ResNetBackbone, build_model
+from detr2d.builder import family
 from detr2d.encoder import encoder_reference_points
 from detr2d.layers.padding import MaskedGroupNorm, valid_ratios
 from detr2d.transformer import DeformableTransformer, FlatLevels
@@ -46,13 +47,14 @@ def models() -> dict[str, nn.Module]:
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_outputs_and_padding_exact(name: str, models: dict) -> None:
-    """Shapes of every output; each image of a padded batch == that image alone (<= 1e-4)."""
+    """Shapes of every output; each image of a padded batch == that image alone (<= 1e-4), for every
+    Deformable DETR and DETR variant."""
     model = models[name]
     images, batch, mask = padded_batch(SIZES)
     with torch.no_grad():
         out = model(batch, mask)
         alone = [model(img[None]) for img in images]
-    q, c = TINY["num_queries"], TINY["num_classes"]
+    q, c = TINY["num_queries"], TINY["num_classes"] + family(name).extra_logits  # DETR: + "no object"
     assert out["pred_logits"].shape == (2, q, c)
     assert out["pred_boxes"].shape == (2, q, 4)
     assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()

@@ -103,6 +103,27 @@ def test_detr2d_fast_path_equals_eager_and_leaves_the_model_alone(cpu_backend):
 
 
 @pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_detr_fast_path_equals_eager(compile):
+    """DETR (dense nn.MultiheadAttention, no deformable op): norms folded, linear layers packed, compiled
+    or not, equals eager on a padded batch and on a single image of another size."""
+    torch.manual_seed(0)
+    model = build_model("detr_r50", **NARROW).eval()
+    randomize_norms(model)
+    fast = optimize_for_inference(model, compile=compile)
+    assert count(fast, (FrozenBatchNorm2d,)) == 0 and count(model, (FrozenBatchNorm2d,)) == 20
+    assert not fast.training and not any(p.requires_grad for p in fast.parameters())
+    images = torch.randn(2, 3, 96, 128)
+    mask = torch.zeros(2, 96, 128, dtype=torch.bool)
+    mask[1, 70:] = True
+    mask[1, :, 100:] = True
+    for args in ((images, mask), (torch.randn(1, 3, 80, 112),)):
+        with torch.inference_mode():
+            expected, got = model(*args), fast(*args)
+        for key in ("pred_logits", "pred_boxes"):
+            torch.testing.assert_close(got[key], expected[key], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_bev_fast_path_equals_eager(cpu_backend, compile):
     torch.manual_seed(0)
     model = build_bev_model(

@@ -81,23 +81,31 @@ def test_threshold_top_k_and_amp(ours: str) -> None:
     assert bf16["scores"].dtype == torch.float32 and torch.isfinite(bf16["boxes"]).all()
 
 
-def test_official_release_file_needs_the_variant(tmp_path) -> None:
+@pytest.mark.parametrize(("variant", "score"), [("deformable_detr", "sigmoid"), ("detr_r50", "softmax")])
+def test_official_release_file_needs_the_variant(tmp_path, variant: str, score: str) -> None:
+    """A released ``{'model': ...}`` file loads strictly given its variant (DETR's 92-logit head: 91
+    classes), with its family's post-processing (DETR: softmax, the best of the 91 real classes)."""
     torch.manual_seed(0)
-    model = build_model("deformable_detr", num_classes=91, **TINY)
+    model = build_model(variant, num_classes=91, **TINY)
     path = tmp_path / "r50_deformable_detr-checkpoint.pth"
     args = argparse.Namespace(lr=2e-4, with_box_refine=False, two_stage=False)
     torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 49, "args": args}, path)
     with pytest.raises(ValueError, match="has no config .* pass variant="):
         Predictor.from_checkpoint(path)
-    predictor = Predictor.from_checkpoint(path, variant="deformable_detr", eval_size=64, max_size=100, **TINY)
+    predictor = Predictor.from_checkpoint(path, variant=variant, eval_size=64, max_size=100, **TINY)
     assert predictor.names == COCO_CLASSES  # 91 classes read from the head: the COCO names
+    assert predictor.postprocess.score == score
     out = predictor([image(50, 70, 5)])[0]
+    assert len(out["labels"]) == min(100, TINY["num_queries"] * (91 if score == "sigmoid" else 1))
+    assert out["labels"].max() < 91  # never DETR's "no object"
+    with torch.no_grad():
+        torch.testing.assert_close(predictor.model.state_dict(), model.state_dict())
     assert all(
         name == COCO_CLASSES.get(label, str(label))
         for name, label in zip(out["names"], out["labels"].tolist(), strict=True)
     )
     with pytest.raises(ValueError, match="shape mismatch"):  # wrong overrides: weights do not fit
-        Predictor.from_checkpoint(path, variant="deformable_detr", **{**TINY, "num_queries": 7})
+        Predictor.from_checkpoint(path, variant=variant, **{**TINY, "num_queries": 7})
 
 
 def test_variant_must_match_our_checkpoint(ours: str) -> None:

@@ -1,11 +1,13 @@
-"""CPU inference time of a Deformable DETR variant (random weights) on one image, every inference path
+"""CPU inference time of a detr2d variant (random weights) on one image, every inference path
 in one run: the model on the reference (grid_sample) op, the eager model on the native op, the fast path
 (:func:`detr2d.runtime.fast_inference.optimize_for_inference`), optionally compiled (the compilation, i.e. the
 first call, is timed apart), and ONNX Runtime when the ``export`` extra is
 installed. Runs alternate between the paths so that they share the machine's load. The fast paths run
-in the CPU arena (:mod:`ops.arena`) unless ``--no-arena``.
+in the CPU arena (:mod:`ops.arena`) unless ``--no-arena``. ``--baseline NAME`` times a second model in
+the same run, its calls alternating with the first's (DETR next to Deformable DETR under the same load).
 
-Example: ``python tools/benchmark_detr2d.py --model deformable_detr --height 800 --width 1333 --runs 3``
+Example: ``python tools/benchmark_detr2d.py --model deformable_detr --height 800 --width 1333 --runs 3``,
+``python tools/benchmark_detr2d.py --model detr_r50 --baseline deformable_detr --threads 2 --no-onnx``
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detr2d import VARIANTS, build_model  # noqa: E402
+from detr2d import DETR, VARIANTS, build_model  # noqa: E402
 from detr2d.runtime.fast_inference import optimize_for_inference, set_op_backend  # noqa: E402
 
 TimedPath = tuple[str, Callable[[], object]]
@@ -207,26 +209,41 @@ def parse_benchmark_args(
 
 
 def main(argv: list[str] | None = None) -> None:
+    extra = argparse.ArgumentParser(add_help=False)  # the option only this benchmark has
+    extra.add_argument("--baseline", choices=sorted(VARIANTS), help="a second model, timed alternately")
+    known, argv = extra.parse_known_args(argv)
+    baseline = known.baseline
     args = parse_benchmark_args(
         argv, __doc__.splitlines()[0], "deformable_detr", VARIANTS, (800, 1333), runs=3
     )
 
     from detr2d.export import Detr2dForExport
 
-    torch.manual_seed(0)
-    model = build_model(args.model).eval()
     images = torch.randn(1, 3, args.height, args.width)
     load_before = os.getloadavg()[0]
-    wrapper = None if args.no_onnx else (Detr2dForExport(model), (images,))
-    paths, rows = inference_paths(model, lambda m: m(images), wrapper, args.compile, not args.no_arena)
-    times = time_paths(select_paths(paths, args.only), args.runs, args.warmup)
+    names = [args.model, *([baseline] if baseline else [])]
+    paths: list[TimedPath] = []
+    rows: list[Row] = []
+    for name in names:
+        torch.manual_seed(0)
+        model = build_model(name).eval()
+        wrapper = None if args.no_onnx else (Detr2dForExport(model), (images,))
+        found, prepared = inference_paths(
+            model, lambda m: m(images), wrapper, args.compile, not args.no_arena
+        )
+        if isinstance(model, DETR):  # no deformable op: its "reference op" path is its eager path
+            found = [path for path in found if not path[0].startswith("reference")]
+        label = f"{name}: " if len(names) > 1 else ""
+        paths += [(label + path, call) for path, call in select_paths(found, args.only)]
+        rows += [(label + key, value) for key, value in prepared]
+    times = time_paths(paths, args.runs, args.warmup)
     rows = [
-        ("model", f"{args.model} (R50, random weights)"),
+        ("model", f"{', '.join(names)} (R50, random weights)"),
         ("input", f"1 x 3 x {args.height} x {args.width}"),
         ("load average (1 min) before / after", f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"),
         *rows,
     ]
-    print_report("Deformable DETR inference, CPU", times, rows, args.warmup, not args.no_arena)
+    print_report("detr2d inference, CPU", times, rows, args.warmup, not args.no_arena)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """DETR on COCO 2017: the published recipe (Carion et al., ECCV 2020), ResNet-50, 500 epochs: AP 42.0.
 
-Standalone rather than inheriting ``base.py``: inheritance merges dicts key by key, so the model and
-criterion would keep Deformable DETR's keys (sampling points, focal loss), which DETR does not have.
-The other DETR files inherit this one (``_base_``) and change only what differs.
+Standalone rather than inheriting ``base.py``: the loader expands only the ``model`` section per variant
+(so the model would inherit cleanly), but the ``criterion`` section is merged key by key, so it would
+keep Deformable DETR's focal_alpha / focal_gamma and refuse DETR's eos_coef as a key the base lacks.
+The criterion section is :class:`detr2d.DETRCriterionConfig` (unknown keys fail when the task builds
+it). The other DETR files inherit this one (``_base_``) and change only what differs.
 """
 
 task = "coco_detection"  # tools/test.py dispatches on this
 
 model = dict(
-    name="detr_r50",  # see detr2d.detr.build_detr
+    name="detr_r50",  # see detr2d.build_model (every field: detr2d.DETRConfig, or --print-config)
     backbone="resnet50",
     pretrained="torchvision://resnet50",  # ImageNet weights (file, URL or torchvision://); none: scratch
     num_classes=91,  # real classes (COCO category ids are the labels); the head adds "no object"
