@@ -10,7 +10,7 @@ Pieces (names and shapes as in the released checkpoints, :mod:`bev.petr_official
 - :func:`multiview_sine_embedding`, :func:`anchor_sine_embedding`: the sine embeddings of (view, row,
   column) and of the (y, x, z) anchors.
 - :class:`CPFPN`: the neck of the P4 configs (one output conv, on the finest level).
-- :class:`PETRDecoderLayer`, :class:`PETRDecoder`: post-norm global-attention decoder.
+- :class:`PETRDecoder`: post-norm global-attention decoder (DETR's decoder layer).
 - :class:`GroupedRegressionBranch`, :class:`FeatureGuidedEncoder`: PETRv2's grouped box branch and
   feature-guided position encoder.
 - :func:`anchor_box_code`, :func:`frame_interval`: box code from the anchors, velocity per second.
@@ -30,6 +30,7 @@ from torch import nn
 from datasets.nuscenes.constants import PC_RANGE
 from detr2d.layers.box_ops import inverse_sigmoid
 from detr2d.layers.fpn import conv_module
+from detr2d.layers.transformer import DETRDecoderLayer
 from detr2d.position_encoding import sine_embed
 
 from .box_coder import CODE_SIZE, CODE_WEIGHTS, NMSFreeDecoder
@@ -225,61 +226,12 @@ class CPFPN(nn.Module):
         return [self.fpn_convs[0](laterals[0]), *laterals[1:]]
 
 
-class PETRDecoderLayer(nn.Module):
-    """Post-norm decoder layer: self-attention, cross-attention over all image tokens, FFN.
-
-    Self-attention: query = key = content + query position, value = content. Cross-attention: query =
-    content + query position, key = memory + memory position, value = memory, padding masked. Each
-    sub-layer: x = norm(x + dropout(sublayer)).
-
-    Args:
-        embed_dims, num_heads, ffn_dims, dropout: C, heads, FFN width, dropout (attention weights,
-            residual branches and FFN).
-    """
-
-    def __init__(
-        self, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 2048, dropout: float = 0.1
-    ) -> None:
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout, batch_first=True)
-        self.linear1 = nn.Linear(embed_dims, ffn_dims)
-        self.linear2 = nn.Linear(ffn_dims, embed_dims)
-        self.norm1 = nn.LayerNorm(embed_dims)
-        self.norm2 = nn.LayerNorm(embed_dims)
-        self.norm3 = nn.LayerNorm(embed_dims)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        query_pos: torch.Tensor,
-        memory: torch.Tensor,
-        memory_pos: torch.Tensor,
-        padding_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Args:
-            query, query_pos: (B, Q, C); memory, memory_pos: (B, S, C); padding_mask: (B, S) bool,
-            True on padding, or None.
-
-        Returns:
-            (B, Q, C).
-        """
-        q = query + query_pos
-        x = self.norm1(query + self.dropout(self.self_attn(q, q, query, need_weights=False)[0]))
-        attended = self.cross_attn(
-            x + query_pos, memory + memory_pos, memory, key_padding_mask=padding_mask, need_weights=False
-        )[0]
-        x = self.norm2(x + self.dropout(attended))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(x))))
-        return self.norm3(x + self.dropout(ffn))
-
-
 class PETRDecoder(nn.Module):
-    """A stack of :class:`PETRDecoderLayer`; ``post_norm`` on every layer's output, all layers returned.
+    """A stack of DETR's decoder layers (:class:`detr2d.layers.transformer.DETRDecoderLayer`); ``post_norm``
+    on every layer's output, all layers returned.
 
     Args:
-        num_layers: L; the other arguments as :class:`PETRDecoderLayer`.
+        num_layers: L; the other arguments as :class:`detr2d.layers.transformer.DETRDecoderLayer`.
     """
 
     def __init__(
@@ -294,7 +246,7 @@ class PETRDecoder(nn.Module):
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.layers = nn.ModuleList(
-            PETRDecoderLayer(embed_dims, num_heads, ffn_dims, dropout) for _ in range(num_layers)
+            DETRDecoderLayer(embed_dims, num_heads, ffn_dims, dropout) for _ in range(num_layers)
         )
         self.post_norm = nn.LayerNorm(embed_dims)
 
@@ -306,8 +258,9 @@ class PETRDecoder(nn.Module):
         memory_pos: torch.Tensor,
         padding_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Arguments as :meth:`PETRDecoderLayer.forward`. Returns (L, B, Q, C), non-finite values as 0
-        (the next layer reads the un-normed output)."""
+        """Queries (B, Q, C) with positions, memory (B, S, C) with positions, memory padding (B, S) or
+        None, as :meth:`detr2d.layers.transformer.DETRDecoderLayer.forward`. Returns (L, B, Q, C),
+        non-finite values as 0 (the next layer reads the un-normed output)."""
         outputs = []
         for layer in self.layers:
             query = layer(query, query_pos, memory, memory_pos, padding_mask)

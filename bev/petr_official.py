@@ -4,7 +4,7 @@ Our names -> the release's (mmdet3d ``Petr3D``):
 
 - ``backbone.body.`` (ResNet) / ``backbone.`` (VoVNet) -> ``img_backbone.``; ``neck.`` -> ``img_neck.``;
 - ``head.decoder.layers.i.`` -> ``pts_bbox_head.transformer.decoder.layers.i.`` with ``self_attn`` ->
-  ``attentions.0.attn``, ``cross_attn`` -> ``attentions.1.attn``, ``norm1/2/3`` -> ``norms.0/1/2``,
+  ``attentions.0.attn``, ``multihead_attn`` -> ``attentions.1.attn``, ``norm1/2/3`` -> ``norms.0/1/2``,
   ``linear1`` / ``linear2`` -> ``ffns.0.layers.0.0`` / ``ffns.0.layers.1``;
 - ``head.decoder.post_norm`` -> ``pts_bbox_head.transformer.decoder.post_norm``; other ``head.*`` ->
   ``pts_bbox_head.*`` (same names).
@@ -33,7 +33,7 @@ _MODULES: tuple[tuple[str, str], ...] = (
 )
 _LAYER: tuple[tuple[str, str], ...] = (
     ("self_attn.", "attentions.0.attn."),
-    ("cross_attn.", "attentions.1.attn."),
+    ("multihead_attn.", "attentions.1.attn."),
     ("norm1.", "norms.0."),
     ("norm2.", "norms.1."),
     ("norm3.", "norms.2."),

@@ -13,20 +13,9 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def _attention(
-    attn: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None
-) -> Tensor:
-    """``attn`` on (B, L, C) query and (B, S, C) key/value, ignoring keys where ``mask`` (B, S) is True."""
-    return attn(query, key, value, key_padding_mask=mask, need_weights=False)[0]
-
-
-def _feed_forward(linear1: nn.Linear, linear2: nn.Linear, dropout: nn.Dropout, x: Tensor) -> Tensor:
-    """The FFN ``linear2(dropout(relu(linear1(x))))`` of a (..., C) input."""
-    return linear2(dropout(F.relu(linear1(x))))
+from .layers.transformer import DETRDecoderLayer, attention, feed_forward
 
 
 class DETREncoderLayer(nn.Module):
@@ -51,35 +40,8 @@ class DETREncoderLayer(nn.Module):
     def forward(self, src: Tensor, pos: Tensor, mask: Tensor | None) -> Tensor:
         """(B, S, C) features, (B, S, C) positions, (B, S) padding mask or None -> (B, S, C)."""
         qk = src + pos
-        src = self.norm1(src + self.dropout(_attention(self.self_attn, qk, qk, src, mask)))
-        return self.norm2(src + self.dropout(_feed_forward(self.linear1, self.linear2, self.dropout, src)))
-
-
-class DETRDecoderLayer(nn.Module):
-    """Post-norm self-attention, cross-attention and FFN (names ``self_attn``, ``multihead_attn``,
-    ``linear1``, ``linear2``, ``norm1``..``norm3``); arguments as :class:`DETREncoderLayer`."""
-
-    def __init__(self, embed_dims: int, num_heads: int, ffn_dims: int, dropout: float) -> None:
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout, batch_first=True)
-        self.multihead_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout, batch_first=True)
-        self.linear1 = nn.Linear(embed_dims, ffn_dims)
-        self.linear2 = nn.Linear(ffn_dims, embed_dims)
-        self.norm1 = nn.LayerNorm(embed_dims)
-        self.norm2 = nn.LayerNorm(embed_dims)
-        self.norm3 = nn.LayerNorm(embed_dims)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(
-        self, tgt: Tensor, query_pos: Tensor, memory: Tensor, pos: Tensor, mask: Tensor | None
-    ) -> Tensor:
-        """Update the (B, Q, C) queries ``tgt`` (positions ``query_pos`` (B, Q, C)) from the (B, S, C)
-        ``memory`` (positions ``pos``, padding ``mask`` (B, S) or None) -> (B, Q, C)."""
-        qk = tgt + query_pos
-        tgt = self.norm1(tgt + self.dropout(_attention(self.self_attn, qk, qk, tgt, None)))
-        cross = _attention(self.multihead_attn, tgt + query_pos, memory + pos, memory, mask)
-        tgt = self.norm2(tgt + self.dropout(cross))
-        return self.norm3(tgt + self.dropout(_feed_forward(self.linear1, self.linear2, self.dropout, tgt)))
+        src = self.norm1(src + self.dropout(attention(self.self_attn, qk, qk, src, mask)))
+        return feed_forward(src, self.linear1, self.linear2, self.dropout, self.dropout, self.norm2)
 
 
 class DETREncoder(nn.Module):

@@ -16,7 +16,6 @@ from bev.petr import (
     FeatureGuidedEncoder,
     GroupedRegressionBranch,
     PETRDecoder,
-    PETRDecoderLayer,
     anchor_box_code,
     anchor_sine_embedding,
     depth_bins,
@@ -24,6 +23,7 @@ from bev.petr import (
     frustum_coordinates,
     multiview_sine_embedding,
 )
+from detr2d.layers.transformer import DETRDecoderLayer
 from detr2d.layers.vovnet import EffectiveSE, OSAModule, VoVNet, VoVNetSpec
 
 TINY_VOV = VoVNetSpec((8, 8, 16), (8, 8, 8, 8), (16, 16, 24, 32), 2, (1, 2, 1, 2))
@@ -207,7 +207,7 @@ def _attention(mha: torch.nn.MultiheadAttention, q, k, v, mask=None) -> torch.Te
 
 def test_decoder_layer_is_post_norm_global_attention_with_positions_on_queries_and_keys():
     torch.manual_seed(0)
-    layer = PETRDecoderLayer(embed_dims=16, num_heads=4, ffn_dims=32, dropout=0.1).eval()
+    layer = DETRDecoderLayer(embed_dims=16, num_heads=4, ffn_dims=32, dropout=0.1).eval()
     query, query_pos = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
     memory, memory_pos = torch.randn(2, 7, 16), torch.randn(2, 7, 16)
     mask = torch.zeros(2, 7, dtype=torch.bool)
@@ -216,7 +216,9 @@ def test_decoder_layer_is_post_norm_global_attention_with_positions_on_queries_a
         got = layer(query, query_pos, memory, memory_pos, mask)
         q = query + query_pos
         x = layer.norm1(query + _attention(layer.self_attn, q, q, query))
-        x = layer.norm2(x + _attention(layer.cross_attn, x + query_pos, memory + memory_pos, memory, mask))
+        x = layer.norm2(
+            x + _attention(layer.multihead_attn, x + query_pos, memory + memory_pos, memory, mask)
+        )
         expected = layer.norm3(x + layer.linear2(F.relu(layer.linear1(x))))
     assert torch.allclose(got, expected, atol=1e-5)
     # padded memory tokens are ignored

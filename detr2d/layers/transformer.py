@@ -1,5 +1,6 @@
-"""Transformer layers shared by the detectors: the post-norm residual FFN and the deformable decoder layer
-(Deformable DETR's decoder, BEVFormer's detection decoder)."""
+"""Transformer layers shared by the detectors: the post-norm residual FFN, the deformable decoder layer
+(Deformable DETR's decoder, BEVFormer's detection decoder) and the global-attention decoder layer
+(DETR's decoder, PETR's)."""
 
 from __future__ import annotations
 
@@ -95,3 +96,45 @@ class DecoderLayer(nn.Module):
         )
         tgt = self.norm1(tgt + self.dropout1(attn))
         return feed_forward(tgt, self.linear1, self.linear2, self.dropout3, self.dropout4, self.norm3)
+
+
+def attention(
+    attn: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None
+) -> Tensor:
+    """``attn`` on (B, L, C) query and (B, S, C) key/value, ignoring keys where ``mask`` (B, S) is True."""
+    return attn(query, key, value, key_padding_mask=mask, need_weights=False)[0]
+
+
+class DETRDecoderLayer(nn.Module):
+    """DETR's decoder layer, also PETR's: post-norm self-attention, global cross-attention and FFN (names
+    ``self_attn``, ``multihead_attn``, ``linear1``, ``linear2``, ``norm1``..``norm3``: DETR's checkpoint
+    names; PETR's key map renames them).
+
+    Args:
+        embed_dims: model width C.
+        num_heads: attention heads.
+        ffn_dims: hidden width of the FFN.
+        dropout: dropout of the attention weights, the residual branches and the FFN.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, ffn_dims: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout, batch_first=True)
+        self.multihead_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(embed_dims, ffn_dims)
+        self.linear2 = nn.Linear(ffn_dims, embed_dims)
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.norm3 = nn.LayerNorm(embed_dims)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, tgt: Tensor, query_pos: Tensor, memory: Tensor, pos: Tensor, mask: Tensor | None
+    ) -> Tensor:
+        """Update the (B, Q, C) queries ``tgt`` (positions ``query_pos`` (B, Q, C)) from the (B, S, C)
+        ``memory`` (positions ``pos``, padding ``mask`` (B, S) or None) -> (B, Q, C)."""
+        qk = tgt + query_pos
+        tgt = self.norm1(tgt + self.dropout(attention(self.self_attn, qk, qk, tgt, None)))
+        cross = attention(self.multihead_attn, tgt + query_pos, memory + pos, memory, mask)
+        tgt = self.norm2(tgt + self.dropout(cross))
+        return feed_forward(tgt, self.linear1, self.linear2, self.dropout, self.dropout, self.norm3)
