@@ -1,7 +1,9 @@
 """Demo: a small PETRv2 (two frames, 12 views) on the synthetic nuScenes data: ``petr_demo.py`` with the
 ``petrv2_demo`` variant and the release's choice of the earlier frame (``petrv2_vov_p4_800x320.py``). The
-data needs camera sweeps: ``tools/create_data.py synthetic-nuscenes --camera-sweeps 5`` (tools/demo_bev.sh
-writes them), then ``tools/create_data.py nuscenes`` (keeps them in the infos)."""
+data needs the camera sweeps (12 Hz, as nuScenes): ``tools/create_data.py synthetic-nuscenes
+--camera-sweeps 5`` (tools/demo_bev.sh and tools/study.py write them), then ``tools/create_data.py
+nuscenes`` (keeps them in the infos); without them the earlier keyframes (0.5 s apart) are the only
+earlier frames."""
 
 _base_ = "petr_demo.py"
 
