@@ -25,6 +25,7 @@ from datasets.nuscenes import collate_nuscenes
 from datasets.nuscenes.augment import GlobalRotScale, ResizeCropFlip
 from datasets.nuscenes.infos import infos_path, load_infos
 from datasets.nuscenes.prev_frame import PrevFrame
+from datasets.nuscenes.synthetic import NUSCENES_CAMERA_SWEEPS
 from detr2d.layers.vovnet import VoVNetSpec
 from detr2d.runtime.cli import load_task_config
 from detr2d.runtime.export import export_model, onnx_max_errors, prepare_export
@@ -379,3 +380,19 @@ def test_a_fresh_run_refuses_fixed_batch_norm_without_backbone_weights():
     with pytest.raises(ValueError, match=r"model.norm_eval keeps the vovnet99 .* model.pretrained is None"):
         PETRTask(config).build_model(pretrained=True)
     PETRTask(config).build_model()  # testing or fine-tuning: the weights come from a checkpoint
+
+
+def test_the_study_runs_the_petr_configs_on_data_with_camera_sweeps():
+    study = runpy.run_path(str(REPO / "tools" / "study.py"))
+    models = {m.name: m for m in study["MODELS"]}
+    assert (models["petr"].config, models["petr"].published) == (
+        "configs/bev/petr_demo.py",
+        "configs/bev/petr_vov_p4_800x320.py",
+    )
+    assert (models["petrv2"].config, models["petrv2"].published) == (
+        "configs/bev/petrv2_demo.py",
+        "configs/bev/petrv2_vov_p4_800x320.py",
+    )
+    assert all((REPO / path).is_file() for m in models.values() for path in (m.config, m.published))
+    profiles = [p for p in study["PROFILES"].values() if p.nuscenes is not None]
+    assert profiles and all(p.nuscenes.camera_sweeps == NUSCENES_CAMERA_SWEEPS for p in profiles)
