@@ -20,6 +20,7 @@ from bev_helpers import one_thread, tiny_root  # noqa: F401 (fixtures: one_threa
 from nuscenes_fixtures import GeneratedDataset, sweeps_dataset  # noqa: F401 (fixture)
 
 from bev import build_petr, petr_state_dict
+from bev.petr_builder import PREPROCESS
 from bev.petr_task import PETRTask, load_backbone_weights
 from datasets.nuscenes import collate_nuscenes
 from datasets.nuscenes.augment import GlobalRotScale, ResizeCropFlip
@@ -230,7 +231,7 @@ def test_the_published_configs_set_the_releases_data_options(name):
     assert ResizeCropFlip(**data["resize_crop_flip"]) == ResizeCropFlip(
         final_size, resize_range, (0, 0), True
     )
-    assert tuple(data["image_size"]) == final_size  # the network's input (export)
+    assert tuple(data["image_size"]) == final_size == PREPROCESS[name]["final_size"][::-1]  # export's input
     assert GlobalRotScale(**data["global_rot_scale"]) == GlobalRotScale((-0.3925, 0.3925), (0.95, 1.05))
     if two_frames:  # the 15th frame back at test time, the 4th..27th in training (12 Hz), 15 x 0.083 s pad
         assert PrevFrame(**data["prev_frame"]) == PrevFrame(1.25, (0.29, 2.29), 1.245)
