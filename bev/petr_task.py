@@ -7,7 +7,9 @@ Batch contract (what the model side reads; other keys stay on the CPU):
   (``data.num_history = 0``); ``lidar2img`` likewise (B, 6, 4, 4) or (B, 1, 6, 4, 4).
 - PETRv2: ``img`` (B, 12, 3, H, W): the 6 current cameras, then the same 6 cameras of an earlier frame;
   ``lidar2img`` (B, 12, 4, 4), the last 6 mapping points of the CURRENT lidar frame into the earlier
-  images (ego motion folded in); ``timestamps`` (B, 12) seconds per view (lidar time - camera time).
+  images (ego motion folded in); ``timestamps`` (B, 12) seconds per view (lidar time - camera time); or
+  the nuScenes data side's (B, 1, 12, ...) with ``data.prev_frame`` (the earlier frame chosen among the
+  sample's camera sweeps).
 """
 
 from __future__ import annotations

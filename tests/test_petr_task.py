@@ -1,6 +1,7 @@
 """PETR / PETRv2 on the runtime (task ``nuscenes_petr``), on the tiny generated nuScenes data: the tools end
-to end (train, official evaluation, fast path, submission, pictures, a released-layout checkpoint), the
-PETRv2 two-frame batch contract, ONNX export parity and the CPU fast path."""
+to end (train, official evaluation, fast path, submission, pictures, a released-layout checkpoint), PETRv2
+end to end on the data side's two-frame batches (the camera-sweeps fixture), PETR's resize / crop / flip,
+the published configs' data options, ONNX export parity and the CPU fast path."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from bev_helpers import one_thread, tiny_root  # noqa: F401 (fixtures: one_thread autouse, tiny_root)
+from nuscenes_fixtures import GeneratedDataset, sweeps_dataset  # noqa: F401 (fixture)
 
 from bev import build_petr, petr_state_dict
+from bev.petr_builder import PREPROCESS
 from bev.petr_task import PETRTask, load_backbone_weights
-from datasets.nuscenes import NuScenesMultiViewDataset, collate_nuscenes
+from datasets.nuscenes import collate_nuscenes
+from datasets.nuscenes.augment import GlobalRotScale, ResizeCropFlip
 from datasets.nuscenes.infos import infos_path, load_infos
+from datasets.nuscenes.prev_frame import PrevFrame
+from datasets.nuscenes.synthetic import NUSCENES_CAMERA_SWEEPS
 from detr2d.layers.vovnet import VoVNetSpec
 from detr2d.runtime.cli import load_task_config
 from detr2d.runtime.export import export_model, onnx_max_errors, prepare_export
@@ -51,6 +58,20 @@ def tiny_petr_overrides(root: Path) -> list[str]:
     ]
 
 
+def sweeps_overrides(dataset: GeneratedDataset) -> list[str]:
+    """The PETR demo configs on the camera-sweeps fixture (one scene of 4 samples per split), 64 x 36
+    images, C = 32."""
+    return [
+        f"data.root={dataset.root}",
+        f"data.infos_dir={dataset.infos_dir}",
+        "data.train_split=mini_train",
+        "data.val_split=mini_val",
+        "data.image_size=[64,36]",
+        *TINY_MODEL,
+        "train.progress=False",
+    ]
+
+
 def run_tool(name: str, args: list[str]) -> None:
     """Run ``tools/<name>`` in this process as if from the command line."""
     argv = sys.argv
@@ -59,29 +80,6 @@ def run_tool(name: str, args: list[str]) -> None:
         runpy.run_path(str(REPO / "tools" / name), run_name="__main__")
     finally:
         sys.argv = argv
-
-
-def two_frame_batch(dataset: NuScenesMultiViewDataset, index: int) -> dict[str, Any]:
-    """A PETRv2 batch (``bev.petr_task`` contract) of sample ``index`` and the sample before it in its scene:
-    ``img`` (1, 12, 3, H, W), ``lidar2img`` (1, 12, 4, 4) with the earlier views mapping CURRENT lidar
-    points (``lidar2img_prev @ inv(prev_lidar2global) @ cur_lidar2global``), ``timestamps`` (1, 12) seconds
-    (current lidar time - camera time), plus the current sample's ground truth and token."""
-    cur, prev = dataset[index], dataset[index - 1]
-    info, prev_info = dataset.samples[index], dataset.samples[index - 1]
-    assert prev_info["token"] == info["prev"], "index must not be a scene's first sample"
-    cur_to_prev = torch.linalg.inv(prev["lidar2global"]) @ cur["lidar2global"]  # float64
-    prev_lidar2img = (prev["lidar2img"][-1].double() @ cur_to_prev).float()
-    lidar_us = info["lidar"]["timestamp"]
-    stamps = [
-        (lidar_us - sample["cameras"][cam]["timestamp"]) * 1e-6
-        for sample in (info, prev_info)
-        for cam in sample["cameras"]
-    ]
-    batch = collate_nuscenes([cur])
-    batch["img"] = torch.cat([cur["img"][-1], prev["img"][-1]])[None]
-    batch["lidar2img"] = torch.cat([cur["lidar2img"][-1], prev_lidar2img])[None]
-    batch["timestamps"] = torch.tensor([stamps], dtype=torch.float64)
-    return batch
 
 
 def test_the_task_table_names_petr_and_configs_expand_to_its_schema():
@@ -106,23 +104,22 @@ def test_the_task_table_names_petr_and_configs_expand_to_its_schema():
         PETRTask.model_defaults("petr_demo", version=3)
 
 
-def test_the_petrv2_contract_is_checked_with_errors_naming_the_key(tiny_root):  # noqa: F811
-    config = load_task_config(PETRV2_DEMO, tiny_petr_overrides(tiny_root))
-    task = PETRTask(config)
-    batch = two_frame_batch(task.data.build_dataset("val"), 1)
+def test_the_petrv2_contract_is_checked_with_errors_naming_the_key(sweeps_dataset, tiny_root):  # noqa: F811
+    task = PETRTask(load_task_config(PETRV2_DEMO, sweeps_overrides(sweeps_dataset)))
+    batch = collate_nuscenes([task.data.build_dataset("val")[1]])  # the data side's (B, 1, 12, ...)
     inputs = task.model_inputs(batch, torch.device("cpu"))
     assert inputs["img"].shape[:2] == (1, 12) and inputs["timestamps"].dtype == torch.float32
-    interval = (batch["timestamps"][0, 6:] - batch["timestamps"][0, :6]).mean()
-    assert 0.3 < float(interval) < 0.7  # the fixture's samples are 0.5 s apart
-    one_frame = dict(batch, img=batch["img"][:, :6])
+    interval = (inputs["timestamps"][0, 6:] - inputs["timestamps"][0, :6]).mean()
+    assert float(interval) == pytest.approx(0.5, abs=1e-3)  # the 2nd sample: only 0.5 s back yet
+    one_frame = dict(batch, img=batch["img"][:, :, :6])
     with pytest.raises(
         ValueError, match=r"'img' must have shape \(B, 12, 3, H, W\).*got \(1, 6, 3, 36, 64\)"
     ):
         task.model_inputs(one_frame, torch.device("cpu"))
     with pytest.raises(ValueError, match=r"'lidar2img' must have shape \(1, 12, 4, 4\)"):
-        task.model_inputs(dict(batch, lidar2img=batch["lidar2img"][:, :6]), torch.device("cpu"))
+        task.model_inputs(dict(batch, lidar2img=batch["lidar2img"][:, :, :6]), torch.device("cpu"))
     with pytest.raises(ValueError, match=r"'timestamps' must have shape \(1, 12\)"):
-        task.model_inputs(dict(batch, timestamps=batch["timestamps"][:, :6]), torch.device("cpu"))
+        task.model_inputs(dict(batch, timestamps=batch["timestamps"][:, :, :6]), torch.device("cpu"))
     no_time = {key: value for key, value in batch.items() if key != "timestamps"}
     with pytest.raises(ValueError, match=r"missing \['timestamps'\]"):
         task.model_inputs(no_time, torch.device("cpu"))
@@ -132,30 +129,17 @@ def test_the_petrv2_contract_is_checked_with_errors_naming_the_key(tiny_root):  
     assert v1.model_inputs(item, torch.device("cpu"))["img"].shape[:2] == (1, 6)
 
 
-def test_the_earlier_views_see_a_static_point_where_the_earlier_frame_saw_it(tiny_root):  # noqa: F811
-    """The composed matrices of the contract put a point fixed in the world on the same pixel of an earlier
-    image whether it is given in the current lidar frame (the batch's matrix) or in the earlier one."""
-    config = load_task_config(PETRV2_DEMO, tiny_petr_overrides(tiny_root))
-    dataset = PETRTask(config).data.build_dataset("val")
-    batch = two_frame_batch(dataset, 2)
-    cur, prev = dataset[2], dataset[1]
-    in_cur = torch.tensor([12.0, -4.0, 1.0, 1.0], dtype=torch.float64)  # current lidar frame
-    in_prev = torch.linalg.inv(prev["lidar2global"]) @ cur["lidar2global"] @ in_cur
-    for cam in range(6):
-        via_batch = batch["lidar2img"][0, 6 + cam].double() @ in_cur
-        direct = prev["lidar2img"][-1, cam].double() @ in_prev
-        assert torch.allclose(via_batch, direct, rtol=1e-4, atol=1e-3)
-
-
-def test_petrv2_trains_and_infers_on_two_frame_batches(tiny_root):  # noqa: F811
-    config = load_task_config(PETRV2_DEMO, tiny_petr_overrides(tiny_root))
-    task = PETRTask(config)
-    dataset = task.data.build_dataset("val")
+def test_petrv2_trains_and_infers_on_the_data_sides_two_frame_batches(sweeps_dataset):  # noqa: F811
+    task = PETRTask(load_task_config(PETRV2_DEMO, sweeps_overrides(sweeps_dataset)))
+    train = task.data.build_dataset("train")
     torch.manual_seed(0)
     model = task.build_model(pretrained=True)
     criterion = task.build_criterion()
-    batch = two_frame_batch(dataset, 1)
+    batch = collate_nuscenes([train[3]])  # a random earlier frame 0.29..2.29 s back
     (inputs,), targets = task.split_batch(batch, torch.device("cpu"))
+    assert inputs["img"].shape[:2] == (1, 12)
+    interval = float((inputs["timestamps"][0, 6:] - inputs["timestamps"][0, :6]).mean())
+    assert 0.29 <= interval <= 1.5  # 1.5 s: the scene's start, the oldest frame of the 4th sample
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(8):
@@ -165,12 +149,99 @@ def test_petrv2_trains_and_infers_on_two_frame_batches(tiny_root):  # noqa: F811
         optimizer.step()
         losses.append(loss.item())
     assert all(math.isfinite(value) for value in losses) and losses[-1] < losses[0]
+    batch = collate_nuscenes([task.data.build_dataset("val")[3]])
     ((out_batch, detections),) = list(task.infer(model, [None, batch], torch.device("cpu")))
     assert out_batch is batch and detections[0]["boxes"].shape[1] == 9
     assert 0 < len(detections[0]["scores"]) <= 10 * 10
     slow = dict(batch, timestamps=batch["timestamps"] * 2)  # velocities are per second
     ((_, halved),) = list(task.infer(model, [slow], torch.device("cpu")))
     assert torch.allclose(halved[0]["boxes"][:, 7:], detections[0]["boxes"][:, 7:] / 2, atol=1e-5)
+
+
+def test_petrv2_demo_end_to_end_on_sweeps(sweeps_dataset, tmp_path):  # noqa: F811
+    """fit (a few iterations on the data side's two-frame batches) with the official evaluation, then
+    tools/predict.py's pictures of a PETRv2 prediction (the current 6 of the 12 views)."""
+    overrides = sweeps_overrides(sweeps_dataset)
+    run = tmp_path / "run"
+    args = [str(PETRV2_DEMO), "--out", str(run), *overrides, "schedule.epochs=1", "schedule.warmup_iters=1"]
+    run_tool("train.py", [*args, "train.eval_every=1"])
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    (record,) = [r for r in log if "train" in r]
+    assert math.isfinite(record["train"]["loss"]) and record["train"]["loss"] > 0
+    assert (
+        round(record["train"]["samples_per_s"] * record["train"]["time_s"]) == 4
+    )  # the 4 mini_train samples
+    assert record["val_samples"] == 4
+    metrics = json.loads((run / "val" / "metrics.json").read_text())
+    assert {"mAP", "NDS", "mATE", "mAVE"} <= set(metrics) and metrics["num_samples"] == 4
+
+    infos = infos_path(sweeps_dataset.infos_dir, "mini_val")
+    predict = tmp_path / "predict"
+    run_tool(
+        "predict.py",
+        [str(PETRV2_DEMO), str(run / "checkpoint.pth"), str(infos), "--out", str(predict), "--limit", "2"]
+        + ["--score-threshold", "0", *overrides],
+    )
+    entries = json.loads((predict / "predictions.json").read_text())
+    assert len(entries) == 2 and all(len(e["boxes"]) == len(e["scores"]) > 0 for e in entries)
+    for entry in entries:
+        assert Path(entry["bev"]).is_file()
+        assert cv2.imread(entry["cameras"]).shape[1] == 3 * 64  # the mosaic of the current 2 x 3 cameras
+
+
+def test_a_petr_config_with_resize_crop_flip_runs_a_batch(sweeps_dataset):  # noqa: F811
+    """PETR's random resize / crop / flip and scene rotation / scaling in training, the test-time resize
+    + bottom crop on val: the batches have the final size and train / infer."""
+    crop = "data.resize_crop_flip={'final_size': [64, 32], 'resize_range': [0.18, 0.25], 'flip': True}"
+    rot_scale = "data.global_rot_scale={'rot_range': [-0.3925, 0.3925], 'scale_range': [0.95, 1.05]}"
+    task = PETRTask(load_task_config(PETR_DEMO, [*sweeps_overrides(sweeps_dataset), crop, rot_scale]))
+    train, val = task.data.build_dataset("train"), task.data.build_dataset("val")
+    assert train.image_crop == ResizeCropFlip((64, 32), (0.18, 0.25), (0.0, 0.0), True)
+    assert train.scene_aug == GlobalRotScale() and val.image_crop == ResizeCropFlip((64, 32))
+    batch = collate_nuscenes([train[1], train[2]])
+    assert batch["img"].shape == (2, 1, 6, 3, 32, 64)
+    torch.manual_seed(0)
+    model = task.build_model(pretrained=True)
+    criterion = task.build_criterion()
+    (inputs,), targets = task.split_batch(batch, torch.device("cpu"))
+    loss = criterion.weighted_total(criterion(model(inputs), targets))
+    loss.backward()
+    assert math.isfinite(loss.item()) and loss.item() > 0
+    assert all(p.grad is not None for p in model.head.parameters() if p.requires_grad)
+    val_batch = collate_nuscenes([val[0]])
+    assert val_batch["img"].shape == (1, 1, 6, 3, 32, 64)
+    ((_, detections),) = list(task.infer(model, [val_batch], torch.device("cpu")))
+    assert detections[0]["boxes"].shape[1] == 9
+
+
+PUBLISHED = {  # config: (final size (W, H), training resize range, PETRv2's earlier frame) of the release
+    "petr_r50dcn_c5": ((1408, 512), (0.8, 1.0), False),
+    "petr_r50dcn_p4": ((1408, 512), (0.8, 1.0), False),
+    "petr_vov_p4_800x320": ((800, 320), (0.47, 0.625), False),
+    "petr_vov_p4_1600x640": ((1600, 640), (0.94, 1.25), False),
+    "petrv2_vov_p4_800x320": ((800, 320), (0.47, 0.625), True),
+    "petrv2_vov_p4_1600x640": ((1600, 640), (0.94, 1.25), True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_the_published_configs_set_the_releases_data_options(name):
+    final_size, resize_range, two_frames = PUBLISHED[name]
+    data = load_task_config(REPO / "configs" / "bev" / f"{name}.py")["data"]
+    assert ResizeCropFlip(**data["resize_crop_flip"]) == ResizeCropFlip(
+        final_size, resize_range, (0, 0), True
+    )
+    assert tuple(data["image_size"]) == final_size == PREPROCESS[name]["final_size"][::-1]  # export's input
+    assert GlobalRotScale(**data["global_rot_scale"]) == GlobalRotScale((-0.3925, 0.3925), (0.95, 1.05))
+    if two_frames:  # the 15th frame back at test time, the 4th..27th in training (12 Hz), 15 x 0.083 s pad
+        assert PrevFrame(**data["prev_frame"]) == PrevFrame(1.25, (0.29, 2.29), 1.245)
+    else:
+        assert data["prev_frame"] is None
+    # the test-time transform of a 1600 x 900 nuScenes image: resize by max(final / original), bottom rows
+    test_crop = ResizeCropFlip(final_size).draw((1600, 900), np.random.default_rng(0))
+    assert (
+        test_crop.resized[0] == final_size[0] and test_crop.corner[1] == test_crop.resized[1] - final_size[1]
+    )
 
 
 def test_petr_demo_through_the_tools(tiny_root, tmp_path, capsys):  # noqa: F811
@@ -310,3 +381,19 @@ def test_a_fresh_run_refuses_fixed_batch_norm_without_backbone_weights():
     with pytest.raises(ValueError, match=r"model.norm_eval keeps the vovnet99 .* model.pretrained is None"):
         PETRTask(config).build_model(pretrained=True)
     PETRTask(config).build_model()  # testing or fine-tuning: the weights come from a checkpoint
+
+
+def test_the_study_runs_the_petr_configs_on_data_with_camera_sweeps():
+    study = runpy.run_path(str(REPO / "tools" / "study.py"))
+    models = {m.name: m for m in study["MODELS"]}
+    assert (models["petr"].config, models["petr"].published) == (
+        "configs/bev/petr_demo.py",
+        "configs/bev/petr_vov_p4_800x320.py",
+    )
+    assert (models["petrv2"].config, models["petrv2"].published) == (
+        "configs/bev/petrv2_demo.py",
+        "configs/bev/petrv2_vov_p4_800x320.py",
+    )
+    assert all((REPO / path).is_file() for m in models.values() for path in (m.config, m.published))
+    profiles = [p for p in study["PROFILES"].values() if p.nuscenes is not None]
+    assert profiles and all(p.nuscenes.camera_sweeps == NUSCENES_CAMERA_SWEEPS for p in profiles)

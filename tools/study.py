@@ -43,7 +43,11 @@ from study_report import write_report  # noqa: E402
 
 from configs import ConfigError, load_config  # noqa: E402
 from datasets.nuscenes.infos import create_nuscenes_infos  # noqa: E402
-from datasets.nuscenes.synthetic import SyntheticSpec, generate_synthetic_nuscenes  # noqa: E402
+from datasets.nuscenes.synthetic import (  # noqa: E402
+    NUSCENES_CAMERA_SWEEPS,
+    SyntheticSpec,
+    generate_synthetic_nuscenes,
+)
 from datasets.synthetic_coco import SyntheticCocoSpec, generate_synthetic_coco  # noqa: E402
 from detr2d.runtime.cli import load_task_config  # noqa: E402
 from detr2d.runtime.evaluate import inference_model  # noqa: E402
@@ -149,7 +153,7 @@ MODELS: tuple[Model, ...] = (
         "bev",
         "petr",
         "configs/bev/petr_demo.py",
-        "configs/bev/petr_r50dcn_c5.py",
+        "configs/bev/petr_vov_p4_800x320.py",
         note="3D position embedding of the image features, one frame per sample.",
     ),
     Model(
@@ -198,11 +202,23 @@ def _coco(num_train: int, num_val: int) -> SyntheticCocoSpec:
     )
 
 
+def _nuscenes(num_scenes: int, samples_per_scene: int, image_size: tuple[int, int]) -> SyntheticSpec:
+    """The synthetic nuScenes set of every BEV model, with nuScenes' camera sweeps (12 Hz images between
+    the keyframes: PETRv2's earlier frame; the other models read the keyframes only)."""
+    return SyntheticSpec(
+        num_scenes=num_scenes,
+        samples_per_scene=samples_per_scene,
+        image_size=image_size,
+        seed=0,
+        camera_sweeps=NUSCENES_CAMERA_SWEEPS,
+    )
+
+
 PROFILES = {
     "tiny": Profile(
         "tiny",
         _coco(16, 8),
-        SyntheticSpec(num_scenes=2, samples_per_scene=3, image_size=(96, 54), seed=0),
+        _nuscenes(num_scenes=2, samples_per_scene=3, image_size=(96, 54)),
         {"2d": 1, "bev": 1},
         (96, 54),
         latency_samples=2,
@@ -213,7 +229,7 @@ PROFILES = {
     "default": Profile(
         "default",
         _coco(1000, 100),
-        SyntheticSpec(num_scenes=15, samples_per_scene=10, image_size=(192, 108), seed=0),
+        _nuscenes(num_scenes=15, samples_per_scene=10, image_size=(192, 108)),
         {"2d": 3, "bev": 6},
         (192, 108),
         latency_samples=8,
@@ -264,7 +280,7 @@ def shared_2d_overrides() -> list[str]:
 
 def prepare_data(profile: Profile, groups: set[str], data_root: Path) -> dict[str, list[str]]:
     """Generate (or reuse) the profile's synthetic data of ``groups`` under ``data_root``; the data
-    overrides of each group."""
+    overrides of each group. SystemExit: a reused nuScenes set lacks the profile's camera sweeps."""
     overrides: dict[str, list[str]] = {group: [] for group in GROUPS}
     if profile.coco is not None and "2d" in groups:
         root = generate_synthetic_coco(data_root / "coco", profile.coco)
@@ -274,6 +290,11 @@ def prepare_data(profile: Profile, groups: set[str], data_root: Path) -> dict[st
         splits = ["synthetic_train", "synthetic_val"]
         if not (root / "v1.0-mini").is_dir():
             generate_synthetic_nuscenes(root, profile.nuscenes)
+        elif profile.nuscenes.camera_sweeps and not (root / "sweeps").is_dir():
+            raise SystemExit(
+                f"error: {root} was generated without camera sweeps (an older study's data); remove it or "
+                "choose another --data"
+            )
         if not all((infos / f"nuscenes_infos_{split}.json").is_file() for split in splits):
             create_nuscenes_infos(root, "v1.0-mini", infos, splits)
         overrides["bev"] = [

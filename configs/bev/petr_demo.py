@@ -18,7 +18,9 @@ data = dict(
     val_split="synthetic_val",
     image_size=[192, 108],
     img_norm=dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True),  # ImageNet RGB
-    grid_mask=None,  # the recipe's augmentation is off: the demo's budget is a few epochs
+    grid_mask=None,  # the recipe's augmentations are off: the demo's budget is a few epochs
+    resize_crop_flip=None,  # every camera resized to image_size
+    global_rot_scale=None,
     num_workers=0,
 )
 optim = dict(lr=1e-3, lr_backbone=1e-3)  # from scratch: the backbone learns at the full rate
