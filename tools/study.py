@@ -500,7 +500,10 @@ def worker(run_dir: Path) -> None:
     per_s = sum(r["train"][f"{unit}_per_s"] * r["train"]["time_s"] for r in records) / max(train_time, 1e-9)
     images_per_sample = 1
     if spec["group"] == "bev":
-        images_per_sample = config["model"].get("num_cams", 6) * (1 + config["data"].get("num_history", 0))
+        model = config["model"]  # PETRv2 reads 12 views of one frame, BEVFormer 6 per history frame
+        images_per_sample = model.get("num_views") or model.get("num_cams", 6) * (
+            1 + config["data"].get("num_history", 0)
+        )
     latency, params = measure_latency(run_dir, spec)
     sizes = {split: len(task.data.build_dataset(split)) for split in ("train", "val")}
     result = {
