@@ -131,13 +131,14 @@ class CocoDetection(torch.utils.data.Dataset):
         self._targets = [self._build_target(image_id) for image_id in self.ids]
         num_boxes = sum(len(t["labels"]) for t in self._targets)
         logger.info(
-            "%s: %d image%s, %d box%s; dropped %d crowd and %d zero-area box%s",
+            "%s: %d image%s, %d box%s; dropped %d crowd box%s and %d zero-area box%s",
             self.ann_file,
             len(self.ids),
             "" if len(self.ids) == 1 else "s",
             num_boxes,
             "" if num_boxes == 1 else "es",
             self.num_dropped_crowd,
+            "" if self.num_dropped_crowd == 1 else "es",
             self.num_dropped_zero_area,
             "" if self.num_dropped_zero_area == 1 else "es",
         )

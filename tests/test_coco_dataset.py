@@ -122,7 +122,7 @@ def test_crowd_and_zero_area_boxes_dropped_and_counted(
         dataset = build_coco_dataset(coco_copy, "train2017")
     assert dataset.num_dropped_crowd == 1
     assert dataset.num_dropped_zero_area == 2
-    assert "dropped 1 crowd boxes and 2 zero-area boxes" in caplog.text
+    assert "dropped 1 crowd box and 2 zero-area boxes" in caplog.text
     _, target = dataset[0]
     assert len(target["boxes"]) == len(
         [a for a in dataset.coco.imgToAnns[target["image_id"]] if a["id"] < 10_000]

@@ -48,7 +48,7 @@ def _commands(text: str) -> list[str]:
     """The command lines of the ```bash blocks of ``text``, continuation lines joined, comments dropped."""
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        lines += [re.sub(r"\s+#.*", "", line).strip() for line in block.replace("\\\n", " ").splitlines()]
+        lines += [re.sub(r"(^|\s+)#.*", "", line).strip() for line in block.replace("\\\n", " ").splitlines()]
     return [line for line in lines if line]
 
 
