@@ -1,16 +1,18 @@
-// CPU kernels: forward parallel over (sample, head, query); backward parallel over (sample, head), so
-// that every task owns its slice of grad_value and needs no atomics. Per-sample math: ms_deform_attn_math.h.
+// CPU kernels: forward parallel over (sample, head, block of queries); backward parallel over (sample,
+// head), so that every task owns its slice of grad_value and needs no atomics. Per-sample math:
+// ms_deform_attn_math.h.
 //
-// Both kernels work one (sample, query, head) item at a time in two passes: first the bilinear corners
-// of its L * P locations (offsets into value and weights, attention folded in for the forward; the
-// corner rows are prefetched), then a gather over channels with nothing left to compute per channel
-// but the four fused multiply-adds. For D = 32 (every published model) the channel count is a
-// compile-time constant, so the accumulators stay in vector registers.
+// Both kernels sample a level's map for all their queries before the next level's (see kQueryBlock),
+// and per sample compute the four corners' offsets and weights once (attention folded in for the
+// forward), then run over the channels with nothing left but fused multiply-adds. For D = 32 (every
+// published model) and values in the compute type (float32, float64) the channel loops are written on
+// whole vectors (Row) with a compile-time count, so a query's accumulators stay in registers.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -61,97 +63,100 @@ struct Row {
 template <int64_t kChannels, typename scalar_t>
 constexpr bool kVectorised = kChannels > 0 && std::is_same_v<scalar_t, at::opmath_type<scalar_t>>;
 
-// Hints the cache to fetch the next item's locations and attention weights (strided in memory when
-// consecutive items share a head).
-template <typename acc_t>
-inline void prefetch_item(const acc_t* loc, const acc_t* attn, int64_t lp) {
-  for (int64_t b = 0; b < 2 * lp * static_cast<int64_t>(sizeof(acc_t)); b += 64) {
-    __builtin_prefetch(reinterpret_cast<const char*>(loc) + b);
-  }
-  for (int64_t b = 0; b < lp * static_cast<int64_t>(sizeof(acc_t)); b += 64) {
-    __builtin_prefetch(reinterpret_cast<const char*>(attn) + b);
+// Hints the cache to fetch `count` elements from `p` on (the next query's locations or weights).
+template <typename T>
+inline void prefetch(const T* p, int64_t count) {
+  for (int64_t b = 0; b < count * static_cast<int64_t>(sizeof(T)); b += 64) {
+    __builtin_prefetch(reinterpret_cast<const char*>(p) + b);
   }
 }
 
-// The samples of one item that touch the map: element offsets of the four corners in value (level
-// offset included) and their weights (times the attention weight in the forward).
-template <typename acc_t>
-struct ItemSamples {
-  std::vector<int64_t> offset;  // (L * P, 4)
-  std::vector<acc_t> weight;    // (L * P, 4)
-  int64_t count = 0;
-  explicit ItemSamples(int64_t lp) : offset(4 * lp), weight(4 * lp) {}
-};
+// Queries per forward task. A task samples its queries one level after the other, so that a level's
+// rows of value (a head's level 1 and below fit the L2 cache; level 0 does not) are fetched from the
+// last-level cache about once per task rather than once per sample; the task's accumulators
+// (kQueryBlock x D in the compute type) stay in L2 meanwhile.
+constexpr int64_t kQueryBlock = 1024;
 
-// Output items [begin, end) of the flattened (N, M, Lq): consecutive items share a head, so a thread
-// samples one head's map at a time.
+// acc (D channels, compute type) += the P samples of level l of the query whose first sample is j0,
+// each weighted by its attention weight. `base`: the level's first element in value for this
+// (sample, head).
 template <int64_t kChannels, typename scalar_t>
-MSDA_MULTIVERSION void forward_items(const Args<scalar_t>& args, scalar_t* out, int64_t begin, int64_t end) {
+__attribute__((always_inline)) inline void gather_level(const Args<scalar_t>& args, int64_t j0, int64_t height,
+                                                        int64_t width, const scalar_t* base,
+                                                        at::opmath_type<scalar_t>* acc) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t channels = channel_count<kChannels>(args.d);
+  using R = Row<acc_t, kVectorised<kChannels, scalar_t> ? kChannels : 8>;
+  typename R::Vec sum[R::kVecs];
+  if constexpr (kVectorised<kChannels, scalar_t>) {
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < R::kVecs; ++i) sum[i] = R::load(acc + i * R::kLanes);
+  }
+  for (int64_t p = 0; p < args.d.points; ++p) {
+    const int64_t j = j0 + p;
+    const auto b = bilinear_corners<acc_t>(args.loc[2 * j], args.loc[2 * j + 1], height, width,
+                                           args.strides.position);
+    if (!b.any) continue;
+    const acc_t a = args.attn[j];
+    const acc_t w0 = b.weight[0] * a, w1 = b.weight[1] * a, w2 = b.weight[2] * a, w3 = b.weight[3] * a;
+    const scalar_t *r0 = base + b.offset[0], *r1 = base + b.offset[1], *r2 = base + b.offset[2],
+                   *r3 = base + b.offset[3];
+    if constexpr (kVectorised<kChannels, scalar_t>) {
+#pragma GCC unroll 16
+      for (int64_t i = 0; i < R::kVecs; ++i) {
+        const int64_t c = i * R::kLanes;
+        sum[i] += w0 * R::load(r0 + c) + w1 * R::load(r1 + c) + w2 * R::load(r2 + c) + w3 * R::load(r3 + c);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < channels; ++c) {
+        acc[c] += w0 * static_cast<acc_t>(r0[c]) + w1 * static_cast<acc_t>(r1[c]) +
+                  w2 * static_cast<acc_t>(r2[c]) + w3 * static_cast<acc_t>(r3[c]);
+      }
+    }
+  }
+  if constexpr (kVectorised<kChannels, scalar_t>) {
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < R::kVecs; ++i) R::store(acc + i * R::kLanes, sum[i]);
+  }
+}
+
+// Forward tasks [begin, end) of the flattened (N, M, ceil(Lq / kQueryBlock)): a task is a block of
+// queries of one (sample, head), so consecutive tasks sample the same head's map.
+template <int64_t kChannels, typename scalar_t>
+MSDA_MULTIVERSION void forward_blocks(const Args<scalar_t>& args, scalar_t* out, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const Dims& d = args.d;
   const int64_t channels = channel_count<kChannels>(d);
   const int64_t lp = d.levels * d.points;
-  ItemSamples<acc_t> samples(lp);
-  std::vector<acc_t> acc_buffer(kVectorised<kChannels, scalar_t> ? 0 : channels);
-  for (int64_t item = begin; item < end; ++item) {
-    const int64_t q = item % d.queries;
-    const int64_t m = (item / d.queries) % d.heads;
-    const int64_t n = item / (d.queries * d.heads);
-    const int64_t im = (n * d.queries + q) * d.heads + m;  // index into (N, Lq, M)
-    if (q + 1 < d.queries) prefetch_item(args.loc + 2 * (im + d.heads) * lp, args.attn + (im + d.heads) * lp, lp);
-    samples.count = 0;
+  const int64_t blocks = (d.queries + kQueryBlock - 1) / kQueryBlock;
+  std::vector<acc_t> acc(std::min(kQueryBlock, d.queries) * channels);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t q_begin = task % blocks * kQueryBlock, q_end = std::min(q_begin + kQueryBlock, d.queries);
+    const int64_t m = task / blocks % d.heads, n = task / (blocks * d.heads);
+    std::fill(acc.begin(), acc.end(), acc_t(0));
     for (int64_t l = 0; l < d.levels; ++l) {
       const int64_t height = args.shapes[2 * l], width = args.shapes[2 * l + 1];
-      const int64_t level_offset = args.strides.level(n, m, args.starts[l]);
-      for (int64_t p = 0; p < d.points; ++p) {
-        const int64_t j = im * lp + l * d.points + p;
-        const auto corners =
-            bilinear_corners<acc_t>(args.loc[2 * j], args.loc[2 * j + 1], height, width, args.strides.position);
-        if (!corners.any) continue;
-        const acc_t a = args.attn[j];
-        for (int k = 0; k < 4; ++k) {
-          samples.offset[4 * samples.count + k] = level_offset + corners.offset[k];
-          samples.weight[4 * samples.count + k] = corners.weight[k] * a;
-        }
-        ++samples.count;
+      const scalar_t* base = args.value + args.strides.level(n, m, args.starts[l]);
+      for (int64_t q = q_begin; q < q_end; ++q) {
+        const int64_t j0 = ((n * d.queries + q) * d.heads + m) * lp + l * d.points;  // (N, Lq, M, L, P)
+        prefetch(args.loc + 2 * (j0 + d.heads * lp), 2 * d.points);
+        prefetch(args.attn + j0 + d.heads * lp, d.points);
+        gather_level<kChannels>(args, j0, height, width, base, &acc[(q - q_begin) * channels]);
       }
     }
-    scalar_t* out_im = out + im * channels;
-    if constexpr (kVectorised<kChannels, scalar_t>) {
-      using R = Row<acc_t, kChannels>;
-      typename R::Vec acc[R::kVecs] = {};
-      for (int64_t s = 0; s < samples.count; ++s) {
-        const int64_t* o = &samples.offset[4 * s];
-        const acc_t* w = &samples.weight[4 * s];
-        for (int64_t i = 0; i < R::kVecs; ++i) {
-          const int64_t c = i * R::kLanes;
-          acc[i] += w[0] * R::load(args.value + o[0] + c) + w[1] * R::load(args.value + o[1] + c) +
-                    w[2] * R::load(args.value + o[2] + c) + w[3] * R::load(args.value + o[3] + c);
-        }
-      }
-      for (int64_t i = 0; i < R::kVecs; ++i) R::store(out_im + i * R::kLanes, acc[i]);
-    } else {
-      acc_t* acc = acc_buffer.data();
-      std::fill(acc_buffer.begin(), acc_buffer.end(), acc_t(0));
-      for (int64_t s = 0; s < samples.count; ++s) {
-        const int64_t* o = &samples.offset[4 * s];
-        const acc_t* w = &samples.weight[4 * s];
-        const scalar_t *r0 = args.value + o[0], *r1 = args.value + o[1], *r2 = args.value + o[2],
-                       *r3 = args.value + o[3];
-#pragma omp simd
-        for (int64_t c = 0; c < channels; ++c) {
-          acc[c] += w[0] * static_cast<acc_t>(r0[c]) + w[1] * static_cast<acc_t>(r1[c]) +
-                    w[2] * static_cast<acc_t>(r2[c]) + w[3] * static_cast<acc_t>(r3[c]);
-        }
-      }
-      for (int64_t c = 0; c < channels; ++c) out_im[c] = static_cast<scalar_t>(acc[c]);
+    for (int64_t q = q_begin; q < q_end; ++q) {
+      scalar_t* out_q = out + ((n * d.queries + q) * d.heads + m) * channels;
+      const acc_t* acc_q = &acc[(q - q_begin) * channels];
+      for (int64_t c = 0; c < channels; ++c) out_q[c] = static_cast<scalar_t>(acc_q[c]);
     }
   }
 }
 
 // Gradients of the (sample, head) pairs [begin, end) of the flattened (N * M): each pair owns its
-// slice of grad_value, so no two tasks write the same element, and each element receives its
-// contributions in query order (deterministic).
+// slice of grad_value, so no two tasks write the same element. A pair is worked one level after the
+// other (as the forward, for the cache); an element of grad_value belongs to one level, so it receives
+// its contributions in the order of the queries and points (deterministic).
 template <int64_t kChannels, typename scalar_t>
 MSDA_MULTIVERSION void backward_heads(const Args<scalar_t>& args, const scalar_t* grad_out,
                                       at::opmath_type<scalar_t>* grad_value,
@@ -161,20 +166,26 @@ MSDA_MULTIVERSION void backward_heads(const Args<scalar_t>& args, const scalar_t
   const Dims& d = args.d;
   const int64_t channels = channel_count<kChannels>(d);
   const int64_t lp = d.levels * d.points;
-  std::vector<acc_t> g_buffer(kChannels > 0 ? 0 : channels);
-  acc_t g_fixed[kChannels > 0 ? kChannels : 1];
-  acc_t* g = kChannels > 0 ? g_fixed : g_buffer.data();
+  std::vector<acc_t> g(channels);
   const scalar_t* value = args.value;
+  using R = Row<acc_t, kVectorised<kChannels, scalar_t> ? kChannels : 8>;
   for (int64_t task = begin; task < end; ++task) {
     const int64_t n = task / d.heads, m = task % d.heads;
-    for (int64_t q = 0; q < d.queries; ++q) {
-      const int64_t im = (n * d.queries + q) * d.heads + m;
-      for (int64_t c = 0; c < channels; ++c) g[c] = static_cast<acc_t>(grad_out[im * channels + c]);
-      for (int64_t l = 0; l < d.levels; ++l) {
-        const int64_t height = args.shapes[2 * l], width = args.shapes[2 * l + 1];
-        const int64_t level_offset = args.strides.level(n, m, args.starts[l]);
-        for (int64_t p = 0; p < d.points; ++p) {
-          const int64_t j = im * lp + l * d.points + p;
+    for (int64_t l = 0; l < d.levels; ++l) {
+      const int64_t height = args.shapes[2 * l], width = args.shapes[2 * l + 1];
+      const int64_t level_offset = args.strides.level(n, m, args.starts[l]);
+      for (int64_t q = 0; q < d.queries; ++q) {
+        const int64_t im = (n * d.queries + q) * d.heads + m;
+        const int64_t j0 = im * lp + l * d.points;
+        prefetch(args.loc + 2 * (j0 + d.heads * lp), 2 * d.points);
+        prefetch(args.attn + j0 + d.heads * lp, d.points);
+        for (int64_t c = 0; c < channels; ++c) g[c] = static_cast<acc_t>(grad_out[im * channels + c]);
+        typename R::Vec gv[R::kVecs];
+        if constexpr (kVectorised<kChannels, scalar_t>) {
+#pragma GCC unroll 16
+          for (int64_t i = 0; i < R::kVecs; ++i) gv[i] = R::load(&g[i * R::kLanes]);
+        }
+        for (int64_t j = j0; j < j0 + d.points; ++j) {
           const auto b =
               bilinear_corners<acc_t>(args.loc[2 * j], args.loc[2 * j + 1], height, width, args.strides.position);
           if (!b.any) continue;  // gradients stay zero
@@ -183,25 +194,25 @@ MSDA_MULTIVERSION void backward_heads(const Args<scalar_t>& args, const scalar_t
           for (int k = 0; k < 4; ++k) row[k] = value + level_offset + b.offset[k];
           acc_t grad_a = 0, grad_w = 0, grad_h = 0;
           if constexpr (kVectorised<kChannels, scalar_t>) {
-            using R = Row<acc_t, kChannels>;
             typename R::Vec sum_a = {}, sum_w = {}, sum_h = {};
+#pragma GCC unroll 16
             for (int64_t i = 0; i < R::kVecs; ++i) {
               const int64_t c = i * R::kLanes;
-              const typename R::Vec gi = R::load(g + c);
               const typename R::Vec v0 = R::load(row[0] + c), v1 = R::load(row[1] + c), v2 = R::load(row[2] + c),
                                     v3 = R::load(row[3] + c);
-              sum_a += gi * (b.weight[0] * v0 + b.weight[1] * v1 + b.weight[2] * v2 + b.weight[3] * v3);
-              sum_w += gi * (b.d_w[0] * v0 + b.d_w[1] * v1 + b.d_w[2] * v2 + b.d_w[3] * v3);
-              sum_h += gi * (b.d_h[0] * v0 + b.d_h[1] * v1 + b.d_h[2] * v2 + b.d_h[3] * v3);
+              sum_a += gv[i] * (b.weight[0] * v0 + b.weight[1] * v1 + b.weight[2] * v2 + b.weight[3] * v3);
+              sum_w += gv[i] * (b.d_w[0] * v0 + b.d_w[1] * v1 + b.d_w[2] * v2 + b.d_w[3] * v3);
+              sum_h += gv[i] * (b.d_h[0] * v0 + b.d_h[1] * v1 + b.d_h[2] * v2 + b.d_h[3] * v3);
             }
             grad_a = R::sum(sum_a), grad_w = R::sum(sum_w), grad_h = R::sum(sum_h);
             for (int k = 0; k < 4; ++k) {
               if (b.weight[k] == acc_t(0)) continue;  // outside the map: nothing to add
               acc_t* target = grad_value + level_offset + b.offset[k];
               const acc_t wa = b.weight[k] * a;
+#pragma GCC unroll 16
               for (int64_t i = 0; i < R::kVecs; ++i) {
                 const int64_t c = i * R::kLanes;
-                R::store(target + c, R::load(target + c) + wa * R::load(g + c));
+                R::store(target + c, R::load(target + c) + wa * gv[i]);
               }
             }
           } else {
@@ -287,11 +298,12 @@ at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_forward_cpu", [&] {
     const auto args = in.args<scalar_t>();
     scalar_t* out_p = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, d.batch * d.heads * d.queries, 64, [&](int64_t begin, int64_t end) {
+    const int64_t blocks = (d.queries + kQueryBlock - 1) / kQueryBlock;
+    at::parallel_for(0, d.batch * d.heads * blocks, 1, [&](int64_t begin, int64_t end) {
       if (d.channels == kFixedChannels) {
-        forward_items<kFixedChannels>(args, out_p, begin, end);
+        forward_blocks<kFixedChannels>(args, out_p, begin, end);
       } else {
-        forward_items<0>(args, out_p, begin, end);
+        forward_blocks<0>(args, out_p, begin, end);
       }
     });
   });
