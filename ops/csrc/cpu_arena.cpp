@@ -7,7 +7,7 @@
 // than 1/8 slack): the smallest cached block that fits, if it is at most kFitSlack larger (the most
 // recently freed of that size), else a fresh mapping. A block goes back to the cache when it is freed,
 // inside a scope or after. The cache follows what the calls need: the arena's footprint (blocks in use
-// plus cached) never exceeds the most ever in use at once (or the request that sets a new peak), so
+// plus cached) never exceeds 3/2 of the most ever in use at once (or the request that sets a new peak), so
 // when the input size changes the least recently freed blocks, those the new size left behind, are
 // unmapped to make room; the cache is also capped by the limit (cpu_arena_set_limit). Blocks are the
 // arena's own mappings (mmap / munmap), so what it releases leaves the resident set at once.
@@ -33,6 +33,7 @@ namespace {
 
 constexpr size_t kMinBytes = size_t{1} << 18;  // 256 KiB: smaller buffers stay with glibc's heap
 constexpr size_t kFitSlack = 4;                 // a cached block serves requests down to 1/(1 + 1/4) of it
+constexpr size_t kHeadroom = 2;                 // the footprint may exceed the peak in use by 1/2 of it
 
 // n rounded up to a multiple of 1/16 of the next power of two: 8 classes per doubling.
 size_t size_class(size_t n) {
@@ -153,8 +154,8 @@ class Arena final : public c10::Allocator {
         ++hits_;
       } else {
         ++misses_;
-        // The footprint stays within the peak in use, or the in-use bytes this request makes.
-        const size_t bound = std::max(peak_, in_use_ + bytes);
+        // The footprint stays within 3/2 of the peak in use, or the in-use bytes this request makes.
+        const size_t bound = std::max(peak_ + peak_ / kHeadroom, in_use_ + bytes);
         evict(bound > in_use_ + bytes ? bound - in_use_ - bytes : 0, evicted);
       }
     }
