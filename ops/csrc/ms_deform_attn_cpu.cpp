@@ -72,9 +72,9 @@ inline void prefetch(const T* p, int64_t count) {
 }
 
 // Queries per forward task. A task samples its queries one level after the other, so that a level's
-// rows of value (a head's level 1 and below fit the L2 cache; level 0 does not) are fetched from the
-// last-level cache about once per task rather than once per sample; the task's accumulators
-// (kQueryBlock x D in the compute type) stay in L2 meanwhile.
+// rows of value (one level of one head: the encoder's levels 1 to 3 each fit a 512 KiB L2, level 0
+// does not) are fetched from the last-level cache about once per task rather than once per sample;
+// the task's accumulators (kQueryBlock x D in the compute type) stay in L2 meanwhile.
 constexpr int64_t kQueryBlock = 1024;
 
 // acc (D channels, compute type) += the P samples of level l of the query whose first sample is j0,
