@@ -3,10 +3,14 @@
 glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh mapping and unmaps
 it when it is freed, so a detector's activation maps cost page faults on every forward (the kernel
 zeroes each new page). Inside ``with cpu_arena():`` CPU allocations of at least 256 KiB come from a
-cache of blocks freed earlier (one free list per size class, less than 1/8 slack); the blocks return
-to the cache when their tensors are freed, inside the scope or after, up to :func:`set_cpu_arena_limit`
-bytes (4 GiB unless set; beyond it the least recently freed blocks are freed, so the cache follows
-changing input sizes). Outside every scope, allocations go to PyTorch's
+cache of blocks freed earlier: the smallest cached block that fits, if it is at most 1/4 larger than the
+request (sizes are rounded to size classes, less than 1/8 slack), else a fresh mapping. Blocks return to
+the cache when their tensors are freed, inside the scope or after. The cache follows what the calls
+need: the arena's footprint (bytes in use plus cached) never exceeds 3/2 of the most ever in use at once
+(``peak_in_use``), so when the input size changes, the least recently freed blocks (those the old size
+left behind) are unmapped to make room for the new ones, and a stream of varying sizes costs no more
+memory than 3/2 of its largest call; :func:`set_cpu_arena_limit` caps the cache further (4 GiB unless set).
+Outside every scope, allocations go to PyTorch's
 CPU allocator unchanged. Scopes nest and count process-wide (every thread's allocations while one is
 open). The native library (``ops/csrc/cpu_arena.cpp``) installs itself in front of PyTorch's CPU
 allocator on the first scope; without the native library a scope does nothing and yields False.

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .deform_conv_benchmark import DCN_CASES, make_dcn_step
 from .functional import available_backends, ms_deform_attn
@@ -226,5 +227,72 @@ def format_table(results: list[Result]) -> str:
         lines.append(
             f"| {r.case} | {r.dtype} | {r.mode} | {r.backend} | {r.median_ms:.1f} | {r.ratio:.1f} | "
             f"{r.extra_mb:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass
+class Limit:
+    name: str
+    median_ms: float
+    best_ms: float
+    rate: float  # in ``unit``, from the best time (a limit is what the machine can do)
+    unit: str
+
+
+def encoder_corner_bytes(shapes: tuple[tuple[int, int], ...] = ENCODER_SHAPES) -> int:
+    """Bytes of the corner rows one encoder forward reads: Lq * M * L * P * 4 rows of D float32 (Lq = S)."""
+    return sum(h * w for h, w in shapes) * HEADS * len(shapes) * POINTS * 4 * CHANNELS * 4
+
+
+def _limit(name: str, fn: Callable[[], object], amount: float, unit: str, repeats: int, warmup: int) -> Limit:
+    times = _time(fn, "cpu", repeats, warmup)
+    return Limit(name, 1e3 * statistics.median(times), 1e3 * min(times), amount / min(times), unit)
+
+
+def measure_limits(repeats: int = 20, warmup: int = 2, seed: int = 0) -> list[Limit]:
+    """The machine's limits at torch's current thread count: read bandwidth of a float32 tensor the
+    size of the encoder's value (S*M*D, 18 MB: in the last-level cache) and of one that is not
+    (512 MiB: memory); ``embedding_bag`` (mode "sum", weighted) over random rows of D float32 from
+    that value, as many rows as one encoder forward reads (torch's own weighted gather, for
+    comparison); float32 GEMM (``torch.mm``, 2048^3)."""
+    g = torch.Generator().manual_seed(seed)
+    spatial = sum(h * w for h, w in ENCODER_SHAPES)
+    value = torch.randn(spatial * HEADS, CHANNELS, generator=g)
+    big = torch.randn(2**27, generator=g)
+    rows = encoder_corner_bytes() // (CHANNELS * 4)
+    index = torch.randint(0, value.shape[0], (rows,), generator=g)
+    offsets = torch.arange(0, rows, len(ENCODER_SHAPES) * POINTS * 4)
+    weights = torch.rand(rows, generator=g)
+    a, b = torch.randn(2048, 2048, generator=g), torch.randn(2048, 2048, generator=g)
+    return [
+        _limit("read bandwidth, 18 MB (cache)", value.sum, value.numel() * 4e-9, "GB/s", repeats, warmup),
+        _limit("read bandwidth, 512 MiB (memory)", big.sum, big.numel() * 4e-9, "GB/s", 5, 1),
+        _limit(
+            f"embedding_bag, {rows / 1e6:.1f} M random rows of {CHANNELS} float32",
+            lambda: F.embedding_bag(index, value, offsets, mode="sum", per_sample_weights=weights),
+            rows * 1e-6,
+            "M rows/s",
+            5,
+            1,
+        ),
+        _limit("float32 GEMM 2048^3 (torch.mm)", lambda: torch.mm(a, b), 2 * 2048**3 * 1e-9, "GFLOP/s", 5, 1),
+    ]
+
+
+def format_limits(limits: list[Limit], op_ms: dict[str, float] | None = None) -> str:
+    """The limits as a table; with the op's encoder times (``{"forward": ms, "forward+backward": ms}``),
+    each as a fraction of its cache-bandwidth bound: the forward reads the corner rows once
+    (:func:`encoder_corner_bytes`), forward+backward four times (the forward's rows, the backward's
+    rows of value, and a read and a write of the same rows of grad_value)."""
+    lines = ["| measurement | median ms | best ms | rate (best) |", "|---|---|---|---|"]
+    lines += [f"| {x.name} | {x.median_ms:.1f} | {x.best_ms:.1f} | {x.rate:.1f} {x.unit} |" for x in limits]
+    bandwidth = limits[0].rate  # GB/s from the cache
+    for mode, ms in (op_ms or {}).items():
+        passes = 1 if mode == "forward" else 4
+        bound_ms = passes * encoder_corner_bytes() * 1e-6 / bandwidth
+        lines.append(
+            f"| ms_deform_attn cpu, encoder {mode} | {ms:.1f} | | bound {bound_ms:.1f} ms at "
+            f"{bandwidth:.0f} GB/s: {bound_ms / ms:.2f} of it |"
         )
     return "\n".join(lines)

@@ -151,3 +151,46 @@ def test_dataloader_workers_fork_from_inside_a_scope():
     with cpu_arena():
         sums = [batch[0].item() for batch in loader]
     assert sums == [6.0, 22.0]
+
+
+def _call(scale: float) -> None:
+    """One 'model call' of the stream: buffers whose sizes follow the input size, freed at the end."""
+    with cpu_arena():
+        buffers = [torch.empty(int(scale * n)) for n in (24 * MB, 16 * MB, 8 * MB, 8 * MB)]
+        del buffers[1]  # freed mid-call: the next buffers may reuse it
+        buffers += [torch.empty(int(scale * n)) for n in (12 * MB, 4 * MB)]
+        del buffers
+
+
+def test_on_a_stream_of_sizes_the_cache_follows_what_the_calls_need():
+    """What grew the cache to 4 GB on ten images of different sizes: every size kept its blocks. Now the
+    footprint (in use + cached) never exceeds 3/2 of the peak in use, a smaller request is served from a
+    larger free block, and a size seen again is served from the cache alone."""
+    release_cpu_arena()
+    for scale in (1.0, 1.4, 0.7, 1.2, 0.9, 1.5, 0.8, 1.1, 1.3, 0.6):  # up to 1.5 * 72 MiB floats
+        _call(scale)
+        stats = cpu_arena_stats()
+        assert stats.in_use + stats.cached <= 1.5 * stats.peak_in_use, stats
+    before = cpu_arena_stats()
+    _call(0.6)  # the same size again: no new mapping
+    after = cpu_arena_stats()
+    assert (after.misses - before.misses, after.hits - before.hits) == (0, 6)
+    before = cpu_arena_stats()
+    _call(0.55)  # a little smaller: served from the larger free blocks (within 1/4 slack)
+    after = cpu_arena_stats()
+    assert after.misses == before.misses
+
+
+def test_a_free_block_serves_smaller_requests_only_within_the_slack_bound():
+    release_cpu_arena()
+    with cpu_arena():
+        block = torch.empty(4 * MB)  # 16 MiB
+        pointer = block.data_ptr()
+        del block
+        before = cpu_arena_stats()
+        far_smaller = torch.empty(2 * MB)  # 8 MiB: a 16 MiB block would waste half of it
+        assert far_smaller.data_ptr() != pointer and cpu_arena_stats().misses == before.misses + 1
+        smaller = torch.empty(7 * MB // 2)  # 14 MiB: the 16 MiB block, 1/7 slack
+        assert smaller.data_ptr() == pointer
+        assert cpu_arena_stats().in_use - before.in_use == (8 + 16) * MB
+        del far_smaller, smaller

@@ -136,3 +136,23 @@ def test_non_finite_locations_sample_nothing(native_backends, backend):
     if backend not in native_backends:
         pytest.skip(f"the {backend!r} backend is not built")
     check_non_finite_locations(run(backend))
+
+
+@pytest.mark.parametrize("channels", [30, 32])  # the runtime channel loop and the vector kernel
+def test_cpu_backward_is_bitwise_deterministic_whatever_the_thread_count(cpu_backend, channels):
+    """Many queries sample a small map, so every value row receives many contributions: the gradients
+    must be the same bits on every run and with 1 or 2 threads (no atomics, a fixed summation order)."""
+    inputs = random_inputs(
+        2, 2, [(6, 5), (3, 4)], heads=4, channels=channels, queries=700, points=4, dtype=torch.float32
+    )
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 2):
+            torch.set_num_threads(count)
+            results.append(forward_and_grads(run(cpu_backend), inputs))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for name, a, b in zip(NAMES, results[0], other, strict=True):
+            assert torch.equal(a, b), name

@@ -8,6 +8,12 @@ the same run, its calls alternating with the first's (DETR next to Deformable DE
 
 Example: ``python tools/benchmark_detr2d.py --model deformable_detr --height 800 --width 1333 --runs 3``,
 ``python tools/benchmark_detr2d.py --model detr_r50 --baseline deformable_detr --threads 2 --no-onnx``
+
+``--stream N`` runs N images of different sizes (600-800 x 800-1333, seeded) one after the other instead,
+as a new user would, every path on each image in turn (no reference op, no ONNX Runtime), and reports each
+call's time, the CPU arena's bytes in use and cached, and the resident set; the peak resident set is the
+process's, so compare paths one per process with ``--only``:
+``python tools/benchmark_detr2d.py --stream 10 --only eager`` and ``... --stream 10 --only "fast path"``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import copy
 import os
 import platform
+import random
 import resource
 import statistics
 import sys
@@ -30,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detr2d import DETR, VARIANTS, build_model  # noqa: E402
 from detr2d.runtime.fast_inference import optimize_for_inference, set_op_backend  # noqa: E402
+from ops.arena import cpu_arena_stats  # noqa: E402
 
 TimedPath = tuple[str, Callable[[], object]]
 Row = tuple[str, str]
@@ -86,23 +94,31 @@ def time_paths(paths: list[TimedPath], runs: int, warmup: int) -> dict[str, list
     return times
 
 
-def print_report(
-    title: str, times: dict[str, list[tuple[float, float]]], rows: list[Row], warmup: int, arena: bool
-) -> None:
-    """Markdown tables: the paths (median wall and CPU time, runs, speed-ups over the first path) and the
-    machine. On a loaded machine the CPU time is the steadier measure of the work done."""
+def print_paths(times: dict[str, list[tuple[float, float]]]) -> None:
+    """The paths' table of :func:`print_report`."""
     medians = {
         name: [statistics.median(t[k] for t in values) for k in (0, 1)] for name, values in times.items()
     }
     base_wall, base_cpu = next(iter(medians.values()))
     print(
-        f"{title}\n\n| path | median wall s | wall runs s | x vs first (wall) | median CPU s "
+        "\n| path | median wall s | wall runs s | x vs first (wall) | median CPU s "
         "| x vs first (CPU) |\n|---|---|---|---|---|---|"
     )
     for name, values in times.items():
         wall, cpu = medians[name]
         runs = ", ".join(f"{t[0]:.2f}" for t in values)
         print(f"| {name} | {wall:.2f} | {runs} | {base_wall / wall:.2f} | {cpu:.2f} | {base_cpu / cpu:.2f} |")
+
+
+def print_report(
+    title: str, times: dict[str, list[tuple[float, float]]], rows: list[Row], warmup: int, arena: bool
+) -> None:
+    """Markdown tables: the paths (median wall and CPU time, runs, speed-ups over the first path; none
+    without ``times``) and the machine. On a loaded machine the CPU time is the steadier measure of the work
+    done."""
+    print(title)
+    if times:
+        print_paths(times)
     rows = rows + [
         ("warm-up calls per path", str(warmup)),
         (
@@ -180,10 +196,11 @@ def parse_benchmark_args(
     models: Iterable[str],
     size: tuple[int, int],
     runs: int,
+    stream: bool = False,
 ) -> argparse.Namespace:
     """The arguments of both inference benchmarks (this one and ``tools/benchmark_bev.py``), with the
     thread count they ask for applied. ``model`` (one of ``models``), ``size``
-    (height, width) and ``runs`` are the defaults."""
+    (height, width) and ``runs`` are the defaults; ``stream`` adds ``--stream N``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default=model, choices=sorted(models))
     parser.add_argument("--height", type=int, default=size[0])
@@ -202,10 +219,77 @@ def parse_benchmark_args(
     parser.add_argument(
         "--no-arena", action="store_true", help="run the fast paths without the CPU arena (ops.arena)"
     )
+    if stream:
+        parser.add_argument(
+            "--stream",
+            type=int,
+            metavar="N",
+            help="run N images of varying sizes one after the other (see the module docstring)",
+        )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     return args
+
+
+STREAM_HEIGHTS, STREAM_WIDTHS = (600, 800), (800, 1333)
+
+
+def stream_sizes(count: int, seed: int = 0) -> list[tuple[int, int]]:
+    """``count`` (height, width) pairs drawn uniformly from ``STREAM_HEIGHTS`` x ``STREAM_WIDTHS``."""
+    rng = random.Random(seed)
+    return [(rng.randint(*STREAM_HEIGHTS), rng.randint(*STREAM_WIDTHS)) for _ in range(count)]
+
+
+def _resident_gb() -> tuple[float, float]:
+    """The process's resident set now and its peak (VmRSS, VmHWM), in GB."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return tuple(int(fields[key].split()[0]) / 1024**2 for key in ("VmRSS", "VmHWM"))
+
+
+def run_stream(model: torch.nn.Module, args: argparse.Namespace) -> None:
+    """Every path (but the reference op) on each image of :func:`stream_sizes` in turn: a markdown row per
+    call with its wall time, the CPU arena's counters after it and the resident set."""
+    image: dict[str, torch.Tensor] = {}
+    paths, rows = inference_paths(model, lambda m: m(image["x"]), None, args.compile, not args.no_arena)
+    paths = select_paths([p for p in paths if not p[0].startswith("reference")], args.only)
+    load_before = os.getloadavg()[0]
+    print(
+        "Deformable DETR inference on a stream of sizes, CPU\n\n| image | size | path | wall s "
+        "| arena in use GB | arena cached GB | arena peak in use GB | hits / misses | RSS GB | peak RSS GB |"
+        "\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    walls: dict[str, list[float]] = {name: [] for name, _ in paths}
+    with torch.inference_mode():
+        for i, (height, width) in enumerate(stream_sizes(args.stream)):
+            image["x"] = torch.randn(1, 3, height, width)
+            for name, call in paths:
+                before = cpu_arena_stats()
+                start = time.perf_counter()
+                call()
+                walls[name].append(time.perf_counter() - start)
+                stats = cpu_arena_stats()
+                rss, peak = _resident_gb()
+                arena = [stats.in_use / 1e9, stats.cached / 1e9, stats.peak_in_use / 1e9]
+                counts = f"{stats.hits - before.hits} / {stats.misses - before.misses}"
+                print(
+                    f"| {i} | {height} x {width} | {name} | {walls[name][-1]:.2f} | "
+                    + " | ".join(f"{x:.2f}" for x in arena)
+                    + f" | {counts} | {rss:.2f} | {peak:.2f} |"
+                )
+    rows = [
+        ("model", f"{args.model} (R50, random weights)"),
+        ("stream", f"{args.stream} images, sizes {stream_sizes(args.stream)}"),
+        *[(f"{name}: first call / median of the rest, s", _first_and_rest(w)) for name, w in walls.items()],
+        ("load average (1 min) before / after", f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"),
+        *rows,
+    ]
+    print_report("\nThe stream, summary", {}, rows, 0, not args.no_arena)
+
+
+def _first_and_rest(walls: list[float]) -> str:
+    rest = f"{statistics.median(walls[1:]):.2f}" if len(walls) > 1 else "-"
+    return f"{walls[0]:.2f} / {rest}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,11 +298,15 @@ def main(argv: list[str] | None = None) -> None:
     known, argv = extra.parse_known_args(argv)
     baseline = known.baseline
     args = parse_benchmark_args(
-        argv, __doc__.splitlines()[0], "deformable_detr", VARIANTS, (800, 1333), runs=3
+        argv, __doc__.splitlines()[0], "deformable_detr", VARIANTS, (800, 1333), runs=3, stream=True
     )
 
     from detr2d.export import Detr2dForExport
 
+    if args.stream:
+        torch.manual_seed(0)
+        run_stream(build_model(args.model).eval(), args)
+        return
     images = torch.randn(1, 3, args.height, args.width)
     load_before = os.getloadavg()[0]
     names = [args.model, *([baseline] if baseline else [])]

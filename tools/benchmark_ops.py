@@ -3,6 +3,8 @@
 python tools/benchmark_ops.py                      # CPU, float32, encoder + decoder shapes
 python tools/benchmark_ops.py --device cuda --dtypes float32 bfloat16 --json out.json
 python tools/benchmark_ops.py --threads 2 --cases dcn_stage3 dcn_stage4   # DCNv2 (deform_conv2d)
+python tools/benchmark_ops.py --threads 2 --limits # the machine's bandwidth and GEMM limits, and the
+                                                   # CPU op's encoder times as fractions of their bound
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops.benchmark import format_table, machine_description, run_benchmark  # noqa: E402
+from ops.benchmark import (  # noqa: E402
+    format_limits,
+    format_table,
+    machine_description,
+    measure_limits,
+    run_benchmark,
+)
 
 
 def main() -> None:
@@ -38,9 +46,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--limits", action="store_true", help="measure the machine's limits and the CPU op against them"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.limits:
+        run_limits(args.repeats, args.warmup)
+        return
     dtypes = [getattr(torch, d) for d in args.dtypes]
     results = run_benchmark(args.device, dtypes, args.cases, args.repeats, args.warmup)
     machine = machine_description(args.device)
@@ -49,6 +63,16 @@ def main() -> None:
     if args.json:
         payload = {"machine": machine, "results": [dataclasses.asdict(r) for r in results]}
         args.json.write_text(json.dumps(payload, indent=2))
+
+
+def run_limits(repeats: int, warmup: int) -> None:
+    """The limits, then the CPU op's float32 encoder times in the same process, as fractions of them."""
+    limits = measure_limits()
+    results = run_benchmark("cpu", [torch.float32], ["encoder"], repeats, warmup)
+    op_ms = {r.mode: r.median_ms for r in results if r.backend == "cpu"}
+    print(machine_description("cpu"))
+    print(format_limits(limits, op_ms))
+    print(format_table(results))
 
 
 if __name__ == "__main__":

@@ -3,20 +3,28 @@
 // glibc serves every allocation above its mmap threshold with a fresh mapping and unmaps it when it is
 // freed, so a detector's activation maps cost page faults (the kernel zeroes each new page) on every
 // forward. While at least one scope is open (cpu_arena_enter/exit, counted, process-wide), allocations
-// of at least kMinBytes are served from a cache of freed blocks, one free list per size class (less
-// than 1/8 slack). A block goes back to its list when it is freed, inside a scope or after; beyond the
-// cache's limit the least recently freed blocks are freed, so the cache follows changing input sizes.
+// of at least kMinBytes are served from a cache of freed blocks (sizes rounded to a size class, less
+// than 1/8 slack): the smallest cached block that fits, if it is at most kFitSlack larger (the most
+// recently freed of that size), else a fresh mapping. A block goes back to the cache when it is freed,
+// inside a scope or after. The cache follows what the calls need: the arena's footprint (blocks in use
+// plus cached) never exceeds 3/2 of the most ever in use at once (or the request that sets a new peak), so
+// when the input size changes the least recently freed blocks, those the new size left behind, are
+// unmapped to make room; the cache is also capped by the limit (cpu_arena_set_limit). Blocks are the
+// arena's own mappings (mmap / munmap), so what it releases leaves the resident set at once.
 // Outside a scope every allocation goes to the allocator installed before, whose deleter frees it.
 #include <c10/core/CPUAllocator.h>
-#include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
 #include <pthread.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <iterator>
+#include <limits>
 #include <list>
+#include <map>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -24,6 +32,8 @@
 namespace {
 
 constexpr size_t kMinBytes = size_t{1} << 18;  // 256 KiB: smaller buffers stay with glibc's heap
+constexpr size_t kFitSlack = 4;                 // a cached block serves requests down to 1/(1 + 1/4) of it
+constexpr size_t kHeadroom = 2;                 // the footprint may exceed the peak in use by 1/2 of it
 
 // n rounded up to a multiple of 1/16 of the next power of two: 8 classes per doubling.
 size_t size_class(size_t n) {
@@ -87,28 +97,28 @@ class Arena final : public c10::Allocator {
   }
 
   int64_t release_cached() {
-    std::vector<void*> blocks;
+    std::vector<Cached> blocks;
     int64_t released = 0;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       released = static_cast<int64_t>(cached_);
-      for (const Cached& block : order_) blocks.push_back(block.ptr);
+      blocks.assign(order_.begin(), order_.end());
       order_.clear();
       free_.clear();
       cached_ = 0;
     }
-    for (void* block : blocks) c10::free_cpu(block);
+    unmap(blocks);
     return released;
   }
 
   void set_limit(size_t bytes) {
-    std::vector<void*> evicted;
+    std::vector<Cached> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       limit_ = bytes;
-      evict_to_limit(evicted);
+      evict(kNoRoom, evicted);
     }
-    for (void* block : evicted) c10::free_cpu(block);
+    unmap(evicted);
   }
 
   std::vector<int64_t> stats() {
@@ -118,35 +128,59 @@ class Arena final : public c10::Allocator {
   }
 
  private:
+  struct Cached {
+    void* ptr;
+    size_t bytes;
+  };
+  using Order = std::list<Cached>;
+
+  // A block of at least `bytes` (a size class): the best-fitting cached one within kFitSlack, else a
+  // fresh mapping, for which the least recently freed cached blocks are unmapped first as far as the
+  // footprint bound requires.
   void* take(size_t bytes) {
     void* ptr = nullptr;
+    size_t size = bytes;
+    std::vector<Cached> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto list = free_.find(bytes);
-      if (list != free_.end() && !list->second.empty()) {
-        ptr = list->second.back()->ptr;  // the most recently freed block of the class
-        order_.erase(list->second.back());
-        list->second.pop_back();
-        cached_ -= bytes;
+      auto fit = free_.lower_bound(bytes);
+      if (fit != free_.end() && fit->first <= bytes + bytes / kFitSlack) {
+        fit = std::prev(free_.upper_bound(fit->first));  // the most recently freed block of that size
+        ptr = fit->second->ptr;
+        size = fit->first;
+        order_.erase(fit->second);
+        free_.erase(fit);
+        cached_ -= size;
         ++hits_;
       } else {
         ++misses_;
+        // The footprint stays within 3/2 of the peak in use, or the in-use bytes this request makes.
+        const size_t bound = std::max(peak_ + peak_ / kHeadroom, in_use_ + bytes);
+        evict(bound > in_use_ + bytes ? bound - in_use_ - bytes : 0, evicted);
       }
     }
-    if (ptr == nullptr) {
-      try {
-        ptr = c10::alloc_cpu(bytes);
-      } catch (const c10::Error&) {
-        release_cached();  // out of memory: give the cache back and try once more
-        ptr = c10::alloc_cpu(bytes);
-      }
-    }
+    unmap(evicted);
+    if (ptr == nullptr) ptr = map(bytes);
     std::lock_guard<std::mutex> lock(mutex_);
-    live_.emplace(ptr, bytes);
+    live_.emplace(ptr, size);
     live_count_.fetch_add(1, std::memory_order_release);
-    in_use_ += bytes;
+    in_use_ += size;
     peak_ = std::max(peak_, in_use_);
     return ptr;
+  }
+
+  void* map(size_t bytes) {
+    void* ptr = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ptr == MAP_FAILED) {
+      release_cached();  // out of memory: give the cache back and try once more
+      ptr = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    }
+    TORCH_CHECK_WITH(OutOfMemoryError, ptr != MAP_FAILED, "cpu arena: out of memory mapping ", bytes, " bytes");
+    return ptr;
+  }
+
+  static void unmap(const std::vector<Cached>& blocks) {
+    for (const Cached& block : blocks) munmap(block.ptr, block.bytes);
   }
 
   static void delete_block(void* ptr) { instance()->give_back(ptr); }
@@ -154,7 +188,7 @@ class Arena final : public c10::Allocator {
   void give_back(void* ptr) {
     if (live_count_.load(std::memory_order_acquire) > 0) {
       bool owned = false;
-      std::vector<void*> evicted;
+      std::vector<Cached> evicted;
       {
         std::lock_guard<std::mutex> lock(mutex_);
         auto block = live_.find(ptr);
@@ -164,29 +198,32 @@ class Arena final : public c10::Allocator {
           live_.erase(block);
           live_count_.fetch_sub(1, std::memory_order_release);
           in_use_ -= bytes;
-          free_[bytes].push_back(order_.insert(order_.end(), Cached{ptr, bytes}));
+          free_.emplace(bytes, order_.insert(order_.end(), Cached{ptr, bytes}));
           cached_ += bytes;
-          evict_to_limit(evicted);
+          evict(kNoRoom, evicted);
         }
       }
       if (owned) {
-        for (void* block : evicted) c10::free_cpu(block);
+        unmap(evicted);
         return;
       }
     }
     fallback_delete_(ptr);
   }
 
-  // Takes the least recently freed blocks out of the cache until it fits its limit (lock held);
-  // the caller frees them after unlocking.
-  void evict_to_limit(std::vector<void*>& evicted) {
-    while (cached_ > limit_) {
-      const Cached oldest = order_.front();
-      std::vector<std::list<Cached>::iterator>& list = free_[oldest.bytes];
-      list.erase(std::find(list.begin(), list.end(), order_.begin()));
-      order_.pop_front();
-      cached_ -= oldest.bytes;
-      evicted.push_back(oldest.ptr);
+  // Takes the least recently freed blocks out of the cache until it holds at most `room` bytes
+  // (kNoRoom: no bound but the limit) and fits its limit (lock held); the caller unmaps them after
+  // unlocking.
+  static constexpr size_t kNoRoom = std::numeric_limits<size_t>::max();
+  void evict(size_t room, std::vector<Cached>& evicted) {
+    const size_t target = std::min(room, limit_);
+    while (cached_ > target) {
+      const Order::iterator oldest = order_.begin();
+      auto [first, last] = free_.equal_range(oldest->bytes);
+      free_.erase(std::find_if(first, last, [&](const auto& entry) { return entry.second == oldest; }));
+      cached_ -= oldest->bytes;
+      evicted.push_back(*oldest);
+      order_.erase(oldest);
     }
   }
 
@@ -195,13 +232,9 @@ class Arena final : public c10::Allocator {
   c10::DeleterFnPtr fallback_delete_;
   std::atomic<int64_t> depth_{0};
   std::atomic<int64_t> live_count_{0};
-  struct Cached {
-    void* ptr;
-    size_t bytes;
-  };
   std::mutex mutex_;
-  std::list<Cached> order_;  // the cached blocks, least recently freed first
-  std::unordered_map<size_t, std::vector<std::list<Cached>::iterator>> free_;  // per size class
+  Order order_;                                    // the cached blocks, least recently freed first
+  std::multimap<size_t, Order::iterator> free_;  // the cached blocks by size, in the order freed
   std::unordered_map<void*, size_t> live_;
   size_t in_use_ = 0, cached_ = 0, peak_ = 0;
   size_t limit_ = size_t{4} << 30;

@@ -115,7 +115,8 @@ MSDA_HOST_DEVICE SampleWithGrad<acc_t> bilinear_gather_with_grad(const scalar_t*
 }
 
 // Adds grad * weight_k into the four corners of channel c of a gradient map laid out like `base`.
-// `add(index, amount)` performs the accumulation (plain on the CPU, atomic on the GPU).
+// `add(index, amount)` performs the accumulation (atomic in the CUDA kernels; the CPU kernels add
+// whole rows of channels themselves).
 template <typename acc_t, typename Accumulate>
 MSDA_HOST_DEVICE void bilinear_scatter(const Corners<acc_t>& b, int64_t c, acc_t grad, Accumulate& add) {
   for (int k = 0; k < 4; ++k) {
