@@ -33,11 +33,10 @@ from .petr import PETR
 from .petr_builder import build_petr_criterion, build_petr_from_config, petr_model_config
 from .petr_official import load_petr_checkpoint
 from .sequential import _cpu
-from .task import NuScenesDetectionTask
+from .task import TARGET_KEYS, NuScenesDetectionTask
 
 logger = logging.getLogger(__name__)
 
-TARGET_KEYS = ("gt_boxes", "gt_labels")
 #: Where a checkpoint keeps an image backbone: released detectors, Deformable DETR, a bare backbone.
 BACKBONE_PREFIXES = ("img_backbone.", "backbone.0.body.", "backbone.body.", "backbone.")
 
