@@ -14,7 +14,6 @@ Batch contract (what the model side reads; other keys stay on the CPU):
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -24,25 +23,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from datasets.nuscenes.constants import CLASS_NAMES
 from detr2d.layers.resnet import ResNetBackbone, initialize_backbone, load_pretrained
-from detr2d.runtime.checkpoint import key_mismatch_message, load_checkpoint, load_torch_file
+from detr2d.runtime.checkpoint import key_mismatch_message, load_torch_file
 from detr2d.runtime.precision import autocast
-from detr2d.runtime.task import Detections, Task
+from detr2d.runtime.task import Detections
 
-from .augment import GridMask
 from .loss import DetectionLoss3D
-from .nuscenes import NuScenesData, NuScenesEvaluator
 from .petr import PETR
-from .petr_builder import PETRModelConfig, build_petr_criterion, build_petr_from_config, petr_model_config
+from .petr_builder import build_petr_criterion, build_petr_from_config, petr_model_config
 from .petr_official import load_petr_checkpoint
 from .sequential import _cpu
+from .task import TARGET_KEYS, NuScenesDetectionTask
 
 logger = logging.getLogger(__name__)
 
-TARGET_KEYS = ("gt_boxes", "gt_labels")
-#: Key prefixes of the released mmdet3d checkpoints.
-OFFICIAL_PREFIXES = ("img_backbone.", "img_neck.", "pts_bbox_head.")
 #: Where a checkpoint keeps an image backbone: released detectors, Deformable DETR, a bare backbone.
 BACKBONE_PREFIXES = ("img_backbone.", "backbone.0.body.", "backbone.body.", "backbone.")
 
@@ -116,8 +110,9 @@ def load_backbone_weights(model: PETR, path: str | Path, strict: bool) -> str:
     return f"{path}: {len(found)} of {len(own)} backbone tensors loaded (prefix {prefix!r})"
 
 
-class PETRTask(Task):
-    """PETR / PETRv2 detection on nuScenes-format data.
+class PETRTask(NuScenesDetectionTask):
+    """PETR / PETRv2 detection on nuScenes-format data: the BEV model side with PETR's model, criterion,
+    backbone loading, batch and inference (weights, config schema, classes and ranges as the BEV task's).
 
     Config sections: ``model`` (a variant ``name`` of :data:`bev.petr_builder.VARIANTS` plus
     :class:`bev.PETRModelConfig` fields), the nuScenes family's ``data`` (:mod:`bev.nuscenes`; PETR's
@@ -128,28 +123,8 @@ class PETRTask(Task):
     """
 
     name = "nuscenes_petr"
-    data_class = NuScenesData
-    evaluator_class = NuScenesEvaluator
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__(config)
-        grid_mask = config["data"].get("grid_mask")
-        self.grid_mask = None if grid_mask is None else GridMask(**grid_mask)
-
-    @classmethod
-    def model_defaults(cls, name: str, **overrides: Any) -> dict[str, Any]:
-        """The whole ``model`` section of variant ``name``: its name and every :class:`bev.PETRModelConfig`
-        field, ``overrides`` applied and validated (ValueError naming the field)."""
-        return {"name": name, **dataclasses.asdict(petr_model_config(name, **overrides))}
-
-    def _model_settings(self) -> tuple[str, dict[str, Any]]:
-        settings = dict(self.config["model"])
-        return settings.pop("name"), settings
-
-    def model_config(self) -> PETRModelConfig:
-        """The :class:`bev.PETRModelConfig` of the config's ``model`` section."""
-        name, settings = self._model_settings()
-        return petr_model_config(name, **settings)
+    model_config_of = staticmethod(petr_model_config)
+    load_released = staticmethod(load_petr_checkpoint)
 
     def build_model(self, pretrained: bool = False) -> PETR:
         """The model on the CPU; ``pretrained`` (a fresh training run): the backbone from
@@ -176,33 +151,12 @@ class PETRTask(Task):
         name, settings = self._model_settings()
         return build_petr_criterion(name, **settings)
 
-    def load_weights(self, model: nn.Module, path: str | Path) -> None:
-        """Our checkpoints (strict), or a released PETR / PETRv2 ``.pth`` (mmdet3d ``{'state_dict': ...}``
-        with ``img_backbone.*``, ``img_neck.*``, ``pts_bbox_head.*``) through
-        :func:`bev.petr_official.load_petr_checkpoint` (strict; errors name the file)."""
-        checkpoint = load_torch_file(path)
-        state = checkpoint.get("state_dict", checkpoint.get("model", checkpoint))
-        if any(key.startswith(OFFICIAL_PREFIXES) for key in state):
-            load_petr_checkpoint(model, {"state_dict": state}, source=str(path))
-        else:
-            load_checkpoint(model, state, strict=True, source=str(path))
-
     def init_from(self, model: nn.Module, path: str | Path) -> str:
         """The first stage: the image backbone from a checkpoint holding the same backbone, e.g. a
         Deformable DETR trained on COCO (``backbone.0.body.*``) for the ResNets, or an FCOS3D / PETR
         release (``img_backbone.*``); layers the model does not build are ignored. The neck and head
         keep their initialization."""
         return load_backbone_weights(model, path, strict=False)
-
-    def num_classes(self) -> int:
-        return len(CLASS_NAMES)
-
-    def class_names(self) -> dict[int, str]:
-        return dict(enumerate(CLASS_NAMES))
-
-    def pc_range(self) -> tuple[float, ...]:
-        """[x_min, y_min, z_min, x_max, y_max, z_max] of the boxes (the data side's ground-truth range)."""
-        return self.model_config().pc_range
 
     def model_inputs(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
         """:func:`petr_inputs` of ``batch`` for this config's model, on ``device``."""

@@ -51,6 +51,9 @@ class NuScenesDetectionTask(Task):
     name = "nuscenes_detection"
     data_class = NuScenesData
     evaluator_class = NuScenesEvaluator
+    #: the typed model config of a variant name (+ overrides), and the strict loader of released files
+    model_config_of = staticmethod(bev_model_config)
+    load_released = staticmethod(load_official_checkpoint)
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
@@ -59,19 +62,24 @@ class NuScenesDetectionTask(Task):
 
     @classmethod
     def model_defaults(cls, name: str, **overrides: Any) -> dict[str, Any]:
-        """The whole ``model`` section of variant ``name``: its name and every :class:`bev.BEVModelConfig`
-        field, ``overrides`` applied and validated (ValueError naming the field)."""
-        return {"name": name, **dataclasses.asdict(bev_model_config(name, **overrides))}
+        """The whole ``model`` section of variant ``name``: its name and every field of its typed config
+        (:class:`bev.BEVModelConfig`), ``overrides`` applied and validated (ValueError naming the field)."""
+        return {"name": name, **dataclasses.asdict(cls.model_config_of(name, **overrides))}
 
     def _model_settings(self) -> tuple[str, dict[str, Any]]:
         settings = dict(self.config["model"])
         return settings.pop("name"), settings
 
+    def model_config(self) -> Any:
+        """The typed config of the config's ``model`` section."""
+        name, settings = self._model_settings()
+        return self.model_config_of(name, **settings)
+
     def build_model(self, pretrained: bool = False) -> nn.Module:
         name, settings = self._model_settings()
         model = build_bev_model(name, **settings)
         if pretrained:
-            report = initialize_backbone(model.backbone, bev_model_config(name, **settings).pretrained)
+            report = initialize_backbone(model.backbone, self.model_config().pretrained)
             if report is not None:
                 logger.info("%s", report)
         return model
@@ -87,7 +95,7 @@ class NuScenesDetectionTask(Task):
         checkpoint = load_torch_file(path)
         state = checkpoint.get("state_dict", checkpoint.get("model", checkpoint))
         if any(key.startswith(OFFICIAL_PREFIXES) for key in state):
-            load_official_checkpoint(model, {"state_dict": state}, source=str(path))
+            self.load_released(model, {"state_dict": state}, source=str(path))
         else:
             load_checkpoint(model, state, strict=True, source=str(path))
 
@@ -106,8 +114,7 @@ class NuScenesDetectionTask(Task):
 
     def pc_range(self) -> tuple[float, ...]:
         """[x_min, y_min, z_min, x_max, y_max, z_max] of the model (the data side's ground-truth range)."""
-        name, settings = self._model_settings()
-        return bev_model_config(name, **settings).pc_range
+        return self.model_config().pc_range
 
     def split_batch(self, batch: dict[str, Any], device: torch.device) -> tuple[tuple[Any, ...], Any]:
         """The model's part of a training batch on ``device`` (``img`` (B, T, Ncam, 3, H, W), its current
