@@ -24,7 +24,7 @@ one-to-one correspondence:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -93,17 +93,38 @@ def official_key_map(model: MultiViewDetector3D) -> dict[str, str]:
     """
     bev_decoder = isinstance(model.head.layers[0], BEVDecoderLayer)
     decoder_layer = _BEV_DECODER_LAYER if bev_decoder else _DETR3D_DECODER_LAYER
+    return rename_keys(
+        model,
+        _MODULES,
+        lambda prefix: _ENCODER_LAYER if prefix.endswith("encoder.layers.") else decoder_layer,
+        "the official",
+    )
+
+
+def rename_keys(
+    model: nn.Module,
+    modules: Sequence[tuple[str, str]],
+    layer_rules: Callable[[str], Sequence[tuple[str, str]]],
+    what: str,
+) -> dict[str, str]:
+    """Our key -> the release's key of every entry of ``model.state_dict()``: the first matching
+    ``modules`` prefix rule, then, under a prefix ending in ``layers.``, the rules ``layer_rules(prefix)``
+    for what follows the layer index.
+
+    Raises:
+        ValueError: naming a key without a counterpart, or a map that is not one-to-one (``what`` names
+            the map).
+    """
     mapping = {}
     for key in model.state_dict():
-        prefix, rest = _rename(key, _MODULES, "model")
+        prefix, rest = _rename(key, modules, "model")
         if prefix.endswith("layers."):
             index, _, inner = rest.partition(".")
-            rules = _ENCODER_LAYER if prefix.endswith("encoder.layers.") else decoder_layer
-            inner_prefix, inner_rest = _rename(inner, rules, f"layer {key!r}")
+            inner_prefix, inner_rest = _rename(inner, layer_rules(prefix), f"layer {key!r}")
             rest = f"{index}.{inner_prefix}{inner_rest}"
         mapping[key] = prefix + rest
     if len(set(mapping.values())) != len(mapping):
-        raise ValueError("the official key map is not one-to-one for this model")
+        raise ValueError(f"{what} key map is not one-to-one for this model")
     return mapping
 
 

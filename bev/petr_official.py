@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .official import _rename, load_official_checkpoint
+from .official import load_official_checkpoint, rename_keys
 from .petr import PETR
 
 _MODULES: tuple[tuple[str, str], ...] = (
@@ -48,17 +48,7 @@ def petr_key_map(model: PETR) -> dict[str, str]:
     Raises:
         ValueError: naming a key without an official counterpart.
     """
-    mapping = {}
-    for key in model.state_dict():
-        prefix, rest = _rename(key, _MODULES, "PETR")
-        if prefix.endswith("layers."):
-            index, _, inner = rest.partition(".")
-            inner_prefix, inner_rest = _rename(inner, _LAYER, f"decoder layer {key!r}")
-            rest = f"{index}.{inner_prefix}{inner_rest}"
-        mapping[key] = prefix + rest
-    if len(set(mapping.values())) != len(mapping):
-        raise ValueError("the PETR key map is not one-to-one for this model")
-    return mapping
+    return rename_keys(model, _MODULES, lambda prefix: _LAYER, "the PETR")
 
 
 def petr_state_dict(model: PETR) -> dict[str, torch.Tensor]:

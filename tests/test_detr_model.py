@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from detr2d_helpers import TINY as TINY_DEFORMABLE
 from detr2d_helpers import one_thread  # noqa: F401 (autouse fixture)
 from test_detr2d_model import padded_batch
 from torch import Tensor
@@ -26,16 +27,7 @@ REFERENCE_FILES = {
     "detr_r101": "detr_keys_r101.txt",
     "detr_r101_dc5": "detr_keys_r101.txt",
 }
-TINY = dict(
-    backbone="resnet18",
-    embed_dims=64,
-    num_heads=4,
-    encoder_layers=1,
-    decoder_layers=2,
-    ffn_dims=64,
-    num_queries=12,
-    num_classes=5,
-)
+TINY = dict(TINY_DEFORMABLE, num_classes=5)  # the detr2d tests' tiny model, 5 classes
 SIZES = [(70, 90), (100, 61)]  # neither side a multiple of 32: both images are padded, unevenly
 
 
