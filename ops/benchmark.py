@@ -11,6 +11,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -204,6 +205,30 @@ def peak_memory_mb(backend: str, case: str, dtype: torch.dtype, device: str, mod
     with context.Pool(1) as pool:
         args = (backend, case, dtype, device, mode, torch.get_num_threads())
         return pool.apply(_peak_memory_in_child, args) / 2**20
+
+
+def cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo), or what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def last_level_cache_bytes(default: int = 8 * 2**20) -> int:
+    """The size of the CPU's last-level cache (Linux sysfs), ``default`` where it cannot be read."""
+    caches = sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"))
+    for cache in reversed(caches):
+        try:
+            size = (cache / "size").read_text().strip()
+        except OSError:
+            continue
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    return default
 
 
 def machine_description(device: str) -> str:

@@ -1,5 +1,6 @@
-"""``tools/study.py`` (``make study``): the model table's selection and overrides, the report from fixture
-numbers (tables, computed sentences, PNGs), and (slow) the tiny study end to end, killed and resumed."""
+"""``tools/study.py`` (``make study``; engine ``detr2d.runtime.study``): the model table's selection and
+overrides, the report from fixture numbers (tables, computed sentences, PNGs), and (slow) the tiny study
+end to end, killed and resumed."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 
 import study  # noqa: E402
-from study_report import compare, write_report  # noqa: E402
+
+from detr2d.runtime.study import RESULT, SPEC, reusable_result  # noqa: E402
+from detr2d.runtime.study_report import compare, write_report  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -159,10 +162,10 @@ def test_every_2d_model_gets_the_demo_settings_and_missing_configs_are_named() -
 
 
 def test_a_run_folder_of_other_settings_is_never_reused(tmp_path: Path) -> None:
-    (tmp_path / study.SPEC).write_text(json.dumps({"name": "a", "overrides": ["x=1"]}))
-    assert study.reusable_result(tmp_path, {"name": "a", "overrides": ["x=1"]}) is None
+    (tmp_path / SPEC).write_text(json.dumps({"name": "a", "overrides": ["x=1"]}))
+    assert reusable_result(tmp_path, {"name": "a", "overrides": ["x=1"]}) is None
     with pytest.raises(SystemExit, match="run of other settings"):
-        study.reusable_result(tmp_path, {"name": "a", "overrides": ["x=2"]})
+        reusable_result(tmp_path, {"name": "a", "overrides": ["x=2"]})
 
 
 def _runs_table(report: str) -> dict[str, str]:
@@ -188,13 +191,13 @@ def test_tiny_study_resumes_after_a_kill(tmp_path: Path) -> None:
     assert process.poll() is None, "the study ended before its second model started"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert (first / study.RESULT).is_file()
-    assert not (second / study.RESULT).exists() and not (out / "report.md").exists()
-    finished_at = (first / study.RESULT).stat().st_mtime_ns
+    assert (first / RESULT).is_file()
+    assert not (second / RESULT).exists() and not (out / "report.md").exists()
+    finished_at = (first / RESULT).stat().st_mtime_ns
 
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert (first / study.RESULT).stat().st_mtime_ns == finished_at
+    assert (first / RESULT).stat().st_mtime_ns == finished_at
     report = (out / "report.md").read_text()
     assert _runs_table(report) == {
         "deformable_detr_single_scale": "reused",
@@ -203,9 +206,7 @@ def test_tiny_study_resumes_after_a_kill(tmp_path: Path) -> None:
         "bevformer": "trained",
     }
     for name in ("deformable_detr", "bevformer"):
-        result = json.loads(
-            (out / ("2d" if name != "bevformer" else "bev") / name / study.RESULT).read_text()
-        )
+        result = json.loads((out / ("2d" if name != "bevformer" else "bev") / name / RESULT).read_text())
         assert result["params"] > 0 and result["peak_rss_mb"] > 0 and result["train_time_s"] > 0
         assert set(result["latency_ms"]) == {"eager", "fast"}
         assert {"AP", "APs", "APm", "APl"} <= set(result["metrics"]) or {"NDS", "mAVE"} <= set(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import random
 import resource
 import statistics
@@ -37,20 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detr2d import DETR, VARIANTS, build_model  # noqa: E402
 from detr2d.runtime.fast_inference import optimize_for_inference, set_op_backend  # noqa: E402
+from detr2d.runtime.study import TimedPath, time_paths  # noqa: E402
 from ops.arena import cpu_arena_stats  # noqa: E402
+from ops.benchmark import cpu_model  # noqa: E402
 
-TimedPath = tuple[str, Callable[[], object]]
 Row = tuple[str, str]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def allocator(arena: bool) -> str:
@@ -78,20 +68,6 @@ def onnxruntime_path(
     names = [node.name for node in session.get_inputs()]
     feed = {name: x.numpy() for name, x in zip(wrapper.input_names, example, strict=True) if name in names}
     return lambda: session.run(None, feed)
-
-
-def time_paths(paths: list[TimedPath], runs: int, warmup: int) -> dict[str, list[tuple[float, float]]]:
-    """(wall, CPU) seconds of every timed call of every path (CPU: all threads of the process); calls
-    alternate between paths, warm-up calls first."""
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in paths}
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            for name, call in paths:
-                wall, cpu = time.perf_counter(), time.process_time()
-                call()
-                if i >= warmup:
-                    times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
-    return times
 
 
 def print_paths(times: dict[str, list[tuple[float, float]]]) -> None:

@@ -1,7 +1,8 @@
 """Every model side by side (``make study``): train and evaluate the 2D detectors on the synthetic COCO
 set and the BEV detectors on the synthetic nuScenes set with the same data, seed, image size and schedule
 per group, measure parameters, training time, images/s, peak memory and inference latency (eager and fast
-path), and write ``OUT/report.md`` with its PNG plots (:mod:`study_report`).
+path), and write ``OUT/report.md`` with its PNG plots. This file is the study's table (models, profiles,
+data); the engine is :mod:`detr2d.runtime.study`, the report :mod:`detr2d.runtime.study_report`.
 
     python tools/study.py                              # default profile, outputs in work_dirs/study
     python tools/study.py --budget tiny --models deformable_detr_single_scale,bevformer --out /tmp/s
@@ -20,26 +21,16 @@ a run that fails as failed; the others go on. Trailing ``key=value`` overrides a
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmark_detr2d import cpu_model, time_paths  # noqa: E402
-from study_report import write_report  # noqa: E402
 
 from configs import ConfigError, load_config  # noqa: E402
 from datasets.nuscenes.infos import create_nuscenes_infos  # noqa: E402
@@ -50,13 +41,11 @@ from datasets.nuscenes.synthetic import (  # noqa: E402
 )
 from datasets.synthetic_coco import SyntheticCocoSpec, generate_synthetic_coco  # noqa: E402
 from detr2d.runtime.cli import load_task_config  # noqa: E402
-from detr2d.runtime.evaluate import inference_model  # noqa: E402
-from detr2d.runtime.fit import LATEST, VAL_DIR, fit  # noqa: E402
-from detr2d.runtime.io import atomic_write_json  # noqa: E402
-from detr2d.runtime.tasks import build_task  # noqa: E402
+from detr2d.runtime.study import StudyRun, clock, run_study, run_worker  # noqa: E402
+from detr2d.runtime.study_report import write_report  # noqa: E402
+from ops.benchmark import cpu_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RESULT, SPEC, ERROR = "result.json", "spec.json", "error.txt"
 GROUPS = ("2d", "bev")
 #: The 2D models train the COCO demo's model size, data settings and schedule (these keys of
 #: configs/detr2d/demo.py are applied to every 2D config), each with its own head, loss and matching.
@@ -337,206 +326,21 @@ def availability(config: str, overrides: list[str]) -> str | None:
     return None
 
 
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02}:{secs:02}"
-
-
-def run_models(
-    models: list[Model], profile: Profile, out: Path, data: dict[str, list[str]], user: list[str]
-) -> list[dict[str, Any]]:
-    """Run (or reuse) every model in its own subprocess, printing the overall progress and ETA; one entry
-    per model: ``group``, ``name``, ``status`` (trained | reused | not available | failed), ``reason``,
-    ``note``, ``result`` (the run's result.json, or None)."""
-    entries: list[dict[str, Any]] = []
-    seconds: dict[str, list[float]] = {group: [] for group in GROUPS}
-    start = time.perf_counter()
-    for index, model in enumerate(models):
+def plan(
+    models: list[Model], profile: Profile, data: dict[str, list[str]], user: list[str]
+) -> list[StudyRun]:
+    """The study's runs: each model's config (the CPU-sized one, or the published one on real data) with
+    its overrides, and why it cannot run where it cannot."""
+    runs = []
+    for model in models:
         overrides = model_overrides(model, profile, data[model.group], group_overrides(user, model.group))
         config = model.published if profile.coco is None else model.config
-        entry: dict[str, Any] = {
-            "group": model.group,
-            "name": model.name,
-            "config": config,
-            "note": model.note,
-            "result": None,
-            "reason": "",
-        }
-        entries.append(entry)
-        remaining = [m for m in models[index:] if not (out / m.group / m.name / RESULT).is_file()]
-        eta = sum(
-            statistics.mean(seconds[m.group]) if seconds[m.group] else profile.expected_s.get(m.group, 0)
-            for m in remaining
+        latency = {"samples": profile.latency_samples, "runs": profile.latency_runs}
+        unavailable = availability(config, overrides)
+        runs.append(
+            StudyRun(model.group, model.name, config, tuple(overrides), latency, model.note, unavailable)
         )
-        print(
-            f"[study {index + 1}/{len(models)} {model.group}/{model.name}] elapsed "
-            f"{_clock(time.perf_counter() - start)}, ETA of the study {_clock(eta)}",
-            flush=True,
-        )
-        reason = availability(config, overrides)
-        if reason is not None:
-            entry.update(status="not available", reason=reason)
-            print(f"  not available: {reason}", flush=True)
-            continue
-        run_dir = out / model.group / model.name
-        spec = {
-            "group": model.group,
-            "name": model.name,
-            "config": config,
-            "overrides": overrides,
-            "latency": {"samples": profile.latency_samples, "runs": profile.latency_runs},
-        }
-        result = reusable_result(run_dir, spec)
-        if result is not None:
-            entry.update(status="reused", result=result)
-            print(f"  reused {run_dir / RESULT}", flush=True)
-            continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / SPEC, spec, indent=2)
-        (run_dir / ERROR).unlink(missing_ok=True)
-        began = time.perf_counter()
-        code = subprocess.call([sys.executable, str(Path(__file__).resolve()), "--worker", str(run_dir)])
-        seconds[model.group].append(time.perf_counter() - began)
-        if code == 0 and (run_dir / RESULT).is_file():
-            entry.update(status="trained", result=json.loads((run_dir / RESULT).read_text()))
-            print(f"  done in {_clock(seconds[model.group][-1])}", flush=True)
-        else:
-            error = run_dir / ERROR
-            last = error.read_text().strip().splitlines()[-1] if error.is_file() else f"exit status {code}"
-            entry.update(status="failed", reason=f"{last} (see {run_dir}/train.log)")
-            print(f"  failed: {entry['reason']}", flush=True)
-    return entries
-
-
-def reusable_result(run_dir: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The finished run's result in ``run_dir`` when it ran ``spec``; None when it has not finished.
-
-    Raises:
-        SystemExit: ``run_dir`` holds a run of other settings (never overwritten).
-    """
-    for name in (RESULT, SPEC):
-        path = run_dir / name
-        if path.is_file():
-            saved = json.loads(path.read_text())
-            if saved.get("spec", saved) != spec:
-                raise SystemExit(
-                    f"error: {path} is a run of other settings (another --budget, data or overrides); "
-                    "choose another --out or remove that folder"
-                )
-    result = run_dir / RESULT
-    return json.loads(result.read_text()) if result.is_file() else None
-
-
-# ----------------------------------------------------------------------------------------------- worker
-
-
-def read_log(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
-    """The epoch records of ``run_dir/log.jsonl`` (the last of each epoch, in order) and the number of
-    training iterations run."""
-    epochs: dict[int, dict[str, Any]] = {}
-    iterations = 0
-    for line in (run_dir / "log.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "iter" in record:
-            iterations = max(iterations, int(record["iter"]))
-        elif "train" in record:
-            epochs[int(record["epoch"])] = record
-    return [epochs[e] for e in sorted(epochs)], iterations
-
-
-class Preloaded:
-    """Batches read ahead of the timing (decoding is not timed), with the loader's ``dataset``."""
-
-    def __init__(self, loader: torch.utils.data.DataLoader, count: int) -> None:
-        self.dataset = loader.dataset
-        self.batches = [batch for batch in islice(loader, count) if batch is not None]
-
-    def __iter__(self):
-        return iter(self.batches)
-
-
-def measure_latency(run_dir: Path, spec: dict[str, Any]) -> tuple[dict[str, float], int]:
-    """Milliseconds per image (2D) or frame (BEV) of the trained model over the first val samples, batch 1,
-    eager and fast path (:func:`detr2d.runtime.evaluate.inference_model`), calls alternating; and the
-    model's parameter count."""
-    overrides = [*spec["overrides"], *(["train.eval_batch_size=1"] if spec["group"] == "2d" else [])]
-    task = build_task(load_task_config(REPO / spec["config"], overrides))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = task.build_model()
-    task.load_weights(model, run_dir / LATEST)
-    model = model.to(device).eval()
-    loader = Preloaded(
-        task.data.eval_loader(task.data.build_dataset("val"), 0, 1), spec["latency"]["samples"]
-    )
-    paths = []
-    for mode in ("eager", "fast"):
-        prepared = inference_model(model, mode)
-        paths.append((mode, lambda m=prepared: sum(1 for _ in task.infer(m, loader, device))))
-    times = time_paths(paths, spec["latency"]["runs"], warmup=1)
-    latency = {
-        mode: statistics.median(t[0] for t in values) / len(loader.batches) * 1e3
-        for mode, values in times.items()
-    }
-    return latency, sum(p.numel() for p in model.parameters())
-
-
-def worker(run_dir: Path) -> None:
-    """Train (or continue) the run of ``run_dir/spec.json``, then measure it; write ``result.json``."""
-    spec = json.loads((run_dir / SPEC).read_text())
-    config_path = REPO / spec["config"]
-    task = build_task(load_task_config(config_path, spec["overrides"]))
-    checkpoint = run_dir / LATEST
-    fit(task, run_dir, resume=checkpoint if checkpoint.is_file() else None)
-    config = task.config
-    records, iterations = read_log(run_dir)
-    unit = task.data.unit
-    metrics = json.loads((run_dir / VAL_DIR / "metrics.json").read_text())
-    train_time, history = 0.0, []
-    for record in records:
-        train_time += record["train"]["time_s"]
-        history.append(
-            {"epoch": record["epoch"] + 1, "train_time_s": train_time, "metrics": record.get("val", {})}
-        )
-    per_s = sum(r["train"][f"{unit}_per_s"] * r["train"]["time_s"] for r in records) / max(train_time, 1e-9)
-    images_per_sample = 1
-    if spec["group"] == "bev":
-        model = config["model"]  # PETRv2 reads 12 views of one frame, BEVFormer 6 per history frame
-        images_per_sample = model.get("num_views") or model.get("num_cams", 6) * (
-            1 + config["data"].get("num_history", 0)
-        )
-    latency, params = measure_latency(run_dir, spec)
-    sizes = {split: len(task.data.build_dataset(split)) for split in ("train", "val")}
-    result = {
-        "spec": spec,
-        "params": params,
-        "unit": unit,
-        "train_time_s": train_time,
-        "train_per_s": per_s,
-        "images_per_sample": images_per_sample,
-        "images_per_s": per_s * images_per_sample,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-        "latency_ms": latency,
-        "metrics": metrics,
-        "history": history,
-        "iterations": iterations,
-        "settings": {
-            "train samples": sizes["train"],
-            "val samples": sizes["val"],
-            "image size": config["data"]["image_size"]
-            if spec["group"] == "bev"
-            else config["augment"]["eval_size"],
-            "queries": config["model"].get("num_queries"),
-            "backbone": config["model"].get("backbone"),
-            "history frames": config["data"].get("num_history", 0) if spec["group"] == "bev" else 0,
-            "epochs": config["schedule"]["epochs"],
-            "iterations": iterations,
-            "batch size": config["train"]["batch_size"],
-            "lr": config["optim"]["lr"],
-            "seed": config["train"]["seed"],
-        },
-    }
-    atomic_write_json(run_dir / RESULT, result, indent=1)
+    return runs
 
 
 def synthetic_data(spec: SyntheticCocoSpec | SyntheticSpec | None) -> str:
@@ -564,18 +368,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        try:
-            worker(Path(args.worker))
-        except BaseException:
-            (Path(args.worker) / ERROR).write_text(traceback.format_exc())
-            raise
+        run_worker(Path(args.worker), REPO)
         return
     profile = PROFILES[args.budget]
     models = select(args.models)
     out = Path(args.out)
     start = time.perf_counter()
     data = prepare_data(profile, {m.group for m in models}, Path(args.data or f"data/study/{profile.name}"))
-    entries = run_models(models, profile, out, data, args.overrides)
+    runs = plan(models, profile, data, args.overrides)
+    entries = run_study(
+        runs, out, profile.expected_s, [sys.executable, str(Path(__file__).resolve()), "--worker"]
+    )
     machine = f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
     settings = {
         "profile": profile.name,
@@ -586,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{profile.latency_samples} val samples after 1 warm-up",
     }
     report = write_report(out, entries, settings)
-    print(f"[study] done in {_clock(settings['wall_s'])}: {report}")
+    print(f"[study] done in {clock(settings['wall_s'])}: {report}")
 
 
 if __name__ == "__main__":

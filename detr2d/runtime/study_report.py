@@ -1,6 +1,6 @@
-"""The study's report (``tools/study.py``): ``report.md`` with its tables, PNG plots (matplotlib) and
+"""The study's report (``make study``): ``report.md`` with its tables, PNG plots (matplotlib) and
 sentences computed from the numbers, from the study's entries (one per model; see
-:func:`study.run_models`) and settings. Imports no detector: it reads numbers only."""
+:func:`detr2d.runtime.study.run_study`) and settings. Imports no detector: it reads numbers only."""
 
 from __future__ import annotations
 
