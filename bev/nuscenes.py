@@ -7,7 +7,8 @@ Config section ``data``: ``root``, ``version``, ``infos_dir``, ``train_split``, 
 channel order, ``to_rgb``), ``num_history``, ``num_workers``, ``on_bad_image``, the training
 augmentation ``random_history``, ``photometric_distortion``, and PETR's ``prev_frame`` (PETRv2's earlier
 frame), ``resize_crop_flip`` (random in training, the test-time resize + crop otherwise; replaces
-``image_size``) and ``global_rot_scale`` (training); ``configs/bev/base.py`` documents each. The val split
+``image_size``), ``global_rot_scale`` (training) and ``cbgs`` (class-balanced resampling of the train split,
+:mod:`datasets.nuscenes.cbgs`); ``configs/bev/base.py`` documents each. The val split
 is run sequentially, scene by scene (:class:`bev.sequential.SceneShardSampler`).
 """
 
@@ -35,6 +36,7 @@ from datasets.nuscenes import (
     evaluate_nuscenes,
 )
 from datasets.nuscenes.augment import GlobalRotScale, PhotoMetricDistortion, ResizeCropFlip
+from datasets.nuscenes.cbgs import ClassBalancedDataset
 from datasets.nuscenes.database import open_nuscenes
 from datasets.nuscenes.evaluation import RESULTS_FILE, TP_ERROR_NAMES
 from datasets.nuscenes.infos import infos_path
@@ -133,13 +135,14 @@ class NuScenesData(DataSide):
             "bgr": not norm["to_rgb"],
         }
 
-    def build_dataset(self, split: str) -> NuScenesMultiViewDataset:
+    def build_dataset(self, split: str) -> NuScenesMultiViewDataset | ClassBalancedDataset:
         """The train split with ``data.num_history`` history frames per sample (picked at random among
         the previous ``num_history + 1`` with ``data.random_history``), photometric distortion
         (``data.photometric_distortion``), PETR's random earlier frame, resize / crop / flip and scene
         rotation / scaling (``data.prev_frame``, ``resize_crop_flip``, ``global_rot_scale``) and the ground
-        truth limited to the model's ``pc_range``; or the val split with no history and no augmentation
-        (the test-time earlier frame and crop)."""
+        truth limited to the model's ``pc_range``, class-balanced by CBGS with ``data.cbgs`` (drawn once
+        from ``train.seed``); or the val split with no history, no augmentation and no resampling (the
+        test-time earlier frame and crop)."""
         data = self.config["data"]
         train = split == "train"
         photometric = data.get("photometric_distortion") if train else None
@@ -149,7 +152,7 @@ class NuScenesData(DataSide):
         if train and data.get("resize_crop_flip") is not None:
             options["image_crop"] = ResizeCropFlip(**data["resize_crop_flip"])
         rot_scale = data.get("global_rot_scale") if train else None
-        return NuScenesMultiViewDataset(
+        dataset = NuScenesMultiViewDataset(
             infos_path(data["infos_dir"], data["train_split"] if train else data["val_split"]),
             data_root=Path(data["root"]),
             num_history=data["num_history"] if train else 0,
@@ -161,6 +164,9 @@ class NuScenesData(DataSide):
             scene_aug=None if rot_scale is None else GlobalRotScale(**rot_scale),
             **options,
         )
+        if train and data.get("cbgs", False):
+            return ClassBalancedDataset(dataset, self.config["train"]["seed"])
+        return dataset
 
     def collate(self, items: list[Any]) -> dict[str, Any]:
         return collate_nuscenes(items)

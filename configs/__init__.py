@@ -82,6 +82,7 @@ VALUE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "data.num_workers": COUNT,
     "data.num_history": COUNT,
     "data.on_bad_image": ("'raise' or 'skip'", lambda v: v in ("raise", "skip")),
+    "data.cbgs": ("True or False", lambda v: isinstance(v, bool)),
     "augment.max_size": POSITIVE,
     "augment.eval_size": POSITIVE,
     "augment.flip_prob": ("a number in [0, 1]", lambda v: _number_at_least(0.0)(v) and v <= 1),

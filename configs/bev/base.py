@@ -44,6 +44,9 @@ data = dict(
     # PETR's GlobalRotScaleTransImage in training (boxes and lidar2img), None: off. PETR:
     # dict(rot_range=[-0.3925, 0.3925], scale_range=[0.95, 1.05]).
     global_rot_scale=None,
+    # CBGS (mmdet3d's CBGSDataset): the train split resampled once, from train.seed, so that every class
+    # gets about 1/10 of the samples (datasets/nuscenes/cbgs.py); PETRv2's trainval recipe. False: off.
+    cbgs=False,
     num_workers=4,  # per process
     on_bad_image="raise",  # a truncated/corrupt image: "raise" (names the file) or "skip" (logged, counted)
 )

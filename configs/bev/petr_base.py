@@ -11,7 +11,8 @@ the release's pipeline, ``ida_aug_conf`` and ``GlobalRotScaleTransImage``: in tr
 from the bottom and flipped at random, and the scene is rotated / scaled with its boxes and
 ``lidar2img``; at test time resize by max(final / original) and crop the bottom rows
 (``data.resize_crop_flip``, ``data.global_rot_scale``). ``data.image_size`` is the final size, the
-network's input (export). Not reproduced: CBGS (class-balanced resampling of the trainval config).
+network's input (export). CBGS (class-balanced resampling, ``data.cbgs``) is on in the trainval config
+only (``petrv2_vov_p4_1600x640.py``), as in the release.
 """
 
 _base_ = "base.py"

@@ -341,10 +341,17 @@ class NuScenesMultiViewDataset(Dataset):
         return boxes[keep], labels
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.bad_images.get(index, len(self), self._item)
+        return self.item(index)
 
-    def _item(self, index: int) -> dict[str, Any]:
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+    def item(self, index: int, stream: int | None = None) -> dict[str, Any]:
+        """Sample ``index`` (under ``on_bad_image="skip"`` the next good one). Its random draws come from
+        ``(seed, epoch, index)``, or with a ``stream`` from ``(seed, epoch, index, stream)``: a resampled
+        copy of the sample (:class:`datasets.nuscenes.cbgs.ClassBalancedDataset`) draws its own."""
+        return self.bad_images.get(index, len(self), lambda i: self._item(i, stream))
+
+    def _item(self, index: int, stream: int | None) -> dict[str, Any]:
+        key = (self.seed, self.epoch, index) if stream is None else (self.seed, self.epoch, index, stream)
+        rng = np.random.default_rng(key)
         scene_indices, position = self._scene_position[index]
         offsets = [*self.history_offsets(rng), 0]
         history_valid = np.array([position - offset >= 0 for offset in offsets])
