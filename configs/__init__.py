@@ -3,13 +3,17 @@
 A config file assigns its settings at module level (``model = dict(...)``, ``optim = dict(...)``, ...).
 Names starting with ``_`` are private, except ``_base_``: a path (or list of paths), relative to the
 file, of configs it inherits. Inheritance merges dicts key by key (recursively) and replaces every
-other value, so a child file lists only what differs from its base.
+other value, so a child file lists only what differs from its base. A dict of a child file (a section or
+any nested dict) that holds ``_delete_=True`` replaces its base's dict instead of merging into it (as in
+mmcv configs; e.g. DETR's ``criterion`` drops Deformable DETR's focal-loss keys); ``_delete_`` must be a
+bool, is dropped after merging, and belongs to config files only (an override's dict already replaces).
 
 A child file may only set keys its base has: the root base files (``configs/detr2d/base.py``,
 ``configs/bev/base.py``) define the keys of every section but ``model``, and a misspelt key or section
 in any file is an error naming the key and the file. Inside a section, a dict value (a settings group
 such as ``data.img_norm``) is checked key by key where the base holds a dict; a None in the base
-accepts anything.
+accepts anything. A replacing (``_delete_=True``) dict must sit under a key its base has; its own keys
+are new, and the files that inherit it are checked against them.
 
 The ``model`` section is a detector's: given ``model_defaults`` (the runtime passes its task classes'
 :meth:`model_defaults`), :func:`load_config` expands it to the variant's whole schema (every field of
@@ -28,7 +32,7 @@ from __future__ import annotations
 import ast
 import copy
 import runpy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Any
@@ -38,6 +42,8 @@ Config = dict[str, Any]
 #: on top, validated (ValueError naming the field); None when the task has no schema.
 ModelDefaults = Callable[..., Config | None]
 MODEL = "model"
+#: In a config file's dict: True replaces the base's dict instead of merging into it (then dropped).
+DELETE = "_delete_"
 #: Model keys renamed since checkpoints were written (old -> new); :func:`upgrade_model_keys` maps them.
 RENAMED_MODEL_KEYS = {"op_backend": "backend"}  # old name -> new name, for older checkpoints
 
@@ -90,14 +96,27 @@ VALUE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 
 
 def merge(base: Config, child: Config) -> Config:
-    """``child`` over ``base``: nested dicts are merged key by key, other values replaced (new dict)."""
+    """``child`` over ``base``: nested dicts are merged key by key, other values replaced (new dict). A
+    child dict holding ``_delete_=True`` replaces the base's value instead; every ``_delete_`` is dropped."""
     out = copy.deepcopy(base)
     for key, value in child.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+        if key == DELETE:
+            continue
+        if isinstance(value, dict):
+            into = out.get(key) if value.get(DELETE) is not True else None
+            out[key] = merge(into if isinstance(into, dict) else {}, value)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _delete_flags(settings: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every ``_delete_`` in ``settings`` and its nested dicts: (dotted key path, its value)."""
+    for key, value in settings.items():
+        if key == DELETE:
+            yield prefix + key, value
+        elif isinstance(value, dict):
+            yield from _delete_flags(value, f"{prefix}{key}.")
 
 
 def _read_file(path: Path, origins: dict[str, Path]) -> Config:
@@ -105,7 +124,8 @@ def _read_file(path: Path, origins: dict[str, Path]) -> Config:
     the file that last wrote each model key.
 
     Raises:
-        ConfigError: the file fails to run, or sets a key (outside ``model``) that its bases do not have.
+        ConfigError: the file fails to run, sets a key (outside ``model``) that its bases do not have, or
+            a ``_delete_`` that is not a bool.
     """
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -120,6 +140,9 @@ def _read_file(path: Path, origins: dict[str, Path]) -> Config:
         for key, value in namespace.items()
         if not key.startswith("_") and not isinstance(value, ModuleType | FunctionType | type)
     }
+    for key, flag in _delete_flags(settings):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{path}: {key} must be True or False, got {flag!r}")
     bases = namespace.get("_base_", [])
     config: Config = {}
     for base in [bases] if isinstance(bases, str) else bases:
@@ -127,21 +150,22 @@ def _read_file(path: Path, origins: dict[str, Path]) -> Config:
     if bases:
         _check_known(settings, config, path)
     if isinstance(settings.get(MODEL), dict):
-        origins.update(dict.fromkeys(settings[MODEL], path))
+        origins.update(dict.fromkeys(settings[MODEL].keys() - {DELETE}, path))
     return merge(config, settings)
 
 
 def _check_known(child: Config, base: Config, path: Path, prefix: str = "") -> None:
     """ConfigError for the first key of ``child`` (written by ``path``) that ``base`` does not have; dicts
-    are checked recursively where ``base`` holds a dict, and the model section is left to its schema."""
+    are checked recursively where ``base`` holds a dict, except a replacing one (``_delete_=True``: its keys
+    are new), and the model section is left to its schema."""
     for key, value in child.items():
         dotted = prefix + key
-        if dotted == MODEL:
+        if dotted == MODEL or key == DELETE:
             continue
         if key not in base:
             where = f"in {prefix[:-1]!r}" if prefix else "at the top level"
             raise ConfigError(f"{path}: unknown key {dotted!r}; known {where}: {sorted(base)}")
-        if isinstance(value, dict) and isinstance(base[key], dict):
+        if isinstance(value, dict) and isinstance(base[key], dict) and value.get(DELETE) is not True:
             _check_known(value, base[key], path, dotted + ".")
 
 
@@ -181,13 +205,19 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
 
     Raises:
         ConfigError: an override is not of the form ``key=value``, its key (or one of its parents) does
-            not exist in the config, or its value has the wrong type.
+            not exist in the config, its value has the wrong type, or it holds a ``_delete_`` (a file's).
     """
     config = copy.deepcopy(config)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"config override must be key=value, got {item!r}")
+        value = _parse_value(text.strip())
+        if DELETE in key.strip().split(".") or (isinstance(value, dict) and any(_delete_flags(value))):
+            raise ConfigError(
+                f"config override {item!r}: {DELETE} is for config files only (an override's value "
+                "replaces the key's whole value)"
+            )
         node = config
         *parents, leaf = key.strip().split(".")
         for depth, part in enumerate(parents):
@@ -196,7 +226,7 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
             node = node[part]
         if leaf not in node:
             raise ConfigError(f"config override {item!r}: unknown key {key!r}; known here: {sorted(node)}")
-        node[leaf] = _typed_like(node[leaf], _parse_value(text.strip()), text.strip(), item)
+        node[leaf] = _typed_like(node[leaf], value, text.strip(), item)
     return config
 
 
