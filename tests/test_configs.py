@@ -1,6 +1,7 @@
 """Configs carry the whole model: every field shown and overridable, unknown keys named with their file,
-bad values as one-line errors, one ``pc_range``, old checkpoints' key names, the tools' arguments (a
-checkpoint of ours alone, a config that does not fit it, the drawing threshold)."""
+``_delete_`` replacing an inherited dict (DETR's criterion over Deformable DETR's recipe), bad values as
+one-line errors, one ``pc_range``, old checkpoints' key names, the tools' arguments (a checkpoint of ours
+alone, a config that does not fit it, the drawing threshold)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import inspect
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +24,9 @@ from PIL import Image
 
 from bev import BEVModelConfig, PETRModelConfig
 from bev.decoder import DetectionDecoder
-from configs import ConfigError, upgrade_model_keys
+from configs import ConfigError, load_config, upgrade_model_keys
 from datasets.nuscenes.constants import PC_RANGE
-from detr2d import ModelConfig, Predictor, build_model
+from detr2d import DETRCriterionConfig, ModelConfig, Predictor, build_model
 from detr2d.builder import family
 from detr2d.runtime.cli import (
     load_task,
@@ -37,6 +39,7 @@ from detr2d.runtime.tasks import build_task
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.py"))
+DETR_FILES = ["detr_r50", "detr_r50_dc5", "detr_r101", "detr_r101_dc5"]
 
 
 def _schema(config: dict[str, Any]) -> type:
@@ -176,6 +179,79 @@ def test_settings_groups_are_checked_where_the_base_holds_a_dict_and_none_takes_
     assert config["data"]["grid_mask"] == {"prob": 1.0}
     with pytest.raises(ConfigError, match="unknown key 'data.grid_mask.prb'; known in 'data.grid_mask': "):
         load_task_config(_child(tmp_path, "bev/base.py", "data = dict(grid_mask=dict(prb=1.0))"))
+
+
+def test_delete_replaces_the_base_dict_and_a_dict_without_it_merges(tmp_path: Path) -> None:
+    body = "criterion = dict(_delete_=True, eos_coef=0.5)\noptim = dict(_delete_=False, lr=1.0)"
+    config = load_config(_child(tmp_path, "detr2d/base.py", body))
+    assert config["criterion"] == {"eos_coef": 0.5}  # Deformable DETR's keys are gone
+    base = load_config(REPO / "configs/detr2d/base.py")
+    assert config["optim"] == {**base["optim"], "lr": 1.0}  # merged, the flag dropped
+    # any dict level: a settings group inside a section
+    nested = "data = dict(grid_mask=dict(_delete_=True, prob=1.0))"
+    data = load_config(_child(tmp_path, "bev/bevformer_tiny.py", nested))["data"]
+    tiny = load_config(REPO / "configs/bev/bevformer_tiny.py")["data"]
+    assert data == {**tiny, "grid_mask": {"prob": 1.0}} and len(tiny["grid_mask"]) > 1
+
+
+def test_delete_still_checks_keys_against_what_it_replaces(tmp_path: Path) -> None:
+    # the replacing dict must sit under a key its base has
+    with pytest.raises(ConfigError, match="child.py: unknown key 'criterio'; known at the top level: "):
+        load_config(_child(tmp_path, "detr2d/base.py", "criterio = dict(_delete_=True, eos_coef=0.5)"))
+    # a file inheriting the replaced dict is checked against its keys, not the base's
+    (tmp_path / "leaf.py").write_text("_base_ = 'middle.py'\ncriterion = dict(focal_alpha=0.3)\n")
+    _child(tmp_path, "detr2d/base.py", "criterion = dict(_delete_=True, eos_coef=0.5)", "middle.py")
+    with pytest.raises(ConfigError, match=r"leaf.py: unknown key 'criterion.focal_alpha'; .*\['eos_coef'\]"):
+        load_config(tmp_path / "leaf.py")
+
+
+@pytest.mark.parametrize(
+    ("base", "body", "key"),
+    [
+        ("detr2d/base.py", "criterion = dict(_delete_=1, eos_coef=0.5)", "criterion._delete_"),
+        ("bev/bevformer_tiny.py", "data = dict(grid_mask=dict(_delete_='yes'))", "data.grid_mask._delete_"),
+    ],
+)
+def test_a_delete_that_is_not_a_bool_names_the_file_and_the_key(
+    tmp_path: Path, base: str, body: str, key: str
+) -> None:
+    path = _child(tmp_path, base, body)
+    with pytest.raises(ConfigError, match=f"{re.escape(str(path))}: {re.escape(key)} must be True or False"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "override", ["criterion._delete_=True", "criterion={'_delete_': True, 'eos_coef': 1}"]
+)
+def test_delete_is_refused_in_overrides(override: str) -> None:
+    with pytest.raises(ConfigError, match="_delete_ is for config files only"):
+        load_config(REPO / "configs/detr2d/detr_r50.py", [override])
+
+
+def test_detr_files_inherit_deformable_detr_recipe_and_replace_its_criterion() -> None:
+    folder = REPO / "configs/detr2d"
+    chain = {name: runpy.run_path(str(folder / f"{name}.py"))["_base_"] for name in DETR_FILES}
+    assert chain == {"detr_r50": "base.py", **{name: "detr_r50.py" for name in DETR_FILES[1:]}}
+    base = load_config(folder / "base.py")
+    config = load_config(folder / "detr_r50.py")
+    published = dataclasses.asdict(DETRCriterionConfig())
+    del published["num_classes"], published["decoder_layers"]  # the model's
+    assert config["criterion"] == published
+    assert config["data"] == base["data"] and config["augment"] == base["augment"]
+    recipe = (config["optim"]["lr"], config["schedule"]["epochs"], config["train"]["batch_size"])
+    assert recipe == (1e-4, 500, 64)
+    # no copy-paste: every value a DETR file writes differs from what it inherits
+    for name in DETR_FILES:
+        written = runpy.run_path(str(folder / f"{name}.py"))
+        inherited = load_config(folder / chain[name])
+        repeated = [
+            f"{section}.{key}"
+            for section, values in written.items()
+            if isinstance(values, dict) and not values.get("_delete_") and section in inherited
+            for key, value in values.items()
+            if inherited[section].get(key, object()) == value
+        ]
+        assert not repeated, f"{name}.py repeats {repeated}"
 
 
 @pytest.mark.parametrize(
