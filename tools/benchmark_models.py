@@ -75,7 +75,7 @@ def build_benchmarked(name: str) -> Benchmarked:
         return Benchmarked(model, lambda m: m(images), f"1 x 3 x {DETR2D_SIZE[0]} x {DETR2D_SIZE[1]}")
     if name in BEV_VARIANTS:
         model = build_bev_model(name).eval()
-        width, height = load_config(REPO / "configs" / "bev" / f"{name}.py").data.image_size
+        width, height = load_config(REPO / "configs" / "bev" / f"{name}.py")["data"]["image_size"]
         size = (height, width)
         example = bev_example_inputs(model, size)
         frame = (example[0], camera_ring(model.num_cams, size), *example[2:])
@@ -207,7 +207,7 @@ def run_roofline(name: str, runs: int, compile: bool) -> None:
     fast = optimize_for_inference(model)
     with torch.inference_mode():
         bench.call(fast)  # warm-up
-    profile = profile_stages(lambda: bench.call(fast), [fast.backbone], [_neck_of(fast)], limits, runs)
+    profile = profile_stages(lambda: bench.call(fast), [fast.backbone], _neck_of(fast), limits, runs)
     print(f"{name} (random weights), input {bench.input}, the fast path (not compiled), stage by stage:\n")
     print(format_profile(profile, limits))
     rows = [("fast path", profile.wall_seconds)]
@@ -227,10 +227,11 @@ def run_roofline(name: str, runs: int, compile: bool) -> None:
     print(f"\n{machine_description('cpu')}; {cpu_flags()}; load average {os.getloadavg()[0]:.1f}")
 
 
-def _neck_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The module between backbone and transformer: a BEV model's or PETR's neck, detr2d's input
-    projections."""
-    return model.neck if hasattr(model, "neck") else model.input_proj
+def _neck_of(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules between backbone and transformer: a BEV model's or PETR's neck, detr2d's input
+    projections (each of Deformable DETR's levels: a module list is never called itself)."""
+    neck = model.neck if hasattr(model, "neck") else model.input_proj
+    return list(neck) if isinstance(neck, torch.nn.ModuleList) else [neck]
 
 
 def main(argv: list[str] | None = None) -> None:
