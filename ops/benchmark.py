@@ -34,28 +34,57 @@ class Result:
     ratio: float  # reference time / this time, same case, dtype and mode
 
 
+@dataclass(frozen=True)
+class AttentionCase:
+    """The op's shapes in one model: value levels ``shapes`` (H, W), ``queries`` per sample (None: one per
+    value position, self-attention), ``batch`` samples N, ``points`` P per level (M = 8 heads of D = 32)."""
+
+    shapes: tuple[tuple[int, int], ...]
+    queries: int | None
+    batch: int = 1
+    points: int = POINTS
+
+
+ATTENTION_CASES = {
+    # Deformable DETR, one 800 x 1066 image (levels of 800 x 1072): the encoder's self-attention, the
+    # decoder's 300 queries
+    "encoder": AttentionCase(ENCODER_SHAPES, None),
+    "decoder": AttentionCase(ENCODER_SHAPES, DECODER_QUERIES),
+    # BEVFormer-base: temporal self-attention over the 200 x 200 BEV with the previous and the current BEV
+    # stacked (N = 2), one level, 4 points
+    "bev_temporal": AttentionCase(((200, 200),), None, batch=2),
+    # BEVFormer-base: spatial cross-attention, each of 6 cameras (N = 6) sampling its 4 levels of a
+    # 928 x 1600 image (strides 8-64) for 10,000 BEV queries (about a ring camera's share of the 40,000
+    # pillars, rebatched per camera), 8 points per level (4 heights x 2)
+    "bev_spatial": AttentionCase(((116, 200), (58, 100), (29, 50), (15, 25)), 10_000, batch=6, points=8),
+}
+
+
 def make_inputs(
     case: str,
     dtype: torch.dtype,
     device: str,
     seed: int = 0,
-    batch: int = 1,
-    shapes: tuple[tuple[int, int], ...] = ENCODER_SHAPES,
+    batch: int | None = None,
+    shapes: tuple[tuple[int, int], ...] | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Encoder case: Lq = S (17821 for the default shapes); decoder case: Lq = 300. Locations uniform in
-    [-0.1, 1.1], drawn on ``device``. Returns (value (N, S, M, D), spatial_shapes, level_start_index,
-    locations, weights)."""
+    """Inputs of :data:`ATTENTION_CASES` ``case`` (``batch`` / ``shapes`` override the case's), locations
+    uniform in [-0.1, 1.1], drawn on ``device``. Returns (value (N, S, M, D), spatial_shapes,
+    level_start_index, locations (N, Lq, M, L, P, 2), weights (N, Lq, M, L, P))."""
+    spec = ATTENTION_CASES[case]
+    batch = spec.batch if batch is None else batch
+    shapes = spec.shapes if shapes is None else shapes
     g = torch.Generator(device=device).manual_seed(seed)
     spatial_shapes = torch.tensor(shapes)
     sizes = spatial_shapes.prod(1)
     starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
     s = int(sizes.sum())
-    lq = s if case == "encoder" else DECODER_QUERIES
-    num_levels = len(shapes)
+    lq = s if spec.queries is None else spec.queries
+    num_levels, points = len(shapes), spec.points
     value = torch.randn(batch, s, HEADS, CHANNELS, generator=g, device=device)
-    loc = torch.rand(batch, lq, HEADS, num_levels, POINTS, 2, generator=g, device=device) * 1.2 - 0.1
-    weights = torch.rand(batch, lq, HEADS, num_levels * POINTS, generator=g, device=device).softmax(-1)
-    weights = weights.view(batch, lq, HEADS, num_levels, POINTS)
+    loc = torch.rand(batch, lq, HEADS, num_levels, points, 2, generator=g, device=device) * 1.2 - 0.1
+    weights = torch.rand(batch, lq, HEADS, num_levels * points, generator=g, device=device).softmax(-1)
+    weights = weights.view(batch, lq, HEADS, num_levels, points)
     floats = [t.to(dtype=dtype) for t in (value, loc, weights)]
     return floats[0], spatial_shapes.to(device), starts.to(device), floats[1], floats[2]
 
@@ -122,8 +151,8 @@ def make_step(
     dtype: torch.dtype,
     device: str,
     mode: str,
-    batch: int = 1,
-    shapes: tuple[tuple[int, int], ...] = ENCODER_SHAPES,
+    batch: int | None = None,
+    shapes: tuple[tuple[int, int], ...] | None = None,
 ) -> Callable[[], None]:
     """One call of the op on :func:`make_inputs` (``mode`` "forward" or "forward+backward"); for a case of
     ``DCN_CASES``, one call of ``deform_conv2d`` (:func:`ops.deform_conv_benchmark.make_dcn_step`)."""
@@ -265,9 +294,12 @@ class Limit:
     unit: str
 
 
-def encoder_corner_bytes(shapes: tuple[tuple[int, int], ...] = ENCODER_SHAPES) -> int:
-    """Bytes of the corner rows one encoder forward reads: Lq * M * L * P * 4 rows of D float32 (Lq = S)."""
-    return sum(h * w for h, w in shapes) * HEADS * len(shapes) * POINTS * 4 * CHANNELS * 4
+def corner_bytes(case: str = "encoder") -> int:
+    """Bytes of the corner rows one forward of :data:`ATTENTION_CASES` ``case`` reads:
+    N * Lq * M * L * P * 4 rows of D float32."""
+    spec = ATTENTION_CASES[case]
+    queries = sum(h * w for h, w in spec.shapes) if spec.queries is None else spec.queries
+    return spec.batch * queries * HEADS * len(spec.shapes) * spec.points * 4 * CHANNELS * 4
 
 
 def _limit(name: str, fn: Callable[[], object], amount: float, unit: str, repeats: int, warmup: int) -> Limit:
@@ -285,7 +317,7 @@ def measure_limits(repeats: int = 20, warmup: int = 2, seed: int = 0) -> list[Li
     spatial = sum(h * w for h, w in ENCODER_SHAPES)
     value = torch.randn(spatial * HEADS, CHANNELS, generator=g)
     big = torch.randn(2**27, generator=g)
-    rows = encoder_corner_bytes() // (CHANNELS * 4)
+    rows = corner_bytes() // (CHANNELS * 4)
     index = torch.randint(0, value.shape[0], (rows,), generator=g)
     offsets = torch.arange(0, rows, len(ENCODER_SHAPES) * POINTS * 4)
     weights = torch.rand(rows, generator=g)
@@ -305,19 +337,21 @@ def measure_limits(repeats: int = 20, warmup: int = 2, seed: int = 0) -> list[Li
     ]
 
 
-def format_limits(limits: list[Limit], op_ms: dict[str, float] | None = None) -> str:
-    """The limits as a table; with the op's encoder times (``{"forward": ms, "forward+backward": ms}``),
-    each as a fraction of its cache-bandwidth bound: the forward reads the corner rows once
-    (:func:`encoder_corner_bytes`), forward+backward four times (the forward's rows, the backward's
-    rows of value, and a read and a write of the same rows of grad_value)."""
+def format_limits(limits: list[Limit], op_ms: dict[tuple[str, str], float] | None = None) -> str:
+    """The limits as a table; with the op's times (``{(case, mode): ms}``, mode "forward" or
+    "forward+backward"), each as a fraction of its cache-bandwidth bound: the forward reads the corner
+    rows once (:func:`corner_bytes`), forward+backward four times (the forward's rows, the backward's
+    rows of value, and a read and a write of the same rows of grad_value). The kernels sample one
+    (sample, head) slice of value at a time (S * D float32: 2-5 MB in every case), which stays in the
+    last-level cache."""
     lines = ["| measurement | median ms | best ms | rate (best) |", "|---|---|---|---|"]
     lines += [f"| {x.name} | {x.median_ms:.1f} | {x.best_ms:.1f} | {x.rate:.1f} {x.unit} |" for x in limits]
     bandwidth = limits[0].rate  # GB/s from the cache
-    for mode, ms in (op_ms or {}).items():
+    for (case, mode), ms in (op_ms or {}).items():
         passes = 1 if mode == "forward" else 4
-        bound_ms = passes * encoder_corner_bytes() * 1e-6 / bandwidth
+        bound_ms = passes * corner_bytes(case) * 1e-6 / bandwidth
         lines.append(
-            f"| ms_deform_attn cpu, encoder {mode} | {ms:.1f} | | bound {bound_ms:.1f} ms at "
+            f"| ms_deform_attn cpu, {case} {mode} | {ms:.1f} | | bound {bound_ms:.1f} ms at "
             f"{bandwidth:.0f} GB/s: {bound_ms / ms:.2f} of it |"
         )
     return "\n".join(lines)

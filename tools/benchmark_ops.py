@@ -3,8 +3,9 @@
 python tools/benchmark_ops.py                      # CPU, float32, encoder + decoder shapes
 python tools/benchmark_ops.py --device cuda --dtypes float32 bfloat16 --json out.json
 python tools/benchmark_ops.py --threads 2 --cases dcn_stage3 dcn_stage4   # DCNv2 (deform_conv2d)
+python tools/benchmark_ops.py --threads 2 --cases bev_temporal bev_spatial # BEVFormer-base's attention
 python tools/benchmark_ops.py --threads 2 --limits # the machine's bandwidth and GEMM limits, and the
-                                                   # CPU op's encoder times as fractions of their bound
+                                                   # CPU op's times as fractions of their bound
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ops.benchmark import (  # noqa: E402
+    ATTENTION_CASES,
     format_limits,
     format_table,
     machine_description,
     measure_limits,
     run_benchmark,
 )
+from ops.deform_conv_benchmark import DCN_CASES  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +43,7 @@ def main() -> None:
         "--cases",
         nargs="+",
         default=["encoder", "decoder"],
-        choices=("encoder", "decoder", "dcn_stage3", "dcn_stage4"),
+        choices=(*ATTENTION_CASES, *DCN_CASES),
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=5)
@@ -53,7 +56,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.limits:
-        run_limits(args.repeats, args.warmup)
+        run_limits([case for case in args.cases if case in ATTENTION_CASES], args.repeats, args.warmup)
         return
     dtypes = [getattr(torch, d) for d in args.dtypes]
     results = run_benchmark(args.device, dtypes, args.cases, args.repeats, args.warmup)
@@ -65,11 +68,11 @@ def main() -> None:
         args.json.write_text(json.dumps(payload, indent=2))
 
 
-def run_limits(repeats: int, warmup: int) -> None:
-    """The limits, then the CPU op's float32 encoder times in the same process, as fractions of them."""
+def run_limits(cases: list[str], repeats: int, warmup: int) -> None:
+    """The limits, then the CPU op's float32 times of ``cases`` in the same process, as fractions of them."""
     limits = measure_limits()
-    results = run_benchmark("cpu", [torch.float32], ["encoder"], repeats, warmup)
-    op_ms = {r.mode: r.median_ms for r in results if r.backend == "cpu"}
+    results = run_benchmark("cpu", [torch.float32], cases, repeats, warmup)
+    op_ms = {(r.case, r.mode): r.median_ms for r in results if r.backend == "cpu"}
     print(machine_description("cpu"))
     print(format_limits(limits, op_ms))
     print(format_table(results))
