@@ -322,8 +322,19 @@ def measure_limits(repeats: int = 20, warmup: int = 2, seed: int = 0) -> list[Li
     offsets = torch.arange(0, rows, len(ENCODER_SHAPES) * POINTS * 4)
     weights = torch.rand(rows, generator=g)
     a, b = torch.randn(2048, 2048, generator=g), torch.randn(2048, 2048, generator=g)
+    # The cache bandwidth measured on one tensor varies 2x from one process to the next (how its pages
+    # are backed); the best of three separately allocated tensors, each over many 0.2 ms calls.
+    copies = [value, value.clone(), value.clone()]
+    cache = [_limit("", c.sum, c.numel() * 4e-9, "GB/s", 10 * repeats, warmup) for c in copies]
+    best = max(cache, key=lambda limit: limit.rate)
     return [
-        _limit("read bandwidth, 18 MB (cache)", value.sum, value.numel() * 4e-9, "GB/s", repeats, warmup),
+        Limit(
+            "read bandwidth, 18 MB (cache; best of 3 tensors)",
+            best.median_ms,
+            best.best_ms,
+            best.rate,
+            "GB/s",
+        ),
         _limit("read bandwidth, 512 MiB (memory)", big.sum, big.numel() * 4e-9, "GB/s", 5, 1),
         _limit(
             f"embedding_bag, {rows / 1e6:.1f} M random rows of {CHANNELS} float32",

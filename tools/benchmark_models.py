@@ -79,7 +79,8 @@ def build_benchmarked(name: str) -> Benchmarked:
         size = (height, width)
         example = bev_example_inputs(model, size)
         frame = (example[0], camera_ring(model.num_cams, size), *example[2:])
-        text = f"1 x {model.num_cams} x 3 x {height} x {width}, previous BEV given, camera ring"
+        history = ", previous BEV given" if model.encoder is not None else ""  # DETR3D has no BEV
+        text = f"1 x {model.num_cams} x 3 x {height} x {width}{history}, camera ring"
         return Benchmarked(model, lambda m: m.predict(*frame), text)
     if name in PREPROCESS:
         model = build_petr(name).eval()
