@@ -28,6 +28,7 @@ from .cli import load_task_config
 from .evaluate import inference_model
 from .fit import LATEST, VAL_DIR, fit
 from .io import atomic_write_json
+from .logs import read_log
 from .tasks import build_task
 
 RESULT, SPEC, ERROR = "result.json", "spec.json", "error.txt"
@@ -157,12 +158,11 @@ def reusable_result(run_dir: Path, spec: dict[str, Any]) -> dict[str, Any] | Non
 
 
 def read_epochs(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
-    """The epoch records of ``run_dir/log.jsonl`` (the last of each epoch, in order) and the number of
-    training iterations run."""
+    """The epoch records of ``run_dir/log.jsonl`` (:func:`detr2d.runtime.logs.read_log`: each epoch as its
+    latest attempt logged it, in order) and the number of training iterations run."""
     epochs: dict[int, dict[str, Any]] = {}
     iterations = 0
-    for line in (run_dir / "log.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in read_log(run_dir / "log.jsonl"):  # an interrupted run's redone work counted once
         if "iter" in record:
             iterations = max(iterations, int(record["iter"]))
         elif "train" in record:
