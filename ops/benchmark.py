@@ -89,7 +89,8 @@ def make_inputs(
     return floats[0], spatial_shapes.to(device), starts.to(device), floats[1], floats[2]
 
 
-def _proc_status_bytes(key: str) -> int:
+def proc_status_bytes(key: str) -> int:
+    """This process's ``/proc/self/status`` memory field ``key`` ("VmRSS"; "VmHWM": its peak), in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(key + ":"):
@@ -119,7 +120,7 @@ class PeakMemory:
         else:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset VmHWM to the current resident set
-            self._base = _proc_status_bytes("VmRSS")
+            self._base = proc_status_bytes("VmRSS")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -127,7 +128,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             self.peak_bytes = torch.cuda.max_memory_allocated() - self._base
         else:
-            self.peak_bytes = _proc_status_bytes("VmHWM") - self._base
+            self.peak_bytes = proc_status_bytes("VmHWM") - self._base
 
 
 def _time(fn: Callable[[], None], device: str, repeats: int, warmup: int) -> list[float]:

@@ -38,7 +38,7 @@ from detr2d import DETR, VARIANTS, build_model  # noqa: E402
 from detr2d.runtime.fast_inference import optimize_for_inference, set_op_backend  # noqa: E402
 from detr2d.runtime.study import TimedPath, time_paths  # noqa: E402
 from ops.arena import cpu_arena_stats  # noqa: E402
-from ops.benchmark import cpu_model  # noqa: E402
+from ops.benchmark import cpu_model, proc_status_bytes  # noqa: E402
 
 Row = tuple[str, str]
 
@@ -217,12 +217,6 @@ def stream_sizes(count: int, seed: int = 0) -> list[tuple[int, int]]:
     return [(rng.randint(*STREAM_HEIGHTS), rng.randint(*STREAM_WIDTHS)) for _ in range(count)]
 
 
-def _resident_gb() -> tuple[float, float]:
-    """The process's resident set now and its peak (VmRSS, VmHWM), in GB."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    return tuple(int(fields[key].split()[0]) / 1024**2 for key in ("VmRSS", "VmHWM"))
-
-
 def run_stream(model: torch.nn.Module, args: argparse.Namespace) -> None:
     """Every path (but the reference op) on each image of :func:`stream_sizes` in turn: a markdown row per
     call with its wall time, the CPU arena's counters after it and the resident set."""
@@ -245,7 +239,7 @@ def run_stream(model: torch.nn.Module, args: argparse.Namespace) -> None:
                 call()
                 walls[name].append(time.perf_counter() - start)
                 stats = cpu_arena_stats()
-                rss, peak = _resident_gb()
+                rss, peak = (proc_status_bytes(key) / 2**30 for key in ("VmRSS", "VmHWM"))
                 arena = [stats.in_use / 1e9, stats.cached / 1e9, stats.peak_in_use / 1e9]
                 counts = f"{stats.hits - before.hits} / {stats.misses - before.misses}"
                 print(

@@ -43,7 +43,12 @@ from detr2d import VARIANTS as DETR2D_VARIANTS  # noqa: E402
 from detr2d import build_model  # noqa: E402
 from detr2d.runtime.fast_inference import optimize_for_inference, set_op_backend  # noqa: E402
 from detr2d.runtime.roofline import MachineLimits, format_profile, profile_stages  # noqa: E402
-from ops.benchmark import last_level_cache_bytes, machine_description, measure_limits  # noqa: E402
+from ops.benchmark import (  # noqa: E402
+    last_level_cache_bytes,
+    machine_description,
+    measure_limits,
+    proc_status_bytes,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PATHS = ("reference op", "eager", "fast path", "fast path + compile")
@@ -91,13 +96,6 @@ def build_benchmarked(name: str) -> Benchmarked:
     raise SystemExit(f"error: unknown model {name!r}; known: {', '.join(model_names())}")
 
 
-def _peak_rss_gb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024**2
-    return float("nan")
-
-
 def run_worker(name: str, path: str, runs: int) -> dict:
     """Build ``name``'s ``path`` alone, one warm-up call, ``runs`` timed calls: wall and CPU seconds
     (``{"skip": ...}`` for the reference op of a model that calls none of the project's ops)."""
@@ -118,7 +116,8 @@ def run_worker(name: str, path: str, runs: int) -> dict:
             bench.call(model)
             walls.append(time.perf_counter() - wall)
             cpus.append(time.process_time() - cpu)
-    return {"wall": walls, "cpu": cpus, "first": first, "peak_rss_gb": _peak_rss_gb(), "input": bench.input}
+    peak_rss_gb = proc_status_bytes("VmHWM") / 2**30
+    return {"wall": walls, "cpu": cpus, "first": first, "peak_rss_gb": peak_rss_gb, "input": bench.input}
 
 
 def paths_of(compile: bool) -> list[str]:
